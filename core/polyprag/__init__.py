@@ -1,0 +1,23 @@
+"""polyprag: parametric retrieval-augmented generation (Poly-PRAG, PRAG, LAG) on one LoRA-mixing engine."""
+from .augment import GeneratedQAAugmenter, PassageAugmenter, TrainingExample
+from .documents import Document, Question, load_corpus, load_questions
+from .encoder import PolyPRAGEncoder, PRAGEncoder
+from .errors import (CorpusFormatError, DuplicateDocumentError, IncompatibleModelError, InvalidInputError,
+                     LibraryError, ModelLoadError, PolyPRAGError, UnknownDocumentError)
+from .library import AdapterLibrary
+from .llm import GenerationConfig, LoRAMixingLLM
+from .mixing import BankMixture, LoRABank, Mixture, use_mixture
+from .parametric import ParametricRetriever, Retrieval
+from .pipeline import Answer, PolyPRAG
+from .retrieval import BM25Retriever, ScoredDocument
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterLibrary", "Answer", "BM25Retriever", "BankMixture", "CorpusFormatError", "Document",
+    "DuplicateDocumentError", "GeneratedQAAugmenter", "GenerationConfig", "IncompatibleModelError",
+    "InvalidInputError", "LibraryError", "LoRABank", "LoRAMixingLLM", "Mixture", "ModelLoadError",
+    "PRAGEncoder", "ParametricRetriever", "PassageAugmenter", "PolyPRAG", "PolyPRAGEncoder",
+    "PolyPRAGError", "Question", "Retrieval", "ScoredDocument", "TrainingExample", "UnknownDocumentError",
+    "load_corpus", "load_questions", "use_mixture",
+]

@@ -1,0 +1,162 @@
+"""Encoders: documents in, AdapterLibrary out (Poly-PRAG joint training, or PRAG's one LoRA per document)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from .augment import Augmenter, GeneratedQAAugmenter, PassageAugmenter, TrainingExample
+from .documents import Document, check_unique
+from .errors import InvalidInputError
+from .library import AdapterLibrary, LibraryConfig
+from .mixing import LoRABank
+from .training import TrainConfig, train_per_document, train_poly
+
+if TYPE_CHECKING:
+    from .llm import LoRAMixingLLM
+
+log = logging.getLogger(__name__)
+
+
+class PolyPRAGEncoder:
+    """Encode documents into a Poly-PRAG library: a bank of ``num_adapters`` LoRAs + routing per document.
+
+    Example:
+        library = PolyPRAGEncoder(llm, num_adapters=8, rank=2).fit(docs)
+
+    ``per_document=True`` gives PRAG instead (one adapter per document, summed at query time)."""
+
+    def __init__(self, llm: "LoRAMixingLLM", num_adapters: int = 8, rank: int = 2, alpha: float = 32.0,
+                 target_modules: Sequence[str] | None = None, augmenter: Augmenter | str | None = None,
+                 lr: float = 1e-3, routing_lr: float | None = 1e-2, epochs: int = 4, batch_size: int = 8,
+                 temperature: float = 1.0, max_length: int = 256, seed: int = 0,
+                 per_document: bool = False, group_size: int = 32, progress: bool = True):
+        if num_adapters < 1 and not per_document:
+            raise InvalidInputError(f"num_adapters must be >= 1, got {num_adapters}.")
+        if rank < 1:
+            raise InvalidInputError(f"rank must be >= 1, got {rank}.")
+        if epochs < 1 or batch_size < 1:
+            raise InvalidInputError("epochs and batch_size must be >= 1.")
+        self.llm = llm
+        self.num_adapters = num_adapters
+        self.rank = rank
+        self.alpha = alpha
+        self.per_document = per_document
+        self.group_size = group_size
+        wanted = tuple(target_modules or llm.target_modules)
+        missing = [t for t in wanted if t not in llm.target_modules]
+        if missing:
+            raise InvalidInputError(f"Target modules {missing} are not hooked in this LLM "
+                                    f"(hooked: {list(llm.target_modules)}); create the LLM with them.")
+        self.target_modules = wanted
+        self.augmenter = _augmenter(augmenter, llm)
+        self.train = TrainConfig(lr=lr, routing_lr=routing_lr, epochs=epochs, batch_size=batch_size,
+                                 max_length=max_length, temperature=temperature, seed=seed, progress=progress)
+
+    def _modules(self) -> dict[str, tuple[int, int]]:
+        return {n: s for n, s in self.llm.module_shapes.items() if n.rsplit(".", 1)[-1] in self.target_modules}
+
+    def _config(self, m: int) -> LibraryConfig:
+        return LibraryConfig(kind="per_document" if self.per_document else "poly", rank=self.rank,
+                             alpha=self.alpha, m=m, target_modules=list(self.target_modules),
+                             base_model=self.llm.fingerprint(), model_name=self.llm.name,
+                             dtype=str(self.llm.dtype).replace("torch.", ""),
+                             training={**asdict(self.train), "augmenter": type(self.augmenter).__name__,
+                                       "group_size": self.group_size})
+
+    def fit(self, documents: Sequence[Document]) -> AdapterLibrary:
+        """Train a new library on the documents (augmented first) and return it."""
+        docs = check_unique(documents)
+        if not docs:
+            raise InvalidInputError("fit() needs at least one document; the corpus is empty.")
+        data = self.augmenter(docs)
+        if self.per_document:
+            bank = train_prag_bank(self.llm, self._modules(), data, self.rank, self.alpha, self.train,
+                                   self.group_size)
+            return AdapterLibrary(self.llm, bank, docs, self._config(bank.m))
+        bank = LoRABank.initialised(self._modules(), self.num_adapters, self.rank, self.alpha,
+                                    seed=self.train.seed).to(self.llm.device)
+        logits = _init_logits(len(docs), self.num_adapters, self.train.seed, self.llm.device)
+        train_poly(self.llm, bank, logits, data, self.train, train_bank=True)
+        return AdapterLibrary(self.llm, bank, docs, self._config(self.num_adapters), routing_logits=logits)
+
+
+class PRAGEncoder(PolyPRAGEncoder):
+    """PRAG (Su et al. 2025): one LoRA per document, PRAG's defaults (rank 2, alpha 32, lr 3e-4, 1 epoch)."""
+
+    def __init__(self, llm: "LoRAMixingLLM", rank: int = 2, alpha: float = 32.0, lr: float = 3e-4,
+                 epochs: int = 1, **kwargs):
+        kwargs.pop("per_document", None)
+        kwargs.setdefault("routing_lr", None)
+        super().__init__(llm, num_adapters=1, rank=rank, alpha=alpha, lr=lr, epochs=epochs,
+                         per_document=True, **kwargs)
+
+
+def train_prag_bank(llm: "LoRAMixingLLM", modules: dict[str, tuple[int, int]],
+                    data: Sequence[Sequence[TrainingExample]], rank: int, alpha: float, cfg: TrainConfig,
+                    group_size: int) -> LoRABank:
+    """One adapter per document from PRAG's shared random init, trained in groups of similar length."""
+    order = sorted(range(len(data)), key=lambda i: len(data[i]))  # similar lengths share a group
+    init = LoRABank.initialised(modules, 1, rank, alpha, seed=cfg.seed)
+    parts: dict[int, LoRABank] = {}
+    for s in range(0, len(order), group_size):
+        idx = order[s: s + group_size]
+        A = [a.expand(len(idx), -1, -1).clone() for a in init.A]
+        group = LoRABank(modules, len(idx), rank, alpha, A=A).to(llm.device)
+        train_per_document(llm, group, [data[i] for i in idx], cfg)
+        for j, i in enumerate(idx):
+            parts[i] = _slice(group, j)
+    bank = parts[0]
+    for i in range(1, len(data)):
+        bank = bank.extend(parts[i])
+    return bank
+
+
+def _slice(bank: LoRABank, j: int) -> LoRABank:
+    return LoRABank(bank.shapes, 1, bank.rank, bank.alpha, A=[a.detach()[j: j + 1].clone() for a in bank.A],
+                    B=[b.detach()[j: j + 1].clone() for b in bank.B])
+
+
+def _init_logits(n: int, m: int, seed: int, device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed + 1)
+    # Polytropon initialises routing logits near zero: every adapter starts equally likely.
+    return (torch.rand(n, m, generator=gen) * 2e-3 - 1e-3).to(device).requires_grad_(True)
+
+
+def _augmenter(augmenter: Augmenter | str | None, llm: "LoRAMixingLLM") -> Augmenter:
+    if augmenter is None or augmenter == "generated_qa":
+        return GeneratedQAAugmenter(llm)
+    if augmenter == "passage":
+        return PassageAugmenter()
+    if isinstance(augmenter, str):
+        raise InvalidInputError(f"Unknown augmenter {augmenter!r}; use 'generated_qa', 'passage' or a callable.")
+    return augmenter
+
+
+def extend_library(library: AdapterLibrary, docs: Sequence[Document], augmenter: Augmenter | str | None = None,
+                   epochs: int | None = None, lr: float | None = None, progress: bool | None = None) -> None:
+    """Encode new documents into an existing library without touching what it already holds.
+
+    Poly-PRAG: the bank stays frozen and only the new documents' routing logits are fitted
+    ("Poly-z", a few hundred floats each). PRAG: each new document gets its own new adapter."""
+    t = dict(library.config.training)
+    cfg = TrainConfig(**{k: t[k] for k in TrainConfig.__dataclass_fields__ if k in t})
+    if epochs is not None:
+        cfg.epochs = epochs
+    if lr is not None:
+        cfg.lr = cfg.routing_lr = lr
+    if progress is not None:
+        cfg.progress = progress
+    aug = _augmenter(augmenter or ("passage" if t.get("augmenter") == "PassageAugmenter" else None), library.llm)
+    data = aug(docs)
+    if library.kind == "per_document":
+        modules = {n: library.bank.shapes[n] for n in library.bank.names}
+        new = train_prag_bank(library.llm, modules, data, library.bank.rank, library.bank.alpha, cfg,
+                              int(t.get("group_size", 32)))
+        library._append(docs, bank=new)
+        return
+    logits = _init_logits(len(docs), library.bank.m, cfg.seed, library.llm.device)
+    train_poly(library.llm, library.bank, logits, data, cfg, train_bank=False)
+    library._append(docs, routing_logits=logits)

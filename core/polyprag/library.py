@@ -1,0 +1,279 @@
+"""AdapterLibrary: a LoRA bank plus per-document routing, saved as a folder of safetensors + JSON.
+
+Two kinds share one format and one mixing engine:
+- ``poly`` (Poly-PRAG): m shared adapters, routing logits z_d ∈ R^m per document,
+  weights w_d = σ(z_d) / Σ_j σ(z_dj);
+- ``per_document`` (PRAG): one adapter per document, routing one-hot (adapter i = document i).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import torch
+
+from .documents import Document, check_unique
+from .errors import (DuplicateDocumentError, IncompatibleModelError, InvalidInputError, LibraryError,
+                     UnknownDocumentError)
+from .mixing import BankMixture, LoRABank
+
+if TYPE_CHECKING:
+    from .llm import LoRAMixingLLM
+
+FORMAT_VERSION = 1
+KINDS = ("poly", "per_document")
+COMBINES = ("mean", "sum")
+
+
+@dataclass
+class LibraryConfig:
+    """What a saved library records about itself (config.json)."""
+
+    kind: str
+    rank: int
+    alpha: float
+    m: int
+    target_modules: list[str]
+    base_model: dict
+    model_name: str = ""
+    dtype: str = "float32"
+    training: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    files: dict = field(default_factory=dict)  # file name -> sha256
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise LibraryError(f"Unknown library kind {self.kind!r}; expected one of {KINDS}.")
+
+
+class AdapterLibrary:
+    """The knowledge of a set of documents as LoRA adapters and how each document mixes them."""
+
+    def __init__(self, llm: "LoRAMixingLLM", bank: LoRABank, documents: Sequence[Document],
+                 config: LibraryConfig, routing_logits: torch.Tensor | None = None):
+        self.llm = llm
+        self.config = config
+        self.bank = bank.to(llm.device)
+        self.documents = check_unique(documents)
+        self.doc_ids = [d.id for d in self.documents]
+        self._row = {d: i for i, d in enumerate(self.doc_ids)}
+        if config.kind == "poly":
+            if routing_logits is None or tuple(routing_logits.shape) != (len(self.documents), bank.m):
+                raise LibraryError(
+                    f"Routing table shape {None if routing_logits is None else tuple(routing_logits.shape)} "
+                    f"does not match {len(self.documents)} documents × {bank.m} adapters."
+                )
+            self.routing_logits = routing_logits.detach().float().to(llm.device)  # [N, m]
+        else:
+            if bank.m != len(self.documents):
+                raise LibraryError(f"A per-document library needs one adapter per document "
+                                   f"({bank.m} adapters, {len(self.documents)} documents).")
+            self.routing_logits = None
+
+    # ---- what is inside ----------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._row
+
+    def document(self, doc_id: str) -> Document:
+        """The stored document with this id."""
+        return self.documents[self._rows([doc_id])[0]]
+
+    def _rows(self, doc_ids: Iterable[str]) -> list[int]:
+        rows = []
+        for d in doc_ids:
+            if d not in self._row:
+                raise UnknownDocumentError(
+                    f"Document {d!r} is not in this library ({len(self)} documents); "
+                    "encode it first with library.add_documents([...])."
+                )
+            rows.append(self._row[d])
+        return rows
+
+    def routing_weights(self, doc_ids: Sequence[str]) -> torch.Tensor:
+        """Mixing weights over the bank per document [k, m]: σ(z)/Σσ(z) (poly) or one-hot (PRAG)."""
+        rows = self._rows(doc_ids)
+        if self.kind == "poly":
+            return routing_weights(self.routing_logits[rows])
+        w = torch.zeros(len(rows), self.bank.m, device=self.llm.device)
+        w[torch.arange(len(rows)), torch.tensor(rows, dtype=torch.long)] = 1.0
+        return w
+
+    def mixture(self, doc_ids: Sequence[str], combine: str | None = None) -> BankMixture | None:
+        """The one-row mixture for these documents: mean of routing weights, or sum of their deltas."""
+        if not doc_ids:
+            return None
+        combine = combine or ("sum" if self.kind == "per_document" else "mean")
+        if combine not in COMBINES:
+            raise InvalidInputError(f"combine must be one of {COMBINES}, got {combine!r}.")
+        w = self.routing_weights(doc_ids)  # [k, m]
+        terms = w.mean(0, keepdim=True) if combine == "mean" else w
+        return BankMixture(self.bank, terms[None])  # [1, T, m]
+
+    # ---- growing ------------------------------------------------------------------------------
+    def add_documents(self, documents: Sequence[Document], **fit_options) -> "AdapterLibrary":
+        """Encode new documents: routing-only fit with the bank frozen (poly), or new adapters (PRAG)."""
+        from .encoder import extend_library  # the encoder owns training; the library owns storage
+
+        docs = check_unique(documents)
+        clash = [d.id for d in docs if d.id in self._row]
+        if clash:
+            raise DuplicateDocumentError(
+                f"{len(clash)} document id(s) already in the library, e.g. {clash[0]!r}; "
+                "give new documents new ids.")
+        if not docs:
+            return self
+        extend_library(self, docs, **fit_options)
+        return self
+
+    def _append(self, documents: Sequence[Document], routing_logits: torch.Tensor | None = None,
+                bank: LoRABank | None = None) -> None:
+        """Adopt newly encoded documents (called by the encoder once their training finished)."""
+        docs = list(documents)
+        if self.kind == "poly":
+            self.routing_logits = torch.cat([self.routing_logits, routing_logits.detach().float()
+                                             .to(self.llm.device)])
+        else:
+            self.bank = self.bank.extend(bank).to(self.llm.device)
+            self.config.m = self.bank.m
+        self.documents = self.documents + docs
+        self.doc_ids = [d.id for d in self.documents]
+        self._row = {d: i for i, d in enumerate(self.doc_ids)}
+
+    # ---- disk ---------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the library as a folder, atomically: a crash leaves the old folder or the new one."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            files = {"bank.safetensors": self.bank.tensors()}
+            if self.routing_logits is not None:
+                files["routing.safetensors"] = {"routing_logits": self.routing_logits.detach().contiguous()}
+            checks = {}
+            for name, tensors in files.items():
+                save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / name))
+                checks[name] = _sha256(tmp / name)
+            with open(tmp / "documents.jsonl", "w", encoding="utf-8") as fh:
+                for d in self.documents:
+                    fh.write(json.dumps({"id": d.id, "title": d.title, "text": d.text,
+                                         "metadata": d.metadata}, ensure_ascii=False) + "\n")
+            checks["documents.jsonl"] = _sha256(tmp / "documents.jsonl")
+            self.config.files = checks
+            self.config.m = self.bank.m
+            (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2), encoding="utf-8")
+            for f in tmp.iterdir():
+                _fsync(f)
+            _swap_in(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, llm: "LoRAMixingLLM") -> "AdapterLibrary":
+        """Read a saved library onto ``llm``'s device, checking format, files and base model."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise LibraryError(f"{path} is not an adapter library (no config.json); "
+                               "create one with PolyPRAGEncoder(...).fit(docs).save(path).")
+        try:
+            raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+            config = LibraryConfig(**raw)
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+            raise LibraryError(f"{cfg_file} is unreadable or altered: {e}") from None
+        if config.format_version > FORMAT_VERSION:
+            raise LibraryError(f"{path} has format version {config.format_version}; this polyprag reads "
+                               f"up to {FORMAT_VERSION}. Upgrade polyprag.")
+        for name, digest in config.files.items():
+            f = path / name
+            if not f.is_file():
+                raise LibraryError(f"{f} is missing; the library is incomplete. Re-save or re-encode it.")
+            if _sha256(f) != digest:
+                raise LibraryError(f"{f} does not match its checksum (truncated or altered). "
+                                   "Restore it from a backup or re-encode the library.")
+        mine = llm.fingerprint()
+        if config.base_model != mine:
+            diff = [k for k in mine if config.base_model.get(k) != mine[k]]
+            raise IncompatibleModelError(
+                f"{path} was encoded on another base model ({config.model_name or 'unknown'}; differs in "
+                f"{', '.join(diff)}). Load it with the model it was encoded on, or re-encode.")
+        try:
+            bank = LoRABank.from_tensors(load_file(str(path / "bank.safetensors")), alpha=config.alpha)
+            routing = None
+            if config.kind == "poly":
+                routing = load_file(str(path / "routing.safetensors"))["routing_logits"]
+        except Exception as e:  # safetensors raises several types for a damaged file
+            raise LibraryError(f"{path}: cannot read the tensors ({e}).") from None
+        docs = []
+        with open(path / "documents.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    r = json.loads(line)
+                    docs.append(Document(id=r["id"], text=r["text"], title=r.get("title", ""),
+                                         metadata=r.get("metadata") or {}))
+        return cls(llm, bank, docs, config, routing_logits=routing)
+
+    def storage_bytes(self) -> dict[str, int]:
+        """Bytes of the saved tensors: the shared bank, the routing table, and their per-document share."""
+        bank = sum(t.numel() * t.element_size() for t in self.bank.tensors().values())
+        routing = 0 if self.routing_logits is None else self.routing_logits.numel() * 4
+        n = max(len(self), 1)
+        per_doc = routing / n if self.kind == "poly" else bank / n
+        return {"bank": bank, "routing": routing, "per_document": int(round(per_doc))}
+
+
+def routing_weights(logits: torch.Tensor) -> torch.Tensor:
+    """w = σ(z) / Σ_j σ(z_j), row-wise (Poly-PRAG inference routing)."""
+    if not torch.isfinite(logits).all():
+        raise InvalidInputError("Routing logits contain NaN or inf; the library is damaged or training diverged.")
+    s = torch.sigmoid(logits)
+    return s / s.sum(-1, keepdim=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Replace folder ``path`` by ``tmp``: rename the old one aside, rename the new one in, drop the old."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

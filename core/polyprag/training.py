@@ -1,0 +1,178 @@
+"""Training loops on the mixing engine: joint Poly-PRAG, routing-only fit, and per-document PRAG.
+
+Poly-PRAG (arXiv 2511.17044), Polytropon-style multi-task learning with each passage a task:
+during training a document's weights over the bank are a relaxed Bernoulli sample,
+    y_j = σ((z_dj + log u - log(1-u)) / τ),  u ~ U(0, 1),   w_d = y / Σ_j y_j,
+and the causal-LM loss of its training texts flows into both the bank and z_d.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .augment import TrainingExample
+from .mixing import BankMixture, LoRABank, use_mixture
+
+if TYPE_CHECKING:
+    from .llm import LoRAMixingLLM
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every training loop."""
+
+    lr: float = 3e-4
+    routing_lr: float | None = None  # None: same as lr
+    epochs: int = 1
+    batch_size: int = 4
+    max_length: int = 256
+    temperature: float = 1.0  # relaxed-Bernoulli temperature τ
+    weight_decay: float = 0.0
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Tokenized:
+    """One example as token ids with labels (-100 where nothing is learned)."""
+
+    ids: list[int]
+    labels: list[int]
+
+
+def tokenize(llm: "LoRAMixingLLM", ex: TrainingExample, max_length: int) -> Tokenized:
+    """Token ids of an example: plain text learns every token; a QA learns only the answer."""
+    tok = llm.tokenizer
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    if ex.question is None:
+        ids = tok(ex.target, add_special_tokens=False)["input_ids"] + eos
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        ids = (bos + ids)[:max_length]
+        return Tokenized(ids, [-100] + ids[1:] if bos else list(ids))
+    prompt = llm.question_prompt(ex.question, [ex.context] if ex.context else ())
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    a = tok(ex.target, add_special_tokens=False)["input_ids"] + eos
+    keep = max(1, max_length - len(a))
+    p = p[-keep:]
+    return Tokenized((p + a)[:max_length], ([-100] * len(p) + a)[:max_length])
+
+
+def collate(rows: Sequence[Tokenized], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded batch: input_ids, attention_mask, labels."""
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r.ids)] = torch.tensor(r.ids)
+        labels[i, : len(r.labels)] = torch.tensor(r.labels)
+        mask[i, : len(r.ids)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def row_losses(llm: "LoRAMixingLLM", batch: dict[str, torch.Tensor], mixture) -> torch.Tensor:
+    """Mean next-token loss of each row [batch] with the mixture applied."""
+    with use_mixture(mixture):
+        logits = llm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1].float()
+    tok_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                               ignore_index=-100, reduction="none").view(labels.shape)
+    counts = (labels != -100).sum(1).clamp(min=1)
+    return tok_loss.sum(1) / counts
+
+
+def relaxed_bernoulli_weights(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> torch.Tensor:
+    """Training-time routing weights [rows, m]: normalised Gumbel-sigmoid samples of σ(z)."""
+    u = torch.rand(logits.shape, generator=gen).clamp(1e-6, 1 - 1e-6).to(logits.device)
+    y = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
+    return y / y.sum(-1, keepdim=True)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
+               data: Sequence[Sequence[TrainingExample]], cfg: TrainConfig, train_bank: bool = True,
+               on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Jointly train the bank (if ``train_bank``) and routing logits [N, m] on each document's texts.
+
+    Mini-batches mix documents; each row carries its own document's sampled mixture."""
+    rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    items = [(d, tokenize(llm, ex, cfg.max_length)) for d, exs in enumerate(data) for ex in exs]
+    params = [{"params": [logits], "lr": cfg.routing_lr or cfg.lr}]
+    if train_bank:
+        for p in bank.parameters():
+            p.requires_grad_(True)
+        params.append({"params": list(bank.parameters()), "lr": cfg.lr})
+    opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
+    losses: list[float] = []
+    steps = cfg.epochs * math.ceil(len(items) / cfg.batch_size)
+    bar = _progress(steps, "encode (poly)" if train_bank else "fit routing", cfg.progress)
+    try:
+        for _ in range(cfg.epochs):
+            rng.shuffle(items)
+            for s in range(0, len(items), cfg.batch_size):
+                chunk = items[s: s + cfg.batch_size]
+                batch = collate([t for _, t in chunk], llm.tokenizer.pad_token_id, llm.device)
+                rows = torch.tensor([d for d, _ in chunk], device=logits.device)
+                w = relaxed_bernoulli_weights(logits[rows], cfg.temperature, gen)  # [B, m]
+                loss = row_losses(llm, batch, BankMixture(bank, w[:, None, :])).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss))
+                if on_step:
+                    on_step(len(losses), losses[-1])
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        bar.close()
+        for p in bank.parameters():
+            p.requires_grad_(False)
+        logits.requires_grad_(False)
+    return losses
+
+
+def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequence[TrainingExample]],
+                       cfg: TrainConfig) -> list[float]:
+    """PRAG: adapter g of ``bank`` learns document g's texts alone, all documents in one batch.
+
+    Step t feeds example t of every document (batch size 1 each) and sums the per-document
+    losses, so each adapter gets exactly the gradient of its own document; AdamW is elementwise,
+    so this equals training the adapters one by one, only batched."""
+    rng = random.Random(cfg.seed)
+    toks = [[tokenize(llm, ex, cfg.max_length) for ex in exs] for exs in data]
+    for p in bank.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(bank.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    eye = torch.eye(bank.m, device=llm.device)
+    losses: list[float] = []
+    n_steps = max(len(t) for t in toks)
+    bar = _progress(cfg.epochs * n_steps, "encode (PRAG)", cfg.progress)
+    try:
+        for _ in range(cfg.epochs):
+            orders = [rng.sample(range(len(t)), len(t)) for t in toks]
+            for step in range(n_steps):
+                docs = [g for g in range(len(toks)) if step < len(toks[g])]
+                batch = collate([toks[g][orders[g][step]] for g in docs], llm.tokenizer.pad_token_id, llm.device)
+                loss = row_losses(llm, batch, BankMixture(bank, eye[docs][:, None, :])).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss) / len(docs))
+                bar.update(1)
+    finally:
+        bar.close()
+        for p in bank.parameters():
+            p.requires_grad_(False)
+    return losses

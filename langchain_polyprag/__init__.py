@@ -1,0 +1,1 @@
+"""LangChain face of polyprag (filled by its own issue)."""

@@ -1,0 +1,1 @@
+"""LlamaIndex face of polyprag (filled by its own issue)."""
