@@ -210,6 +210,8 @@ class LoRAMixingLLM:
         if len(mixtures) != n:
             raise InvalidInputError(f"Got {len(mixtures)} mixtures for {n} prompts; give one per prompt.")
         real = [m for m in mixtures if m is not None]
+        if not real:
+            return None
         if len(real) == 1 and len(mixtures) == 1:
             return real[0]
         kind = type(real[0])

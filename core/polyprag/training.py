@@ -76,15 +76,20 @@ def collate(rows: Sequence[Tokenized], pad_id: int, device) -> dict[str, torch.T
 
 
 def row_losses(llm: "LoRAMixingLLM", batch: dict[str, torch.Tensor], mixture) -> torch.Tensor:
-    """Mean next-token loss of each row [batch] with the mixture applied."""
+    """Mean next-token loss of each row [batch] with the mixture applied.
+
+    The vocabulary projection runs only where a token is learned (answers, not their prompts)."""
+    model = llm.model
     with use_mixture(mixture):
-        logits = llm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1].float()
-    tok_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=-100, reduction="none").view(labels.shape)
+        hidden = model.base_model(input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]  # position t predicts token t+1
+    rows, cols = (labels != -100).nonzero(as_tuple=True)
+    logits = model.get_output_embeddings()(hidden[:, :-1][rows, cols]).float()  # [learned tokens, vocab]
+    tok_loss = F.cross_entropy(logits, labels[rows, cols], reduction="none")
+    sums = torch.zeros(labels.shape[0], device=tok_loss.device).index_add(0, rows, tok_loss)
     counts = (labels != -100).sum(1).clamp(min=1)
-    return tok_loss.sum(1) / counts
+    return sums / counts
 
 
 def relaxed_bernoulli_weights(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> torch.Tensor:
@@ -130,7 +135,7 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 if on_step:
                     on_step(len(losses), losses[-1])
                 bar.update(1)
@@ -169,7 +174,7 @@ def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequ
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss) / len(docs))
+                losses.append(float(loss.detach()) / len(docs))
                 bar.update(1)
     finally:
         bar.close()

