@@ -6,7 +6,7 @@ from .errors import (CorpusFormatError, DuplicateDocumentError, IncompatibleMode
                      LibraryError, ModelLoadError, PolyPRAGError, UnknownDocumentError)
 from .library import AdapterLibrary
 from .llm import GenerationConfig, LoRAMixingLLM
-from .mixing import BankMixture, LoRABank, Mixture, use_mixture
+from .mixing import BankMixture, LoRABank, Mixture, SumMixture, use_mixture
 from .parametric import ParametricRetriever, Retrieval
 from .pipeline import Answer, PolyPRAG
 from .retrieval import BM25Retriever, ScoredDocument
@@ -18,6 +18,6 @@ __all__ = [
     "DuplicateDocumentError", "GeneratedQAAugmenter", "GenerationConfig", "IncompatibleModelError",
     "InvalidInputError", "LibraryError", "LoRABank", "LoRAMixingLLM", "Mixture", "ModelLoadError",
     "PRAGEncoder", "ParametricRetriever", "PassageAugmenter", "PolyPRAG", "PolyPRAGEncoder",
-    "PolyPRAGError", "Question", "Retrieval", "ScoredDocument", "TrainingExample", "UnknownDocumentError",
+    "PolyPRAGError", "Question", "Retrieval", "ScoredDocument", "SumMixture", "TrainingExample", "UnknownDocumentError",
     "load_corpus", "load_questions", "use_mixture",
 ]

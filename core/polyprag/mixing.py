@@ -195,6 +195,43 @@ class BankMixture(Mixture):
         return lowrank_delta(x, A, B)
 
 
+class SumMixture(Mixture):
+    """Several mixtures applied together: their deltas add (e.g. LAG plus a Poly-PRAG mixture)."""
+
+    def __init__(self, parts: Sequence[Mixture]):
+        self.parts = [p for p in parts if p is not None]
+        rows = {p.rows for p in self.parts} - {1}
+        if len(rows) > 1:
+            raise InvalidInputError("Mixtures summed together must have the same number of rows (or one).")
+        self.rows = rows.pop() if rows else 1
+
+    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        out = None
+        for p in self.parts:
+            d = p.delta(name, x)
+            if d is not None:
+                out = d if out is None else out + d
+        return out
+
+    @classmethod
+    def stack(cls, mixtures: Sequence["Mixture | None"]) -> "Mixture | None":
+        """Rows of sums: stack each part position across rows (parts must line up row by row)."""
+        real = [m for m in mixtures if m is not None]
+        if not real:
+            return None
+        n = {len(m.parts) for m in real}
+        if len(n) != 1 or len(real) != len(mixtures):
+            raise InvalidInputError("SumMixture rows of one batch must all have the same parts.")
+        parts = []
+        for i in range(n.pop()):
+            col = [m.parts[i] for m in real]
+            kind = type(col[0])
+            if any(type(c) is not kind for c in col):
+                raise InvalidInputError("SumMixture rows of one batch must have parts of the same kinds.")
+            parts.append(kind.stack(col))
+        return cls(parts)
+
+
 def attach(model: nn.Module, targets: Sequence[str]) -> dict[str, tuple[int, int]]:
     """Hook every nn.Linear whose last name part is in ``targets``; returns name -> (in, out)."""
     found = getattr(model, "_polyprag_targets", None)

@@ -6,11 +6,14 @@ from typing import Iterator, Sequence
 
 from .errors import InvalidInputError
 from .llm import GenerationConfig, LoRAMixingLLM
-from .mixing import Mixture
+from .mixing import Mixture, SumMixture
 from .parametric import ParametricRetriever
 from .retrieval import BM25Retriever, ScoredDocument, check_query
 
-MODES = ("parametric", "combine", "in_context", "closed_book")
+MODES = ("parametric", "combine", "in_context", "closed_book", "lag", "lag_in_context", "lag_parametric")
+_USES_MIXTURE = ("parametric", "combine", "lag_parametric")   # the retrieved documents' mixture
+_USES_PASSAGES = ("in_context", "combine", "lag_in_context")  # the retrieved passages in the prompt
+_USES_LAG = ("lag", "lag_in_context", "lag_parametric")       # the data-free LAG router
 
 
 @dataclass
@@ -37,7 +40,9 @@ class Prepared:
 
 class PolyPRAG:
     """Question answering with a mode: ``parametric`` (mixture only), ``combine`` (mixture + passages),
-    ``in_context`` (standard RAG: passages only) or ``closed_book`` (the bare model).
+    ``in_context`` (standard RAG: passages only) or ``closed_book`` (the bare model); with a LAG
+    router (``lag=``, see ``polyprag.lag``): ``lag`` (router only, no retriever needed),
+    ``lag_in_context`` (router + passages) and ``lag_parametric`` (router + retrieved mixture).
 
     Example:
         rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(docs, k=3), library), mode="parametric")
@@ -46,39 +51,44 @@ class PolyPRAG:
 
     def __init__(self, llm: LoRAMixingLLM, retriever: ParametricRetriever | BM25Retriever | None = None,
                  mode: str = "parametric", k: int | None = None, max_new_tokens: int = 32,
-                 temperature: float = 0.0, stop: Sequence[str] = ()):
-        if mode not in MODES:
-            raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}.")
-        if mode in ("parametric", "combine") and not isinstance(retriever, ParametricRetriever):
-            raise InvalidInputError(f"mode={mode!r} needs a ParametricRetriever (BM25 + an AdapterLibrary).")
-        if mode == "in_context" and retriever is None:
-            raise InvalidInputError("mode='in_context' needs a retriever.")
+                 temperature: float = 0.0, stop: Sequence[str] = (), lag: Mixture | None = None):
         self.llm = llm
         self.retriever = retriever
+        self.lag = lag
+        self._check_mode(mode)
         self.mode = mode
         self.k = k
         self.generation = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                                            stop=tuple(stop))
 
+    def _check_mode(self, mode: str) -> str:
+        if mode not in MODES:
+            raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}.")
+        if mode in _USES_MIXTURE and not isinstance(self.retriever, ParametricRetriever):
+            raise InvalidInputError(f"mode={mode!r} needs a ParametricRetriever (BM25 + an AdapterLibrary).")
+        if mode in _USES_PASSAGES and self.retriever is None:
+            raise InvalidInputError(f"mode={mode!r} needs a retriever for its passages.")
+        if mode in _USES_LAG and self.lag is None:
+            raise InvalidInputError(f"mode={mode!r} needs a LAG router: PolyPRAG(..., lag=LAGRouter(...)).")
+        return mode
+
     def prepare(self, question: str, mode: str | None = None, k: int | None = None) -> Prepared:
         """Retrieve and build the prompt and mixture for one question, without generating."""
         question = check_query(question)
-        mode = mode or self.mode
-        if mode not in MODES:
-            raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}.")
+        mode = self._check_mode(mode or self.mode)
         k = k or self.k
         docs: list[ScoredDocument] = []
         mixture = None
-        if isinstance(self.retriever, ParametricRetriever) and mode != "closed_book":
-            found = self.retriever.retrieve(question, k)
-            docs = found.documents
-            if mode in ("parametric", "combine"):
-                mixture = found.mixture
-        elif self.retriever is not None and mode != "closed_book":
-            if mode in ("parametric", "combine"):
-                raise InvalidInputError(f"mode={mode!r} needs a ParametricRetriever.")
-            docs = self.retriever.retrieve(question, k)
-        passages = [s.document.full_text for s in docs] if mode in ("in_context", "combine") else []
+        if mode in _USES_MIXTURE or mode in _USES_PASSAGES:
+            if isinstance(self.retriever, ParametricRetriever):
+                found = self.retriever.retrieve(question, k)
+                docs = found.documents
+                mixture = found.mixture if mode in _USES_MIXTURE else None
+            else:
+                docs = self.retriever.retrieve(question, k)
+        if mode in _USES_LAG:
+            mixture = self.lag if mixture is None else SumMixture([self.lag, mixture])
+        passages = [s.document.full_text for s in docs] if mode in _USES_PASSAGES else []
         return Prepared(question, self.llm.question_prompt(question, passages), mixture, docs, mode)
 
     def answer(self, question: str, mode: str | None = None, k: int | None = None, **generation) -> Answer:
