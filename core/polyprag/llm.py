@@ -28,6 +28,7 @@ class GenerationConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    min_new_tokens: int = 0  # > 0: decode at least this many tokens (fixed-length timing runs)
 
 
 class LoRAMixingLLM:
@@ -221,6 +222,8 @@ class LoRAMixingLLM:
 
     def _generate_kwargs(self, cfg: GenerationConfig) -> dict:
         kw = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if cfg.min_new_tokens:
+            kw["min_new_tokens"] = min(cfg.min_new_tokens, cfg.max_new_tokens)
         if cfg.temperature and cfg.temperature > 0:
             kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
         else:

@@ -116,6 +116,11 @@ class Mixture:
     def delta(self, name: str, x: torch.Tensor) -> torch.Tensor | None:  # pragma: no cover
         raise NotImplementedError
 
+    def apply(self, name: str, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor | None:
+        """The layer's output with this mixture's delta added (None: unchanged); the hook calls this."""
+        d = self.delta(name, x)
+        return None if d is None else output + d
+
     @classmethod
     def stack(cls, mixtures: Sequence["Mixture | None"]) -> "Mixture | None":  # pragma: no cover
         """One mixture whose rows are the given one-row mixtures (None: bare model for that row)."""
@@ -181,6 +186,28 @@ class BankMixture(Mixture):
         if not grad:  # computed once per request, reused by every token of a generation
             self._cache[name] = out
         return out
+
+    def prepare(self, dtype: torch.dtype | None = None) -> "BankMixture":
+        """Mix A and B for every target module now (else done lazily at the first forward pass)."""
+        with torch.no_grad():
+            for name in self.bank.names:
+                self._factors(name, dtype or self.bank.A[0].dtype)
+        return self
+
+    def apply(self, name: str, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor | None:
+        """Inference fast path: ``output += s·x A_mixᵀ B_mixᵀ`` in place, one fused GEMM per layer."""
+        if torch.is_grad_enabled() or name not in self.bank.index or not output.is_contiguous():
+            return super().apply(name, x, output)
+        A, B = self._factors(name, x.dtype)  # [rows, R, in], [rows, out, R]
+        if self.rows == 1 or x.dim() == 2:  # one mixture for every row: one 2-D GEMM
+            x2 = x.reshape(-1, x.shape[-1])
+            out2 = output.view(-1, output.shape[-1])
+            out2.addmm_(x2 @ A[0].T, B[0].T)  # [tokens, out] += [tokens, R] @ [R, out]
+            return output
+        if self.rows != x.shape[0]:
+            return super().apply(name, x, output)  # delta() raises the row-count error
+        output.baddbmm_(torch.bmm(x, A.transpose(1, 2)), B.transpose(1, 2))  # [rows, L, out]
+        return output
 
     def delta(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
         if name not in self.bank.index:
@@ -256,8 +283,7 @@ def _hook(name: str):
         mixture = _ACTIVE.get()
         if mixture is None:
             return None
-        d = mixture.delta(name, args[0])
-        return None if d is None else output + d
+        return mixture.apply(name, args[0], output)
 
     return add_delta
 
