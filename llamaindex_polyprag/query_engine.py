@@ -1,0 +1,122 @@
+"""PolyPRAGQueryEngine: retrieve → adapter mixture → generate, as a drop-in for RetrieverQueryEngine."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterable, Optional
+
+from llama_index.core.base.response.schema import AsyncStreamingResponse, Response, StreamingResponse
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.callbacks.base import CallbackManager
+from llama_index.core.callbacks.schema import CBEventType, EventPayload
+from llama_index.core.query_engine import CustomQueryEngine
+from llama_index.core.schema import BaseNode, NodeWithScore
+
+from polyprag import AdapterLibrary, BankMixture, Document, InvalidInputError, Mixture, PolyPRAG
+from polyprag.pipeline import Prepared
+
+from .llm import PolyPRAGLLM
+from .retriever import PolyPRAGRetriever
+
+
+class PolyPRAGQueryEngine(CustomQueryEngine):
+    """Answers with the retrieved documents' knowledge applied as an adapter mixture (``mode="parametric"``),
+    as well as pasted in the prompt (``"combine"``), only pasted (``"in_context"``, standard RAG) or
+    without retrieval (``"closed_book"``); returns a Response with ``source_nodes`` and the mixture.
+
+    Example:
+        engine = PolyPRAGQueryEngine.from_library(library, k=3)            # was: index.as_query_engine()
+        response = engine.query("Who built the Krell Lighthouse?")
+        response.response, response.source_nodes, response.metadata["mixture_weights"]
+        for token in PolyPRAGQueryEngine.from_library(library, streaming=True).query(q).response_gen: ...
+    """
+
+    retriever: PolyPRAGRetriever = Field(description="BM25 retrieval over the library's documents.")
+    llm: PolyPRAGLLM = Field(description="The model that answers; the library's own model.")
+    mode: str = Field(default="parametric", description="parametric, combine, in_context or closed_book "
+                                                        "(or a LAG mode with lag=).")
+    k: Optional[int] = Field(default=None, description="Documents per question; None: the retriever's k.")
+    streaming: bool = Field(default=False, description="Return a StreamingResponse instead of a Response.")
+    lag: Optional[Mixture] = Field(default=None, description="A LAG router, for the lag* modes.")
+
+    _rag: PolyPRAG = PrivateAttr()
+
+    def __init__(self, retriever: PolyPRAGRetriever, llm: PolyPRAGLLM | None = None, mode: str = "parametric",
+                 k: int | None = None, streaming: bool = False, lag: Mixture | None = None,
+                 callback_manager: CallbackManager | None = None):
+        if not isinstance(retriever, PolyPRAGRetriever):
+            raise InvalidInputError(f"retriever must be a PolyPRAGRetriever, got {type(retriever).__name__}; "
+                                    "build one with PolyPRAGRetriever.from_library(library).")
+        library = retriever.library
+        if llm is None:
+            llm = PolyPRAGLLM(llm=library.llm) if library is not None else PolyPRAGLLM()
+        if not isinstance(llm, PolyPRAGLLM):
+            raise InvalidInputError(f"llm must be a PolyPRAGLLM, got {type(llm).__name__}: the mixture has to "
+                                    "reach the model's layers, which only a polyprag model can do.")
+        if library is not None and llm.mixing_llm is not library.llm:
+            raise InvalidInputError("The llm is not the model the library was encoded on; use "
+                                    "PolyPRAGLLM(llm=library.llm) or leave llm out.")
+        kwargs: dict[str, Any] = {"callback_manager": callback_manager} if callback_manager else {}
+        super().__init__(retriever=retriever, llm=llm, mode=mode, k=k, streaming=streaming, lag=lag, **kwargs)
+        if callback_manager is not None:  # one trace: the engine's, the retriever's and the LLM's events
+            retriever.callback_manager = callback_manager
+            llm.callback_manager = callback_manager
+        # Loads the model now if the LLM has not yet; checks the mode against the retriever.
+        self._rag = PolyPRAG(llm.mixing_llm, retriever.core, mode=mode, k=k, lag=lag)
+
+    @classmethod
+    def from_library(cls, library: AdapterLibrary, k: int = 3, combine: str | None = None,
+                     llm: PolyPRAGLLM | None = None, **kwargs: Any) -> "PolyPRAGQueryEngine":
+        """An engine over every document of an adapter library (BM25 + the library's routing)."""
+        return cls(PolyPRAGRetriever.from_library(library, k=k, combine=combine), llm=llm, **kwargs)
+
+    @classmethod
+    def from_documents(cls, documents: Iterable[Document | BaseNode], library: AdapterLibrary | None = None,
+                       k: int = 3, combine: str | None = None, llm: PolyPRAGLLM | None = None,
+                       **kwargs: Any) -> "PolyPRAGQueryEngine":
+        """An engine over LlamaIndex Documents/TextNodes or polyprag Documents (encoded in ``library``)."""
+        retriever = PolyPRAGRetriever.from_documents(documents, library, k=k, combine=combine)
+        return cls(retriever, llm=llm, **kwargs)
+
+    # ---- one question ------------------------------------------------------------------------
+    def _prepare(self, query_str: str) -> tuple[Prepared, list[NodeWithScore], dict[str, Any]]:
+        with self.callback_manager.event(CBEventType.RETRIEVE,
+                                         payload={EventPayload.QUERY_STR: query_str}) as event:
+            prepared = self._rag.prepare(query_str, self.mode, self.k)
+            nodes = self.retriever.to_nodes(prepared.documents)
+            event.on_end(payload={EventPayload.NODES: nodes})
+        return prepared, nodes, _metadata(prepared, nodes)
+
+    def custom_query(self, query_str: str) -> Response | StreamingResponse:
+        prepared, nodes, meta = self._prepare(query_str)
+        if self.streaming:
+            stream = self.llm.stream_complete(prepared.prompt, formatted=True, mixture=prepared.mixture)
+            return StreamingResponse(response_gen=(r.delta for r in stream), source_nodes=nodes, metadata=meta)
+        answer = self.llm.complete(prepared.prompt, formatted=True, mixture=prepared.mixture)
+        return Response(answer.text, source_nodes=nodes, metadata=meta)
+
+    async def acustom_query(self, query_str: str) -> Response | AsyncStreamingResponse:
+        prepared, nodes, meta = await asyncio.to_thread(self._prepare, query_str)
+        if self.streaming:
+            stream = await self.llm.astream_complete(prepared.prompt, formatted=True, mixture=prepared.mixture)
+            return AsyncStreamingResponse(response_gen=_deltas(stream), source_nodes=nodes, metadata=meta)
+        answer = await self.llm.acomplete(prepared.prompt, formatted=True, mixture=prepared.mixture)
+        return Response(answer.text, source_nodes=nodes, metadata=meta)
+
+
+def _metadata(prepared: Prepared, nodes: list[NodeWithScore]) -> dict[str, Any]:
+    """What a Response reports: the mode, the mixture applied and each source's routing weights."""
+    weights = None
+    if isinstance(prepared.mixture, BankMixture):
+        weights = prepared.mixture.weights[0].tolist()  # [terms, m]: 1 term for "mean", k for "sum"
+    return {
+        "mode": prepared.mode,
+        "mixture": prepared.mixture,
+        "mixture_weights": weights,
+        "routing_weights": {n.node.node_id: n.node.metadata.get("routing_weights") for n in nodes},
+        "prompt": prepared.prompt,
+    }
+
+
+async def _deltas(stream):
+    async for r in stream:
+        yield r.delta
