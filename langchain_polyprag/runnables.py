@@ -1,0 +1,194 @@
+"""PolyPRAGRunnable: retrieve → mixture → generate as one LCEL Runnable, question in and answer out."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, AsyncIterator, Iterator, Optional, Union
+
+from langchain_core.runnables import AddableDict, RunnableConfig, RunnableSerializable
+from pydantic import ConfigDict, PrivateAttr
+
+from polyprag import Answer, InvalidInputError, LoRAMixingLLM, PolyPRAG
+from polyprag.pipeline import MODES, Prepared
+
+from ._streaming import iterate_in_thread, trimmed
+from .chat_models import ChatPolyPRAG
+from .retrievers import PolyPRAGRetriever, to_langchain_document
+
+Question = Union[str, dict]
+Output = Union[str, dict]
+_QUESTION_KEYS = ("question", "input", "query")
+
+
+class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
+    """Parametric RAG in one Runnable: a drop-in for ``{"context": retriever | format_docs, "question":
+    RunnablePassthrough()} | prompt | llm``; ``batch`` answers all questions in one forward pass, each row with
+    its own mixture; the output is the answer, or ``{"question", "answer", "documents"}`` with
+    ``return_documents=True``.
+
+    Example:
+        rag = PolyPRAGRunnable(retriever=PolyPRAGRetriever(library=library, k=3), mode="parametric")
+        rag.invoke("What is the capital of Zorvania?")
+        chain = rag | StrOutputParser()
+        chain.batch(["Who built the Krell Lighthouse?", "What is the currency of Zorvania?"])
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    retriever: Optional[PolyPRAGRetriever] = None
+    """Where questions find their documents (with a library for the parametric modes)."""
+    llm: Optional[Union[ChatPolyPRAG, LoRAMixingLLM]] = None
+    """The model (default: the library's, else the retriever-less ``rag``'s); a ChatPolyPRAG loads lazily."""
+    rag: Optional[PolyPRAG] = None
+    """A ready PolyPRAG pipeline, instead of ``retriever`` + ``llm``."""
+    mode: str = "parametric"
+    """parametric | combine | in_context | closed_book | lag | lag_in_context | lag_parametric (see PolyPRAG)."""
+    k: Optional[int] = None
+    """Documents retrieved per question (default: the retriever's k)."""
+    return_documents: bool = False
+    """Output a dict with the answer and its source documents instead of the answer alone."""
+    max_tokens: Optional[int] = None
+    """Most tokens per answer (default: the ChatPolyPRAG's, else the pipeline's)."""
+    temperature: Optional[float] = None
+    """Sampling temperature (default: the ChatPolyPRAG's, else greedy)."""
+    stop: Optional[list[str]] = None
+    """Strings that end an answer (default: the ChatPolyPRAG's)."""
+
+    _pipeline: Optional[PolyPRAG] = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._check()  # after pydantic: our errors reach the caller as polyprag exceptions
+
+    def _check(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidInputError(f"mode must be one of {MODES}, got {self.mode!r}.")
+        if self.rag is None and self.retriever is None:
+            raise InvalidInputError("PolyPRAGRunnable needs retriever=PolyPRAGRetriever(...) or rag=PolyPRAG(...).")
+        if self.rag is None and self.llm is None and self.retriever.library is None:
+            raise InvalidInputError("Give llm=ChatPolyPRAG(...) or a LoRAMixingLLM, or a retriever with a library.")
+        if not (isinstance(self.llm, ChatPolyPRAG) and self.llm.llm is None and self.llm.library is None):
+            self.pipeline()  # the model is at hand: refuse a bad mode/retriever pairing now, not at first call
+
+    def pipeline(self) -> PolyPRAG:
+        """The PolyPRAG pipeline this runnable runs (built, and its model loaded, on first use)."""
+        with self._lock:
+            if self._pipeline is None:
+                if self.rag is not None:
+                    self._pipeline = self.rag
+                else:
+                    llm = self.llm.load() if isinstance(self.llm, ChatPolyPRAG) else self.llm
+                    llm = llm or self.retriever.library.llm
+                    self._pipeline = PolyPRAG(llm, self.retriever.core, mode=self.mode, k=self.k)
+            return self._pipeline
+
+    def _generation(self) -> dict[str, Any]:
+        chat = self.llm if isinstance(self.llm, ChatPolyPRAG) else None
+        def pick(own, name):
+            return own if own is not None else getattr(chat, name, None)
+        stop = pick(self.stop, "stop")
+        return {"max_new_tokens": pick(self.max_tokens, "max_tokens"), "temperature": pick(self.temperature,
+                "temperature"), "stop": None if stop is None else tuple(stop)}
+
+    # ---- the work, on lists of inputs -----------------------------------------------------------
+    def _prepare(self, item: Question) -> Prepared:
+        return self.pipeline().prepare(question_of(item), self.mode, self.k)
+
+    def _answer(self, inputs: list[Question], config: Optional[list[RunnableConfig]] = None,
+                return_exceptions: bool = False) -> list[Any]:
+        """Answers in input order; one batched generation per ``max_concurrency`` questions."""
+        prepared: list[Any] = []
+        for item in inputs:
+            try:
+                prepared.append(self._prepare(item))
+            except Exception as e:  # bad input: reported for its own row, the batch goes on
+                if not return_exceptions:
+                    raise
+                prepared.append(e)
+        ready = [p for p in prepared if not isinstance(p, Exception)]
+        size = (config[0].get("max_concurrency") if config else None) or len(ready) or 1
+        answers: list[Answer] = []
+        for start in range(0, len(ready), size):
+            answers += self.pipeline().generate(ready[start:start + size], **self._generation())
+        it = iter(answers)
+        return [p if isinstance(p, Exception) else self._output(p, next(it)) for p in prepared]
+
+    def _output(self, prepared: Prepared, answer: Answer) -> Output:
+        if not self.return_documents:
+            return answer.text
+        return {"question": prepared.question, "answer": answer.text, "documents": self._documents(answer.documents)}
+
+    def _documents(self, scored: list) -> list:
+        weights = self.retriever.routing_weights([s.document.id for s in scored]) if self.retriever else None
+        return [to_langchain_document(s, None if weights is None else weights[i]) for i, s in enumerate(scored)]
+
+    def _pieces(self, item: Question) -> Iterator[Output]:
+        p = self._prepare(item)
+        if self.return_documents:
+            yield AddableDict(question=p.question, documents=self._documents(p.documents))
+        rag = self.pipeline()
+        for piece in trimmed(rag.llm.stream(p.prompt, p.mixture, config=rag.generation, **self._generation())):
+            yield AddableDict(answer=piece) if self.return_documents else piece
+
+    # ---- Runnable ---------------------------------------------------------------------------------
+    def invoke(self, input: Question, config: Optional[RunnableConfig] = None, **kwargs: Any) -> Output:
+        return self._call_with_config(lambda item: self._answer([item])[0], input, config)
+
+    async def ainvoke(self, input: Question, config: Optional[RunnableConfig] = None, **kwargs: Any) -> Output:
+        async def answer(item: Question) -> Output:
+            return (await asyncio.to_thread(self._answer, [item]))[0]
+
+        return await self._acall_with_config(answer, input, config)
+
+    def batch(self, inputs: list[Question], config: Optional[Union[RunnableConfig, list[RunnableConfig]]] = None,
+              *, return_exceptions: bool = False, **kwargs: Any) -> list[Output]:
+        def answer(items: list[Question], config: list[RunnableConfig]) -> list[Any]:
+            return self._answer(items, config, return_exceptions)
+
+        return self._batch_with_config(answer, inputs, config, return_exceptions=return_exceptions)
+
+    async def abatch(self, inputs: list[Question],
+                     config: Optional[Union[RunnableConfig, list[RunnableConfig]]] = None,
+                     *, return_exceptions: bool = False, **kwargs: Any) -> list[Output]:
+        async def answer(items: list[Question], config: list[RunnableConfig]) -> list[Any]:
+            return await asyncio.to_thread(self._answer, items, config, return_exceptions)
+
+        return await self._abatch_with_config(answer, inputs, config, return_exceptions=return_exceptions)
+
+    def stream(self, input: Question, config: Optional[RunnableConfig] = None,
+               **kwargs: Any) -> Iterator[Output]:
+        def pieces(items: Iterator[Question]) -> Iterator[Output]:
+            yield from self._pieces(_one(items))
+
+        yield from self._transform_stream_with_config(iter([input]), pieces, config)
+
+    async def astream(self, input: Question, config: Optional[RunnableConfig] = None,
+                      **kwargs: Any) -> AsyncIterator[Output]:
+        async def pieces(items: AsyncIterator[Question]) -> AsyncIterator[Output]:
+            item = _one([i async for i in items])
+            async for piece in iterate_in_thread(lambda: self._pieces(item)):
+                yield piece
+
+        async def once() -> AsyncIterator[Question]:
+            yield input
+
+        async for piece in self._atransform_stream_with_config(once(), pieces, config):
+            yield piece
+
+
+def question_of(item: Question) -> str:
+    """The question in a runnable input: the string itself, or a dict's "question" (or "input"/"query")."""
+    if isinstance(item, dict):
+        for key in _QUESTION_KEYS:
+            if key in item:
+                return item[key]
+        raise InvalidInputError(f"A dict input needs one of the keys {_QUESTION_KEYS}; got {sorted(item)}.")
+    return item
+
+
+def _one(items) -> Question:
+    items = list(items)
+    if len(items) != 1:
+        raise InvalidInputError(f"Expected one question per stream, got {len(items)} inputs.")
+    return items[0]
