@@ -1,0 +1,236 @@
+"""The `polyprag` command: one function per subcommand, registered in COMMANDS.
+
+Subcommands: ``encode`` (documents → adapter library), ``ask`` (library + question → answer),
+``eval`` (methods compared on a QA slice), ``demo`` (the quickstart). To add one, write
+``_configure_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add a ``Command`` to COMMANDS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import PolyPRAGError
+
+log = logging.getLogger("polyprag")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, how it adds its arguments, and what it runs."""
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _load_llm(model: str | None, device: str | None):
+    from .llm import LoRAMixingLLM
+
+    return LoRAMixingLLM.from_pretrained(model, device=device)
+
+
+# ---- eval ---------------------------------------------------------------------------------------
+def _configure_eval(p: argparse.ArgumentParser) -> None:
+    from .evaluation import DEFAULT_METHODS, METHODS, EvalConfig
+
+    d = EvalConfig(data="")
+    p.add_argument("--data", required=True, help="folder with questions.jsonl and corpus.jsonl")
+    p.add_argument("--n", type=int, default=None, help="evaluate the first N questions (default: all)")
+    p.add_argument("--k", type=int, default=d.k, help="BM25 passages per question")
+    p.add_argument("--methods", type=_csv, default=DEFAULT_METHODS,
+                   help=f"comma-separated, from {','.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--model", default=None, help="HF model folder or hub id (default: bundled SmolLM2-135M)")
+    p.add_argument("--num-adapters", type=int, default=d.num_adapters, help="Poly-PRAG bank size m")
+    p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank (PRAG and Poly-PRAG)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (scale alpha/rank)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="Poly-PRAG training epochs")
+    p.add_argument("--lr", type=float, default=d.lr, help="Poly-PRAG bank learning rate")
+    p.add_argument("--routing-lr", type=float, default=d.routing_lr, help="Poly-PRAG routing learning rate")
+    p.add_argument("--prag-epochs", type=int, default=d.prag_epochs, help="PRAG epochs (PRAG: 1, 2 on PopQA)")
+    p.add_argument("--prag-lr", type=float, default=d.prag_lr, help="PRAG learning rate")
+    p.add_argument("--combine", choices=("mean", "sum"), default=d.combine,
+                   help="Poly-PRAG: mean of routing weights, or sum of the documents' deltas")
+    p.add_argument("--lag-k", type=int, default=d.lag_k, help="LAG: adapters kept by the Arrow filter")
+    p.add_argument("--augment", choices=("generated_qa", "passage"), default=d.augment,
+                   help="training texts: PRAG's rewrite + generated QA, or the passage alone")
+    p.add_argument("--cache", default=None, help="augmentation cache folder (default: $POLYPRAG_CACHE/augment)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="Poly-PRAG training batch size")
+    p.add_argument("--answer-batch-size", type=int, default=d.answer_batch_size)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--latency-samples", type=int, default=d.latency_samples,
+                   help="questions answered one at a time to measure latency")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=None, help="folder for results.json, results.md, predictions.jsonl, libraries/")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation and print the markdown table."""
+    from .evaluation import EvalConfig, run_evaluation
+
+    cfg = EvalConfig(data=args.data, n=args.n, k=args.k, methods=args.methods, model=args.model,
+                     num_adapters=args.num_adapters, rank=args.rank, alpha=args.alpha, epochs=args.epochs,
+                     lr=args.lr, routing_lr=args.routing_lr, prag_epochs=args.prag_epochs,
+                     prag_lr=args.prag_lr, combine=args.combine, lag_k=args.lag_k, augment=args.augment,
+                     cache=args.cache, batch_size=args.batch_size, answer_batch_size=args.answer_batch_size,
+                     max_new_tokens=args.max_new_tokens, latency_samples=args.latency_samples, seed=args.seed,
+                     out=args.out, device=args.device, progress=not args.quiet)
+    report = run_evaluation(cfg)
+    print(report.markdown())
+    if args.out:
+        print(f"\nWrote {Path(args.out) / 'results.json'} and results.md.")
+    return 0
+
+
+# ---- encode -------------------------------------------------------------------------------------
+def _configure_encode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("docs", help="corpus JSONL: one {\"id\", \"title\", \"text\"} object per line")
+    p.add_argument("library", help="folder to write the adapter library to")
+    p.add_argument("--method", choices=("poly", "prag"), default="poly",
+                   help="poly: Poly-PRAG bank + routing; prag: one LoRA per document")
+    p.add_argument("--model", default=None, help="HF model folder or hub id (default: bundled SmolLM2-135M)")
+    p.add_argument("--num-adapters", type=int, default=8, help="Poly-PRAG bank size m")
+    p.add_argument("--rank", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=None, help="default: 4 (poly), 1 (prag)")
+    p.add_argument("--augment", choices=("generated_qa", "passage"), default="generated_qa")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    """Encode a corpus into a library folder and print what was written."""
+    from .documents import load_corpus
+    from .encoder import PolyPRAGEncoder, PRAGEncoder
+
+    docs = load_corpus(args.docs)
+    llm = _load_llm(args.model, args.device)
+    common = dict(augmenter=args.augment, seed=args.seed, progress=not args.quiet)
+    if args.epochs is not None:
+        common["epochs"] = args.epochs
+    if args.method == "prag":
+        encoder = PRAGEncoder(llm, rank=args.rank, **common)
+    else:
+        encoder = PolyPRAGEncoder(llm, num_adapters=args.num_adapters, rank=args.rank, **common)
+    library = encoder.fit(docs)
+    path = library.save(args.library)
+    size = library.storage_bytes()
+    print(f"Encoded {len(library)} documents ({args.method}) into {path}: bank {size['bank']:,} bytes, "
+          f"routing {size['routing']:,} bytes, {size['per_document']:,} bytes per document.")
+    return 0
+
+
+# ---- ask ----------------------------------------------------------------------------------------
+def _configure_ask(p: argparse.ArgumentParser) -> None:
+    from .pipeline import MODES
+
+    p.add_argument("library", help="an adapter library folder (from `polyprag encode`)")
+    p.add_argument("question")
+    p.add_argument("--corpus", default=None,
+                   help="corpus JSONL to retrieve from (default: the library's own documents)")
+    p.add_argument("--mode", choices=[m for m in MODES if not m.startswith("lag")], default="parametric")
+    p.add_argument("--k", type=int, default=3, help="documents retrieved")
+    p.add_argument("--combine", choices=("mean", "sum"), default=None,
+                   help="how the documents' adapters combine (default: mean for poly, sum for prag)")
+    p.add_argument("--model", default=None, help="default: the model the library was encoded on")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print the answer and its documents as JSON")
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Answer one question from a library and print the answer (or JSON with its documents)."""
+    from .documents import load_corpus
+    from .library import AdapterLibrary
+    from .parametric import ParametricRetriever
+    from .pipeline import PolyPRAG
+    from .retrieval import BM25Retriever
+
+    model = args.model or _library_model(args.library)
+    llm = _load_llm(model, args.device)
+    library = AdapterLibrary.load(args.library, llm)
+    docs = load_corpus(args.corpus) if args.corpus else library.documents
+    retriever = ParametricRetriever(BM25Retriever(docs, k=args.k), library, combine=args.combine)
+    rag = PolyPRAG(llm, retriever, mode=args.mode, max_new_tokens=args.max_new_tokens)
+    answer = rag.answer(args.question)
+    if args.json:
+        print(json.dumps({"question": args.question, "answer": answer.text, "mode": answer.mode,
+                          "documents": [{"id": s.document.id, "title": s.document.title, "score": s.score}
+                                        for s in answer.documents]}, ensure_ascii=False))
+    else:
+        print(answer.text)
+    return 0
+
+
+def _library_model(path: str) -> str | None:
+    """The model name a library records (None: the default model); the library's own load checks it."""
+    cfg = Path(path) / "config.json"
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("model_name") or None
+    except (OSError, ValueError):
+        return None  # AdapterLibrary.load reports the missing or broken library precisely
+
+
+# ---- demo ---------------------------------------------------------------------------------------
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the quickstart (polyprag.demo.main) when it is installed."""
+    try:
+        from . import demo
+    except ImportError:
+        print("The demo is not available in this install (polyprag.demo is missing); run "
+              "examples/quickstart.py from the source tree instead.", file=sys.stderr)
+        return 1
+    result = demo.main()
+    return result if isinstance(result, int) else 0
+
+
+COMMANDS: dict[str, Command] = {
+    "encode": Command("encode a corpus JSONL into an adapter library folder", _configure_encode, cmd_encode),
+    "ask": Command("answer a question from an adapter library", _configure_ask, cmd_ask),
+    "eval": Command("compare methods on a QA slice (EM, F1, accuracy, costs)", _configure_eval, cmd_eval),
+    "demo": Command("run the quickstart demo", _configure_demo, cmd_demo),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="polyprag", description="Parametric RAG: Poly-PRAG, PRAG and LAG.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        command.configure(p)
+        p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.add_argument("-v", "--verbose", action="store_true", help="log what polyprag does")
+        p.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `polyprag` command; returns the exit status (2 for refused input)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return args._run(args)
+    except PolyPRAGError as e:
+        print(f"polyprag {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

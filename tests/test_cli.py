@@ -1,0 +1,103 @@
+"""The `polyprag` command: encode, ask, eval and demo on the tiny model saved as a local model folder."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from polyprag.cli import COMMANDS, build_parser, main
+from polyprag.documents import save_jsonl
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Generation-heavy tests on one torch thread: on a shared 2-core machine two threads run 50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The tiny model and tokenizer saved as an HF folder, so `--model PATH` loads it like any model."""
+    from tiny import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_model().save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def corpus(tmp_path, docs):
+    path = tmp_path / "corpus.jsonl"
+    save_jsonl([{"id": d.id, "title": d.title, "text": d.text} for d in docs], path)
+    return str(path)
+
+
+def test_every_registered_command_parses():
+    parser = build_parser()
+    assert {"encode", "ask", "eval", "demo"} <= set(COMMANDS)
+    args = parser.parse_args(["eval", "--data", "d", "--n", "5", "--methods", "prag,polyprag", "--combine", "sum"])
+    assert args.methods == ("prag", "polyprag") and args.n == 5 and args.combine == "sum"
+
+
+@pytest.mark.parametrize("method", ["poly", "prag"])
+def test_encode_then_ask(method, model_dir, corpus, tmp_path, capsys):
+    lib = tmp_path / "lib"
+    assert main(["encode", corpus, str(lib), "--method", method, "--model", model_dir, "--augment", "passage",
+                 "--epochs", "1", "-q"]) == 0
+    assert "Encoded 5 documents" in capsys.readouterr().out
+    assert json.loads((lib / "config.json").read_text())["kind"] == ("poly" if method == "poly" else "per_document")
+    assert main(["ask", str(lib), "what is the capital of zorvania", "--k", "2", "--max-new-tokens", "3",
+                 "--json"]) == 0  # the model is found from the library's config
+    out = json.loads(capsys.readouterr().out)
+    assert out["mode"] == "parametric" and len(out["documents"]) == 2
+    assert out["documents"][0]["id"] == "d0"  # BM25 puts the zorvania capital passage first
+    assert main(["ask", str(lib), "who built the krell lighthouse", "--mode", "in_context", "--corpus", corpus,
+                 "--max-new-tokens", "2"]) == 0
+
+
+def test_eval_writes_table(model_dir, corpus, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "corpus.jsonl").write_text(open(corpus).read())
+    save_jsonl([{"id": "q0", "question": "what is the capital of zorvania", "answers": ["quellport"], "gold": ["d0"]},
+                {"id": "q1", "question": "who invented the vase", "answers": ["marisol"], "gold": ["d2"]}],
+               data / "questions.jsonl")
+    rc = main(["eval", "--data", str(data), "--k", "1", "--methods", "closed_book,in_context,polyprag",
+               "--model", model_dir, "--augment", "passage", "--epochs", "1", "--num-adapters", "2",
+               "--max-new-tokens", "2", "--latency-samples", "1", "--out", str(tmp_path / "out"), "-q"])
+    assert rc == 0
+    assert "| in_context |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["facts"]["documents"] == 2
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    assert main(["eval", "--data", str(tmp_path), "-q"]) == 2
+    assert "corpus.jsonl" in capsys.readouterr().err
+    assert main(["ask", str(tmp_path), "a question?"]) == 2
+    assert "not an adapter library" in capsys.readouterr().err
+    assert main(["eval", "--data", str(tmp_path), "--methods", "closed_book,magic"]) == 2
+    assert "Unknown method" in capsys.readouterr().err
+
+
+def test_demo_runs_or_explains(capsys, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("polyprag.demo") is None:
+        assert main(["demo"]) == 1
+        assert "polyprag.demo is missing" in capsys.readouterr().err
+    else:
+        import polyprag.demo
+
+        monkeypatch.setattr(polyprag.demo, "main", lambda: 0)
+        assert main(["demo"]) == 0
+
+
+def test_unknown_command_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["teleport"])
+    assert e.value.code == 2

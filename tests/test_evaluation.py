@@ -1,0 +1,132 @@
+"""Evaluation: the metrics against hand-computed cases, and an end-to-end run on a 10-question slice."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from polyprag import InvalidInputError
+from polyprag.documents import save_jsonl
+from polyprag.evaluation import (EvalConfig, accuracy, exact_match, f1_score, normalize_answer, recall_at_k,
+                                 run_evaluation)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Generation-heavy tests on one torch thread: on a shared 2-core machine two threads run 50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+def test_normalize_answer_as_squad():
+    assert normalize_answer("  The  Eiffel-Tower!  ") == "eiffeltower"
+    assert normalize_answer("An apple, a pear and THE plum.") == "apple pear and plum"
+
+
+def test_exact_match_max_over_aliases():
+    assert exact_match("The Politician.", ["journalist", "politician"]) == 1.0
+    assert exact_match("a politician by trade", ["politician"]) == 0.0
+    assert exact_match("", ["politician"]) == 0.0
+
+
+def test_f1_hand_computed():
+    # prediction "barack obama jr" vs gold "barack obama": common 2, P = 2/3, R = 1 -> F1 = 0.8
+    assert f1_score("Barack Obama Jr.", ["Barack Obama"]) == pytest.approx(0.8)
+    # max over aliases: "new york city" vs ["york", "new york city"] -> 1.0
+    assert f1_score("New York City", ["York", "the New York City"]) == pytest.approx(1.0)
+    # repeated tokens count as a multiset: pred "the cat cat" -> [cat, cat], gold [cat] -> P 1/2, R 1 -> 2/3
+    assert f1_score("the cat cat", ["cat"]) == pytest.approx(2 / 3)
+    assert f1_score("dog", ["cat"]) == 0.0
+    # PRAG: a yes/no mismatch scores 0 even with overlap
+    assert f1_score("yes", ["no"]) == 0.0 and f1_score("no", ["no"]) == 1.0
+
+
+def test_accuracy_is_alias_containment_on_word_boundaries():
+    assert accuracy("He was an Australian politician.", ["political figure", "politician"]) == 1.0
+    assert accuracy("a politicians' club", ["politician"]) == 0.0  # no partial words
+    assert accuracy("anything", [""]) == 0.0
+
+
+def test_recall_at_k():
+    assert recall_at_k(["a", "b", "c"], ["b", "z"]) == 0.5
+    assert recall_at_k(["a"], []) is None
+
+
+def test_config_refuses_unknown_method(tmp_path):
+    with pytest.raises(InvalidInputError, match="Unknown method"):
+        EvalConfig(data=str(tmp_path), methods=("closed_book", "rag_fusion"))
+    with pytest.raises(InvalidInputError, match="combine"):
+        EvalConfig(data=str(tmp_path), combine="max")
+
+
+def test_missing_data_folder_is_refused(tmp_path, llm):
+    with pytest.raises(InvalidInputError, match="corpus.jsonl"):
+        run_evaluation(EvalConfig(data=str(tmp_path), progress=False), llm=llm)
+
+
+QUESTIONS = [
+    ("what is the capital of zorvania", ["quellport"], ["d0"]),
+    ("who built the krell lighthouse", ["farrant"], ["d1"]),
+    ("who invented the vase", ["marisol"], ["d2"]),
+    ("what is the currency of zorvania", ["velt", "the velt"], ["d3"]),
+    ("which lighthouse is painted purple", ["tamsin"], ["d4"]),
+    ("when was the vase invented", ["1998"], ["d2"]),
+    ("what city is the capital of zorvania", ["quellport"], ["d0"]),
+    ("what is the krell lighthouse", ["lighthouse"], ["d1"]),
+    ("where is the purple lighthouse", ["tamsin island"], ["d4"]),
+    ("what is the velt", ["currency"], ["d3", "d0"]),
+]
+
+
+def write_slice(folder, docs):
+    folder.mkdir(parents=True, exist_ok=True)
+    save_jsonl([{"id": d.id, "title": d.title, "text": d.text} for d in docs], folder / "corpus.jsonl")
+    save_jsonl([{"id": f"q{i}", "question": q, "answers": a, "gold": g} for i, (q, a, g) in enumerate(QUESTIONS)],
+               folder / "questions.jsonl")
+    return folder
+
+
+def test_end_to_end_on_tiny_slice(llm, docs, tmp_path):
+    data = write_slice(tmp_path / "data", docs)
+    cfg = EvalConfig(data=str(data), n=10, k=2, num_adapters=3, epochs=1, augment="generated_qa",
+                     cache=str(tmp_path / "cache"), answer_batch_size=4, max_new_tokens=4, latency_samples=2,
+                     out=str(tmp_path / "out"), progress=False)
+    report = run_evaluation(cfg, llm=llm)
+    by = {r.method: r for r in report.results}
+    assert list(by) == list(cfg.methods)
+    for r in report.results:
+        assert 0 <= r.em <= r.f1 <= 100 and 0 <= r.accuracy <= 100
+        assert len(r.predictions) == 10 and r.latency_p50_s > 0
+    assert by["closed_book"].recall_at_k is None and 0 < by["in_context"].recall_at_k <= 100
+    # PRAG stores a whole adapter per document; Poly-PRAG's new document costs only its routing row
+    assert by["prag"].storage_bytes_new_doc > by["polyprag"].storage_bytes_new_doc > 0
+    assert by["prag"].encode_s_per_doc > 0 and by["closed_book"].encode_s_per_doc is None
+    assert report.facts["augment"]["generated"] == report.facts["documents"] <= 5
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["method"] for r in saved["results"]] == list(cfg.methods)
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| polyprag_combine |" in table and "cache hits" in table
+    assert (tmp_path / "out" / "libraries" / "poly" / "config.json").is_file()
+    # seeded: the same run answers the same, and the second run reads every augmentation from the cache
+    again = run_evaluation(EvalConfig(**{**cfg.__dict__, "out": None}), llm=llm)
+    assert again.facts["augment"]["cache_hits"] == report.facts["documents"]
+    assert again.facts["augment"]["generated"] == 0
+    assert [p["prediction"] for r in again.results for p in r.predictions] == \
+        [p["prediction"] for r in report.results for p in r.predictions]
+
+
+def test_lag_methods_need_polyprag_lag(llm, docs, tmp_path):
+    data = write_slice(tmp_path / "data", docs)
+    cfg = EvalConfig(data=str(data), n=4, k=2, methods=("lag", "lag_in_context"), augment="passage",
+                     max_new_tokens=3, latency_samples=1, progress=False)
+    try:
+        import polyprag.lag  # noqa: F401
+    except ImportError:
+        with pytest.raises(Exception, match="polyprag.lag"):
+            run_evaluation(cfg, llm=llm)
+        return
+    report = run_evaluation(cfg, llm=llm)
+    assert [r.method for r in report.results] == ["lag", "lag_in_context"]
+    assert report.results[0].storage_bytes_per_doc > 0
