@@ -4,19 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+
+from test_augment import one_thread  # noqa: F401  (autouse: one torch thread)
 
 from polyprag.cli import COMMANDS, build_parser, main
 from polyprag.documents import save_jsonl
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Generation-heavy tests on one torch thread: on a shared 2-core machine two threads run 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

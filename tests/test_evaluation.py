@@ -4,21 +4,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+
+from test_augment import one_thread  # noqa: F401  (autouse: one torch thread)
 
 from polyprag import InvalidInputError
 from polyprag.documents import save_jsonl
 from polyprag.evaluation import (EvalConfig, accuracy, exact_match, f1_score, normalize_answer, recall_at_k,
                                  run_evaluation)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Generation-heavy tests on one torch thread: on a shared 2-core machine two threads run 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def test_normalize_answer_as_squad():
     assert normalize_answer("  The  Eiffel-Tower!  ") == "eiffeltower"
