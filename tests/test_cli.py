@@ -86,11 +86,14 @@ def test_demo_runs_or_explains(capsys, monkeypatch):
     else:
         import polyprag.demo
 
-        monkeypatch.setattr(polyprag.demo, "main", lambda: 0)
-        assert main(["demo"]) == 0
+        seen = []
+        monkeypatch.setattr(polyprag.demo, "main", lambda argv: seen.append(argv) or 0)
+        assert main(["demo", "--epochs", "2"]) == 0
+        assert seen == [["--epochs", "2"]]  # the demo's own options reach it
 
 
-def test_unknown_command_is_refused(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["teleport"])
-    assert e.value.code == 2
+def test_unknown_command_or_option_is_refused(capsys):
+    for argv in (["teleport"], ["eval", "--data", "d", "--bogus"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2

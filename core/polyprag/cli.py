@@ -178,20 +178,22 @@ def _library_model(path: str) -> str | None:
 
 # ---- demo ---------------------------------------------------------------------------------------
 def _configure_demo(p: argparse.ArgumentParser) -> None:
-    pass
+    p.epilog = "Other options go to the demo itself (e.g. --epochs 2, --adapters 8, --model PATH)."
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the quickstart (polyprag.demo.main) when it is installed."""
+    """Run the quickstart (polyprag.demo.main) when it is installed, passing it the remaining options."""
     try:
         from . import demo
     except ImportError:
         print("The demo is not available in this install (polyprag.demo is missing); run "
               "examples/quickstart.py from the source tree instead.", file=sys.stderr)
         return 1
-    result = demo.main()
+    result = demo.main(list(args.passthrough))
     return result if isinstance(result, int) else 0
 
+
+PASSTHROUGH = {"demo"}  # subcommands whose unknown options go on to the program they run
 
 COMMANDS: dict[str, Command] = {
     "encode": Command("encode a corpus JSONL into an adapter library folder", _configure_encode, cmd_encode),
@@ -218,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `polyprag` command; returns the exit status (2 for refused input)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in PASSTHROUGH:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.passthrough = extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
