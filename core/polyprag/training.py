@@ -107,10 +107,15 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
                data: Sequence[Sequence[TrainingExample]], cfg: TrainConfig, train_bank: bool = True,
-               on_step: Callable[[int, float], None] | None = None) -> list[float]:
+               on_step: Callable[[int, float], None] | None = None,
+               shard: tuple[int, int] = (0, 1),
+               sync: Callable[[list[torch.Tensor]], None] | None = None) -> list[float]:
     """Jointly train the bank (if ``train_bank``) and routing logits [N, m] on each document's texts.
 
-    Mini-batches mix documents; each row carries its own document's sampled mixture."""
+    Mini-batches mix documents; each row carries its own document's sampled mixture.
+    Data-parallel: process ``shard = (rank, world)`` takes every world-th mini-batch of the same
+    seeded order (``batch_size`` is then per process) and ``sync`` averages the gradients of the
+    trained tensors across processes before each step, so the replicas stay identical."""
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     items = [(d, tokenize(llm, ex, cfg.max_length)) for d, exs in enumerate(data) for ex in exs]
@@ -121,19 +126,29 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
         params.append({"params": list(bank.parameters()), "lr": cfg.lr})
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
     losses: list[float] = []
-    steps = cfg.epochs * math.ceil(len(items) / cfg.batch_size)
-    bar = _progress(steps, "encode (poly)" if train_bank else "fit routing", cfg.progress)
+    rank, world = shard
+    trained = [logits] + (list(bank.parameters()) if train_bank else [])
+    per_epoch = math.ceil(len(items) / (cfg.batch_size * world))
+    bar = _progress(cfg.epochs * per_epoch, "encode (poly)" if train_bank else "fit routing", cfg.progress)
     try:
         for _ in range(cfg.epochs):
             rng.shuffle(items)
-            for s in range(0, len(items), cfg.batch_size):
-                chunk = items[s: s + cfg.batch_size]
-                batch = collate([t for _, t in chunk], llm.tokenizer.pad_token_id, llm.device)
-                rows = torch.tensor([d for d, _ in chunk], device=logits.device)
-                w = relaxed_bernoulli_weights(logits[rows], cfg.temperature, gen)  # [B, m]
-                loss = row_losses(llm, batch, BankMixture(bank, w[:, None, :])).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+            for step in range(per_epoch):
+                s = (step * world + rank) * cfg.batch_size
+                chunk = items[s: s + cfg.batch_size]  # empty on the last data-parallel round: grads stay 0
+                opt.zero_grad(set_to_none=False)
+                for p in trained:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                loss = torch.zeros((), device=llm.device)
+                if chunk:
+                    batch = collate([t for _, t in chunk], llm.tokenizer.pad_token_id, llm.device)
+                    rows = torch.tensor([d for d, _ in chunk], device=logits.device)
+                    w = relaxed_bernoulli_weights(logits[rows], cfg.temperature, gen)  # [B, m]
+                    loss = row_losses(llm, batch, BankMixture(bank, w[:, None, :])).mean()
+                    loss.backward()
+                if sync is not None:
+                    sync([p.grad for p in trained])
                 opt.step()
                 losses.append(float(loss.detach()))
                 if on_step:
