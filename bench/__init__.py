@@ -1,0 +1,1 @@
+"""polyprag's benchmark suite: ``python -m bench`` prints each figure as a ratio measured in one run."""

@@ -1,0 +1,126 @@
+"""``python -m bench``: run the performance suite, print every figure as a ratio, write bench/results/*.json.
+
+Examples:
+    python -m bench --quick                                  # small config, a few minutes on a CPU
+    python -m bench                                          # the full suite, default model
+    python -m bench --device cuda --random-llama 1b          # GPU, a randomly initialised 1.1B Llama
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from polyprag import BM25Retriever, ParametricRetriever
+
+from . import common, figures
+
+FULL = dict(questions=16, tokens=32, repeats=5, switch_queries=10, switch_adapters=32, batch=16,
+            storage_docs=1000, fit_docs=16)
+QUICK = dict(questions=4, tokens=12, repeats=3, switch_queries=3, switch_adapters=8, batch=16,
+             storage_docs=1000, fit_docs=8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small config (fewer questions, tokens, repeats)")
+    ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--model", help="a local HF causal-LM folder (default: bundled SmolLM2-135M-Instruct)")
+    ap.add_argument("--random-llama", choices=sorted(common.RANDOM_LLAMAS),
+                    help="a randomly initialised Llama of this size instead of --model")
+    ap.add_argument("--tokenizer", help="tokenizer folder for --random-llama (default: the default model's)")
+    ap.add_argument("--dtype", help="float32, bfloat16, ... (default: float32 on CPU, bfloat16 on CUDA)")
+    ap.add_argument("--data", help="folder with corpus.jsonl + questions.jsonl (default: shared/data/popqa)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--only", help="comma-separated figure names to run (default: all)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the JSON")
+    args = ap.parse_args(argv)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = QUICK if args.quick else FULL
+    dtype = args.dtype or ("bfloat16" if (args.device or "").startswith("cuda") else None)
+    start = time.perf_counter()
+    llm = common.load_llm(args.model, args.random_llama, args.device, dtype, args.tokenizer)
+    info = common.machine(llm)
+    print(_machine_line(info), flush=True)
+    docs, questions = common.corpus_and_questions(max(cfg["questions"], cfg["batch"]), args.data)
+    library = common.random_library(llm, docs, m=16)
+    only = set(args.only.split(",")) if args.only else None
+    results: dict[str, dict] = {}
+
+    def run(name: str, fn) -> None:
+        if only and name not in only:
+            return
+        t = time.perf_counter()
+        results[name] = fn()
+        results[name]["bench_s"] = time.perf_counter() - t
+        results[name]["peak_rss_mb_so_far"] = common.peak_rss_mb()
+        print(_line(name, results[name]), flush=True)
+        common.free(llm.device)
+
+    run("1_parametric_vs_in_context", lambda: figures.parametric_vs_in_context(
+        llm, docs, questions[: cfg["questions"]], library, cfg["tokens"]))
+    run("2_mixture_vs_bare", lambda: figures.mixture_vs_bare(llm, library, questions[0], cfg["tokens"],
+                                                               cfg["repeats"]))
+    run("3_switch_vs_peft", lambda: figures.switch_vs_peft(llm, library, cfg["switch_queries"],
+                                                           cfg["switch_adapters"]))
+    retriever = ParametricRetriever(BM25Retriever(docs, k=3), library)
+    run("4_batched_vs_one_by_one", lambda: figures.batched_vs_one_by_one(
+        llm, retriever, questions[: cfg["batch"]], cfg["tokens"], max(1, cfg["repeats"] // 2)))
+    kept: dict = {}
+
+    def storage() -> dict:
+        out, kept["library"], kept["folder"] = figures.storage(llm, cfg["storage_docs"], 16, prag_samples=4)
+        return out
+
+    run("5_storage_per_document", storage)
+    run("6_add_document_vs_prag", lambda: figures.add_document_vs_prag(llm, docs, cfg["fit_docs"]))
+    if "library" in kept:
+        run("memory_library_vs_model", lambda: figures.memory(llm, kept["library"], kept["folder"]))
+        shutil.rmtree(kept["folder"], ignore_errors=True)
+    info["peak_rss_mb"] = common.peak_rss_mb()
+    if llm.device.type == "cuda":
+        info["peak_gpu_mb"] = torch.cuda.max_memory_allocated(llm.device) / 2**20
+    info["suite_s"] = time.perf_counter() - start
+    info["config"] = {**cfg, "quick": args.quick}
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{info['device']}-{llm.name}{'-quick' if args.quick else ''}")
+    path = common.write_json(Path(args.out) / f"{slug}.json", {"machine": info, "figures": results})
+    print(f"peak RSS {info['peak_rss_mb']:.0f} MiB"
+          + (f", peak GPU {info['peak_gpu_mb']:.0f} MiB" if "peak_gpu_mb" in info else "")
+          + f"; suite {info['suite_s']:.0f} s; wrote {path}")
+    return 0
+
+
+def _machine_line(info: dict) -> str:
+    where = info.get("gpu") or info["cpu"]
+    return (f"machine: {where} ({info['device']}), {info['cores']} cores, torch {info['torch']} with "
+            f"{info['torch_threads']} threads; model {info['model']} ({info['model_parameters'] / 1e6:.0f}M "
+            f"params, {info['dtype']}); {info['date']}")
+
+
+_SHOWN = {"1_parametric_vs_in_context": ("parametric_s_per_answer", "in_context_s_per_answer"),
+          "2_mixture_vs_bare": ("mixture_mean_s", "bare_s"),
+          "3_switch_vs_peft": ("polyprag_poly_switch_s", "peft_switch_s"),
+          "4_batched_vs_one_by_one": ("one_by_one_s", "batched_s"),
+          "5_storage_per_document": ("poly_bytes_per_document_marginal", "prag_bytes_per_document"),
+          "6_add_document_vs_prag": ("routing_fit_s", "prag_adapter_s"),
+          "memory_library_vs_model": ("library_tensor_bytes", "model_bytes")}
+
+
+def _line(name: str, r: dict) -> str:
+    a, b = _SHOWN[name]
+    return (f"{name:28s} ratio {r['ratio']:10.4g}  target {r['target']:8s} {'MET ' if r['met'] else 'MISS'}"
+            f"  ({a}={r[a]:.4g}, {b}={r[b]:.4g})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The six figures of the performance issue plus memory, each a ratio of two things measured in one run.
+
+Every function takes what it needs, measures, and returns a dict with ``ratio``, ``target``, ``met``
+and the absolute numbers behind the ratio (seconds, bytes, tokens).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from polyprag import (AdapterLibrary, BM25Retriever, Document, LoRAMixingLLM, ParametricRetriever, PolyPRAG,
+                      PolyPRAGEncoder, PRAGEncoder)
+
+from .common import (folder_bytes, paired, random_bank, random_library, rss_mb, save_peft_adapter,
+                     synthetic_docs, sync, timed)
+
+
+def _result(ratio: float, target: float, at_most: bool, **numbers) -> dict:
+    met = ratio <= target if at_most else ratio >= target
+    return {"ratio": ratio, "target": f"{'<=' if at_most else '>='} {target:g}", "met": bool(met), **numbers}
+
+
+def parametric_vs_in_context(llm: LoRAMixingLLM, docs: Sequence[Document], questions: Sequence[str],
+                             library: AdapterLibrary, tokens: int) -> dict:
+    """1. Answer latency, parametric (mixture, short prompt) / in-context (k=3 passages), same questions.
+
+    The ratio uses answers of exactly ``tokens`` tokens in both modes (same decode work, so only the
+    prompt differs); answers that stop at end-of-sequence as usual are timed too (``natural_*``)."""
+    retriever = ParametricRetriever(BM25Retriever(docs, k=3), library)
+    modes = {m: PolyPRAG(llm, retriever, mode=m, max_new_tokens=tokens) for m in ("parametric", "in_context")}
+    for rag in modes.values():  # warm-up: first-call allocations and lazy imports
+        rag.answer(questions[0], min_new_tokens=tokens)
+    fixed: dict[str, list[float]] = {m: [] for m in modes}
+    natural: dict[str, list[float]] = {m: [] for m in modes}
+    answer_tokens: dict[str, list[int]] = {m: [] for m in modes}
+    prompt_tokens: dict[str, list[int]] = {m: [] for m in modes}
+    for q in questions:  # alternate the modes question by question
+        for m, rag in modes.items():
+            fixed[m].append(timed(lambda: rag.answer(q, min_new_tokens=tokens), llm.device))
+            out: list = []
+            natural[m].append(timed(lambda: out.append(rag.answer(q)), llm.device))
+            answer_tokens[m].append(len(llm.tokenizer(out[0].text, add_special_tokens=False)["input_ids"]))
+            prompt_tokens[m].append(len(llm.tokenizer(out[0].prompt, add_special_tokens=False)["input_ids"]))
+    n = len(questions)
+    p, c = sum(fixed["parametric"]), sum(fixed["in_context"])
+    return _result(p / c, 0.5, True, questions=n, new_tokens=tokens,
+                   parametric_s_per_answer=p / n, in_context_s_per_answer=c / n,
+                   parametric_prompt_tokens=statistics.mean(prompt_tokens["parametric"]),
+                   in_context_prompt_tokens=statistics.mean(prompt_tokens["in_context"]),
+                   natural_ratio=sum(natural["parametric"]) / sum(natural["in_context"]),
+                   natural_parametric_s_per_answer=sum(natural["parametric"]) / n,
+                   natural_in_context_s_per_answer=sum(natural["in_context"]) / n,
+                   natural_parametric_answer_tokens=statistics.mean(answer_tokens["parametric"]),
+                   natural_in_context_answer_tokens=statistics.mean(answer_tokens["in_context"]))
+
+
+def mixture_vs_bare(llm: LoRAMixingLLM, library: AdapterLibrary, question: str, tokens: int,
+                    repeats: int) -> dict:
+    """2. generate with a mixture (mixed anew each call) / the bare model, same prompt and length."""
+    prompt = llm.question_prompt(question)
+    ids = library.doc_ids[:3]
+
+    def run(mixture_of):
+        return lambda: llm.generate([prompt], [mixture_of()], max_new_tokens=tokens, min_new_tokens=tokens)
+
+    bare, mean = paired(run(lambda: None), run(lambda: library.mixture(ids, "mean")), repeats, llm.device)
+    bare2, total = paired(run(lambda: None), run(lambda: library.mixture(ids, "sum")), repeats, llm.device)
+    return _result(mean / bare, 1.15, True, new_tokens=tokens, repeats=repeats, bare_s=bare, mixture_mean_s=mean,
+                   ratio_sum_of_3_deltas=total / bare2, mixture_sum_s=total, bare_s_second_pairing=bare2)
+
+
+def switch_vs_peft(llm: LoRAMixingLLM, library: AdapterLibrary, queries: int, adapters: int) -> dict:
+    """3. Switching the mixture between two queries / PRAG's way with peft adapter folders on disk."""
+    from peft import PeftModel
+
+    prag = random_library(llm, synthetic_docs(adapters, "prag"), per_document=True)
+    gen = torch.Generator().manual_seed(3)
+    triples = [torch.randperm(adapters, generator=gen)[:3].tolist() for _ in range(queries)]
+    ours_poly, ours_prag, theirs = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = [save_peft_adapter(prag.bank, j, Path(tmp) / f"doc{j}") for j in range(adapters)]
+        base = copy.deepcopy(llm.model)  # peft rewrites the modules it wraps; keep ours untouched
+        pm = PeftModel.from_pretrained(base, str(folders[0]), adapter_name="idle").eval()
+
+        def peft_switch(triple: list[int]) -> None:
+            names = [f"doc{j}" for j in triple]
+            for name, j in zip(names, triple):
+                pm.load_adapter(str(folders[j]), adapter_name=name)
+            pm.add_weighted_adapter(names, [1.0] * len(names), "query", combination_type="cat")
+            pm.set_adapter("query")
+            sync(llm.device)  # (the answer would be generated here)
+            pm.set_adapter("idle")
+            for name in names + ["query"]:
+                pm.delete_adapter(name)
+
+        peft_switch(triples[0])  # warm-up
+        for triple in triples:
+            ids = [prag.doc_ids[j] for j in triple]
+            poly_ids = [library.doc_ids[j % len(library)] for j in triple]
+            ours_poly.append(timed(lambda: library.mixture(poly_ids).prepare(llm.dtype), llm.device))
+            ours_prag.append(timed(lambda: prag.mixture(ids, "sum").prepare(llm.dtype), llm.device))
+            theirs.append(timed(lambda: peft_switch(triple), llm.device))
+        error = _peft_agreement(llm, pm, prag, folders, triples[0])
+        del pm, base
+    ours, peft_s = statistics.median(ours_poly), statistics.median(theirs)
+    return _result(ours / peft_s, 0.05, True, queries=queries, adapters_on_disk=adapters,
+                   polyprag_poly_switch_s=ours, polyprag_prag_sum_switch_s=statistics.median(ours_prag),
+                   ratio_prag_sum=statistics.median(ours_prag) / peft_s, peft_switch_s=peft_s,
+                   peft_vs_polyprag_max_abs_logit_diff=error)
+
+
+def _peft_agreement(llm, pm, prag, folders, triple) -> float:
+    """Max |logit difference| between peft's cat-merged adapters and polyprag's sum mixture: same model?"""
+    names = [f"doc{j}" for j in triple]
+    for name, j in zip(names, triple):
+        pm.load_adapter(str(folders[j]), adapter_name=name)
+    pm.add_weighted_adapter(names, [1.0] * 3, "query", combination_type="cat")
+    pm.set_adapter("query")
+    enc = llm.encode([llm.question_prompt("Who built the lighthouse?")])
+    with torch.no_grad():
+        theirs = pm(**enc).logits.float()
+    ours = llm.logits(enc["input_ids"], enc["attention_mask"],
+                      prag.mixture([prag.doc_ids[j] for j in triple], "sum")).float()
+    return float((theirs - ours).abs().max())
+
+
+def batched_vs_one_by_one(llm: LoRAMixingLLM, retriever: ParametricRetriever, questions: Sequence[str],
+                          tokens: int, repeats: int) -> dict:
+    """4. n questions with n different mixtures in one batch / the same n generated one by one."""
+    found = [retriever.retrieve(q) for q in questions]
+    prompts = [llm.question_prompt(q) for q in questions]
+    mixtures = [f.mixture for f in found]
+    distinct = len({tuple(f.doc_ids) for f in found})
+
+    def one_by_one():
+        for p, q in zip(prompts, questions):
+            llm.generate([p], [retriever.retrieve(q).mixture], max_new_tokens=tokens, min_new_tokens=tokens)
+
+    def batched():
+        llm.generate(prompts, [retriever.retrieve(q).mixture for q in questions], max_new_tokens=tokens,
+                     min_new_tokens=tokens)
+
+    single, batch = paired(one_by_one, batched, repeats, llm.device, warmup=0)
+    widths = llm.encode(prompts)["attention_mask"]
+    return _result(single / batch, 4.0, False, questions=len(questions), distinct_mixtures=distinct,
+                   new_tokens=tokens, repeats=repeats, one_by_one_s=single, batched_s=batch,
+                   batched_tokens_per_s=len(questions) * tokens / batch,
+                   one_by_one_tokens_per_s=len(questions) * tokens / single,
+                   padding_fraction=float(1 - widths.float().mean()), mixtures_kind=type(mixtures[0]).__name__)
+
+
+def storage(llm: LoRAMixingLLM, documents: int, m: int, prag_samples: int) -> tuple[dict, AdapterLibrary, Path]:
+    """5. Bytes per document on disk, Poly-PRAG / PRAG, read from the saved files."""
+    tmp = Path(tempfile.mkdtemp(prefix="polyprag-bench-"))
+    lib = random_library(llm, synthetic_docs(documents), m=m)
+    lib.save(tmp / "poly")
+    bank_b = folder_bytes(tmp / "poly", ["bank.safetensors"])
+    routing_b = folder_bytes(tmp / "poly", ["routing.safetensors"])
+    prag_bank = random_bank(llm, prag_samples, lib.bank.rank, lib.bank.alpha, seed=5)
+    per_prag = statistics.mean(folder_bytes(save_peft_adapter(prag_bank, j, tmp / f"prag{j}"))
+                               for j in range(prag_samples))
+    marginal = routing_b / documents
+    amortised = (bank_b + routing_b) / documents
+    return _result(marginal / per_prag, 1 / 1000, True, documents=documents, adapters=m, rank=lib.bank.rank,
+                   poly_bank_bytes=bank_b, poly_routing_bytes=routing_b,
+                   poly_bytes_per_document_marginal=marginal, poly_bytes_per_document_amortised=amortised,
+                   ratio_amortised_with_bank=amortised / per_prag, prag_bytes_per_document=per_prag,
+                   documents_jsonl_bytes_both_methods=folder_bytes(tmp / "poly", ["documents.jsonl"])), lib, tmp
+
+
+def add_document_vs_prag(llm: LoRAMixingLLM, docs: Sequence[Document], base_docs: int) -> dict:
+    """6. Adding one document (routing-only fit, bank frozen) / training one PRAG adapter, same texts.
+
+    Both use the encoders' default settings (Poly-z: PolyPRAGEncoder's epochs and routing lr; PRAG:
+    rank 2, 1 epoch, lr 3e-4) and the passage as the training text."""
+    encoder = PolyPRAGEncoder(llm, num_adapters=16, rank=2, augmenter="passage", progress=False)
+    library = random_library(llm, docs[:base_docs], m=16, training={**asdict(encoder.train),
+                                                                    "augmenter": "PassageAugmenter"})
+    first, second, third = docs[base_docs: base_docs + 3]
+    library.add_documents([first], epochs=1, progress=False)  # warm-up: first backward pass allocations
+    routing = timed(lambda: library.add_documents([second], progress=False), llm.device)
+    one_epoch = timed(lambda: library.add_documents([third], epochs=1, progress=False), llm.device)
+    prag = timed(lambda: PRAGEncoder(llm, augmenter="passage", progress=False).fit([second]), llm.device)
+    return _result(routing / prag, 0.1, True, routing_fit_s=routing, routing_fit_epochs=encoder.train.epochs,
+                   routing_fit_1_epoch_s=one_epoch, ratio_at_equal_epochs=one_epoch / prag,
+                   prag_adapter_s=prag, prag_epochs=1, augmenter="passage",
+                   trainable_floats_routing=library.bank.m,
+                   trainable_floats_prag=sum(a[0].numel() + b[0].numel()
+                                             for a, b in zip(library.bank.A, library.bank.B)))
+
+
+def memory(llm: LoRAMixingLLM, library: AdapterLibrary, folder: Path) -> dict:
+    """The library for N documents with m adapters, in memory, against the model's own memory."""
+    model_b = sum(t.numel() * t.element_size() for t in list(llm.model.parameters()) + list(llm.model.buffers()))
+    sizes = library.storage_bytes()
+    lib_b = sizes["bank"] + sizes["routing"]
+    before_rss = rss_mb()
+    before_gpu = torch.cuda.memory_allocated(llm.device) if llm.device.type == "cuda" else 0
+    loaded = AdapterLibrary.load(folder / "poly", llm)
+    measured = {"library_load_rss_delta_mb": rss_mb() - before_rss}
+    if llm.device.type == "cuda":
+        measured["library_load_gpu_delta_mb"] = (torch.cuda.memory_allocated(llm.device) - before_gpu) / 2**20
+    del loaded
+    return _result(lib_b / model_b, 0.10, True, documents=len(library), adapters=library.bank.m,
+                   library_tensor_bytes=lib_b, model_bytes=model_b, **measured)
