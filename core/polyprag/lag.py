@@ -73,10 +73,10 @@ class ModuleFactors:
         self._dtyped: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def for_dtype(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A* flattened [n·R, in], B* [n, out, R]) in the activations' dtype, cast once."""
+        """(A* flattened [n·R, in], B*ᵀ [n, R, out]) in the activations' dtype, laid out once for the matmuls."""
         if dtype not in self._dtyped:
             n, R, d = self.A.shape
-            self._dtyped[dtype] = (self.A.reshape(n * R, d).to(dtype), self.B.to(dtype))
+            self._dtyped[dtype] = (self.A.reshape(n * R, d).to(dtype), self.B.transpose(1, 2).contiguous().to(dtype))
         return self._dtyped[dtype]
 
     def to(self, device) -> "ModuleFactors":
@@ -316,12 +316,12 @@ class LAGRouter(Mixture):
             return None
         f = self.library.modules[name]
         local, weight, zk = routed  # [T, K], [T, K], [T, K, R]
-        _, B = f.for_dtype(x.dtype)  # [n, out, R]
+        _, Bt = f.for_dtype(x.dtype)  # B*ᵀ: [n, R, out]
         T, K, R = zk.shape
-        # Σ_K w · B*_ĵ (A*_ĵ x): the chosen B* per token as one rank-(K·R) map [T, out, K·R]
-        B_sel = B[local].permute(0, 2, 1, 3).reshape(T, B.shape[1], K * R)
-        out = torch.matmul(B_sel, (zk * weight[..., None]).reshape(T, K * R, 1))  # [T, out, 1]
-        out = out.view(*x.shape[:-1], B.shape[1])
+        # Σ_K w · B*_ĵ (A*_ĵ x): the chosen B*ᵀ per token, [T, K·R, out], applied to the kept A*x [T, 1, K·R]
+        B_sel = Bt.index_select(0, local.reshape(-1)).view(T, K * R, Bt.shape[2])
+        out = torch.bmm((zk * weight[..., None]).reshape(T, 1, K * R), B_sel)  # [T, 1, out]
+        out = out.view(*x.shape[:-1], Bt.shape[2])
         active = self._rows_active(x)
         if active is not None:
             out = out * active
