@@ -1,9 +1,23 @@
-"""BM25 retrieval over documents: rank-bm25 by default, bm25s as a fast backend."""
+"""BM25 retrieval over documents: rank-bm25 by default, bm25s as a fast backend with the same scores.
+
+Both backends score with rank-bm25's ``BM25Okapi`` (Robertson/ATIRE BM25):
+
+    score(q, d) = Σ_{t ∈ q} idf(t) · tf·(k1+1) / (tf + k1·(1 - b + b·|d|/avgdl))
+    idf(t) = ln((N - n_t + 0.5) / (n_t + 0.5)),  floored at ε·mean_t idf(t) (ε = 0.25) where negative.
+
+bm25s precomputes idf·tf-component as a sparse [docs × vocab] matrix; its own idf variants
+differ from this (``robertson`` clips negative idf to 0, ``lucene`` adds 1 inside the log), so
+the bm25s backend indexes with ``lucene`` and rescales each vocabulary column by
+(k1+1)·idf_okapi / idf_lucene, in float64: the two backends then return the same scores
+(to ~1e-12), not only the same rankings.
+"""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from typing import Sequence
+
+import numpy as np
 
 from .documents import Document, check_unique
 from .errors import InvalidInputError
@@ -39,48 +53,94 @@ def check_query(query: str) -> str:
 
 
 class BM25Retriever:
-    """Top-k BM25 search over a fixed list of documents (title + text are indexed)."""
+    """Top-k BM25 search over a fixed list of documents (title + text are indexed).
+
+    Example:
+        retriever = BM25Retriever(docs, k=3, backend="bm25s")   # same ranking as the default, faster
+        [hit.document.id for hit in retriever.retrieve("Who built the lighthouse?")]
+    """
+
+    BACKENDS = ("rank_bm25", "bm25s")
 
     def __init__(self, documents: Sequence[Document], k: int = 3, backend: str = "rank_bm25",
-                 k1: float = 1.5, b: float = 0.75):
+                 k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25):
         self.documents = check_unique(documents)
         if not self.documents:
             raise InvalidInputError("BM25Retriever needs at least one document; the corpus is empty.")
         self.k = _check_k(k)
+        if backend not in self.BACKENDS:
+            raise InvalidInputError(f"Unknown BM25 backend {backend!r}; use 'rank_bm25' or 'bm25s'.")
         self.backend = backend
         corpus = [tokenize(d.full_text) or ["<empty>"] for d in self.documents]
         if backend == "rank_bm25":
             from rank_bm25 import BM25Okapi
 
-            self._index = BM25Okapi(corpus, k1=k1, b=b)
-        elif backend == "bm25s":
-            try:
-                import bm25s
-            except ImportError as e:  # pragma: no cover - depends on the [fast] extra
-                raise InvalidInputError("backend='bm25s' needs `pip install polyprag[fast]`.") from e
-            self._index = bm25s.BM25(k1=k1, b=b, method="robertson")
-            self._index.index([c for c in corpus], show_progress=False)
+            self._index = BM25Okapi(corpus, k1=k1, b=b, epsilon=epsilon)
         else:
-            raise InvalidInputError(f"Unknown BM25 backend {backend!r}; use 'rank_bm25' or 'bm25s'.")
+            self._index = okapi_bm25s_index(corpus, k1=k1, b=b, epsilon=epsilon)
+
+    def score_array(self, query: str) -> np.ndarray:
+        """BM25 score of every document for the query [N], float64, in document order."""
+        toks = tokenize(check_query(query))
+        if not toks:
+            return np.zeros(len(self.documents))
+        if self.backend == "rank_bm25":
+            return np.asarray(self._index.get_scores(toks), dtype=np.float64)
+        ids = self._index.get_tokens_ids(toks)  # words outside the vocabulary score 0, as in rank-bm25
+        if not ids:
+            return np.zeros(len(self.documents))
+        return np.asarray(self._index.get_scores_from_ids(ids), dtype=np.float64)
 
     def scores(self, query: str) -> list[float]:
         """BM25 score of every document for the query, in document order."""
-        toks = tokenize(check_query(query))
-        if not toks:
-            return [0.0] * len(self.documents)
-        if self.backend == "rank_bm25":
-            return [float(s) for s in self._index.get_scores(toks)]
-        return [float(s) for s in self._index.get_scores(toks)]
+        return self.score_array(query).tolist()
 
     def retrieve(self, query: str, k: int | None = None) -> list[ScoredDocument]:
         """The k best documents for the query, best first (ties broken by corpus order)."""
         k = self.k if k is None else _check_k(k)
-        scores = self.scores(query)
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: min(k, len(scores))]
-        return [ScoredDocument(self.documents[i], scores[i]) for i in order]
+        scores = self.score_array(query)
+        return [ScoredDocument(self.documents[i], float(scores[i])) for i in top_k(scores, k)]
 
     def __len__(self) -> int:
         return len(self.documents)
+
+
+def top_k(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the k largest scores, best first, ties by lower index: O(N) selection, then a small sort."""
+    k = min(k, len(scores))
+    if k == len(scores):
+        cand = np.arange(len(scores))
+    else:
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]  # the k-th largest value
+        cand = np.flatnonzero(scores >= kth)  # every tie of the k-th value stays a candidate
+    order = np.lexsort((cand, -scores[cand]))  # by score desc, then corpus order
+    return cand[order[:k]].tolist()
+
+
+def okapi_idf(doc_freq: np.ndarray, n_docs: int, epsilon: float = 0.25) -> np.ndarray:
+    """rank-bm25's BM25Okapi idf per term: ln((N-n+0.5)/(n+0.5)), negatives floored at ε·mean idf."""
+    idf = np.log(n_docs - doc_freq + 0.5) - np.log(doc_freq + 0.5)
+    return np.where(idf < 0, epsilon * idf.mean(), idf)
+
+
+def okapi_bm25s_index(corpus: list[list[str]], k1: float, b: float, epsilon: float):
+    """A bm25s index whose scores equal rank-bm25's BM25Okapi (see the module docstring)."""
+    try:
+        import bm25s
+    except ImportError as e:  # pragma: no cover - depends on the [fast] extra
+        raise InvalidInputError("backend='bm25s' needs `pip install polyprag[fast]`.") from e
+    index = bm25s.BM25(k1=k1, b=b, method="lucene", dtype="float64")
+    index.index(corpus, show_progress=False)
+    indptr = index.scores["indptr"]
+    doc_freq = np.diff(indptr).astype(np.float64)  # column t holds the documents that contain term t
+    real = doc_freq > 0  # bm25s may add an empty token "" (in no document) for empty queries
+    n = len(corpus)
+    okapi = np.zeros(len(doc_freq))
+    okapi[real] = okapi_idf(doc_freq[real], n, epsilon)
+    lucene = np.log1p((n - doc_freq + 0.5) / (doc_freq + 0.5))  # bm25s' idf for method="lucene", > 0
+    ratio = np.where(real, (k1 + 1) * okapi / lucene, 0.0)  # lucene·tfc → okapi·(k1+1)·tfc
+    index.scores["data"] = index.scores["data"] * np.repeat(ratio, np.diff(indptr))
+    return index
 
 
 def _check_k(k: int) -> int:
