@@ -146,6 +146,7 @@ class BankMixture(Mixture):
         self.weights = weights  # [rows, T, m]
         self.rows = weights.shape[0]
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._flat: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # rows == 1: (A_mixᵀ, B_mixᵀ)
         self._used: torch.Tensor | None = None
 
     @classmethod
@@ -198,12 +199,14 @@ class BankMixture(Mixture):
         """Inference fast path: ``output += s·x A_mixᵀ B_mixᵀ`` in place, one fused GEMM per layer."""
         if torch.is_grad_enabled() or name not in self.bank.index or not output.is_contiguous():
             return super().apply(name, x, output)
-        A, B = self._factors(name, x.dtype)  # [rows, R, in], [rows, out, R]
         if self.rows == 1 or x.dim() == 2:  # one mixture for every row: one 2-D GEMM
-            x2 = x.reshape(-1, x.shape[-1])
-            out2 = output.view(-1, output.shape[-1])
-            out2.addmm_(x2 @ A[0].T, B[0].T)  # [tokens, out] += [tokens, R] @ [R, out]
-            return output
+            flat = self._flat.get(name)
+            if flat is None or flat[0].dtype != x.dtype:
+                A, B = self._factors(name, x.dtype)
+                flat = self._flat[name] = (A[0].T, B[0].T)  # [in, R], [R, out]
+            output.view(-1, output.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ flat[0], flat[1])
+            return output  # [tokens, out] += [tokens, R] @ [R, out], in place
+        A, B = self._factors(name, x.dtype)  # [rows, R, in], [rows, out, R]
         if self.rows != x.shape[0]:
             return super().apply(name, x, output)  # delta() raises the row-count error
         output.baddbmm_(torch.bmm(x, A.transpose(1, 2)), B.transpose(1, 2))  # [rows, L, out]
