@@ -29,6 +29,11 @@ class Document:
             raise InvalidInputError(f"Document id must be a non-empty string, got {self.id!r}.")
         if not isinstance(self.text, str) or not self.text.strip():
             raise InvalidInputError(f"Document {self.id!r} has empty text; drop it or give it content.")
+        if not isinstance(self.title, str):
+            raise InvalidInputError(f"Document {self.id!r} has a title of type {type(self.title).__name__}; "
+                                    "give a string (or leave it out).")
+        for part in ("id", "title", "text"):
+            check_text(getattr(self, part), f"Document {part}")
 
     @classmethod
     def from_text(cls, text: str, title: str = "", **metadata: Any) -> "Document":
@@ -50,6 +55,16 @@ class Question:
     answers: tuple[str, ...] = ()
     gold: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def check_text(value: str, what: str) -> str:
+    """``value``, refused when it cannot be written as UTF-8 (lone surrogates from a bad decode)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(f"{what} holds characters that are not valid Unicode ({e.reason} at position "
+                                f"{e.start}); decode the source text as UTF-8, e.g. with errors='replace'.") from None
+    return value
 
 
 def check_unique(docs: Iterable[Document]) -> list[Document]:

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .augment import Augmenter, GeneratedQAAugmenter, PassageAugmenter, TrainingExample
+from .checkpoint import Checkpoint, run_key, tensor_digest
 from .documents import Document, check_unique
 from .errors import InvalidInputError
 from .library import AdapterLibrary, LibraryConfig
@@ -66,20 +68,33 @@ class PolyPRAGEncoder:
                              training={**asdict(self.train), "augmenter": type(self.augmenter).__name__,
                                        "group_size": self.group_size})
 
-    def fit(self, documents: Sequence[Document]) -> AdapterLibrary:
-        """Train a new library on the documents (augmented first) and return it."""
+    def fit(self, documents: Sequence[Document], checkpoint_dir: str | os.PathLike | None = None,
+            checkpoint_every: int = 10) -> AdapterLibrary:
+        """Train a new library on the documents (augmented first) and return it.
+
+        ``checkpoint_dir``: save progress there (every ``checkpoint_every`` steps for Poly-PRAG, after
+        each finished group of documents for PRAG); rerunning the same ``fit`` after a crash resumes
+        where it stopped and gives the same library as an uninterrupted run. Delete the folder once
+        the library is saved."""
         docs = check_unique(documents)
         if not docs:
-            raise InvalidInputError("fit() needs at least one document; the corpus is empty.")
+            raise InvalidInputError("fit() needs at least one document; the corpus is empty. "
+                                    "Pass a non-empty list of Document (e.g. from load_corpus).")
         data = self.augmenter(docs)
+        modules = self._modules()
         if self.per_document:
-            bank = train_prag_bank(self.llm, self._modules(), data, self.rank, self.alpha, self.train,
-                                   self.group_size)
+            ck = _checkpoint(checkpoint_dir, checkpoint_every, "prag-fit", self.llm, docs, data, self.train,
+                             {"rank": self.rank, "alpha": self.alpha, "modules": modules,
+                              "group_size": self.group_size})
+            bank = train_prag_bank(self.llm, modules, data, self.rank, self.alpha, self.train,
+                                   self.group_size, checkpoint=ck)
             return AdapterLibrary(self.llm, bank, docs, self._config(bank.m))
-        bank = LoRABank.initialised(self._modules(), self.num_adapters, self.rank, self.alpha,
+        bank = LoRABank.initialised(modules, self.num_adapters, self.rank, self.alpha,
                                     seed=self.train.seed).to(self.llm.device)
         logits = _init_logits(len(docs), self.num_adapters, self.train.seed, self.llm.device)
-        train_poly(self.llm, bank, logits, data, self.train, train_bank=True)
+        ck = _checkpoint(checkpoint_dir, checkpoint_every, "poly-fit", self.llm, docs, data, self.train,
+                         {"m": self.num_adapters, "rank": self.rank, "alpha": self.alpha, "modules": modules})
+        train_poly(self.llm, bank, logits, data, self.train, train_bank=True, checkpoint=ck)
         return AdapterLibrary(self.llm, bank, docs, self._config(self.num_adapters), routing_logits=logits)
 
 
@@ -96,16 +111,29 @@ class PRAGEncoder(PolyPRAGEncoder):
 
 def train_prag_bank(llm: "LoRAMixingLLM", modules: dict[str, tuple[int, int]],
                     data: Sequence[Sequence[TrainingExample]], rank: int, alpha: float, cfg: TrainConfig,
-                    group_size: int) -> LoRABank:
-    """One adapter per document from PRAG's shared random init, trained in groups of similar length."""
+                    group_size: int, checkpoint: Checkpoint | None = None) -> LoRABank:
+    """One adapter per document from PRAG's shared random init, trained in groups of similar length.
+
+    With a ``checkpoint``, each finished group's adapters are saved at once and a rerun reuses them:
+    no document is trained twice."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise InvalidInputError(f"group_size must be a positive integer, got {group_size!r}.")
     order = sorted(range(len(data)), key=lambda i: len(data[i]))  # similar lengths share a group
     init = LoRABank.initialised(modules, 1, rank, alpha, seed=cfg.seed)
     parts: dict[int, LoRABank] = {}
     for s in range(0, len(order), group_size):
         idx = order[s: s + group_size]
-        A = [a.expand(len(idx), -1, -1).clone() for a in init.A]
-        group = LoRABank(modules, len(idx), rank, alpha, A=A).to(llm.device)
-        train_per_document(llm, group, [data[i] for i in idx], cfg)
+        saved = checkpoint.read(f"group-{s}") if checkpoint is not None else None
+        if saved is not None and saved[1].get("documents") == idx:
+            t = saved[0]
+            group = LoRABank(modules, len(idx), rank, alpha, A=[t[f"{n}.lora_A"] for n in modules],
+                             B=[t[f"{n}.lora_B"] for n in modules]).to(llm.device)
+        else:
+            A = [a.expand(len(idx), -1, -1).clone() for a in init.A]
+            group = LoRABank(modules, len(idx), rank, alpha, A=A).to(llm.device)
+            train_per_document(llm, group, [data[i] for i in idx], cfg)
+            if checkpoint is not None:
+                checkpoint.write(group.tensors(), {"documents": idx}, name=f"group-{s}")
         for j, i in enumerate(idx):
             parts[i] = _slice(group, j)
     bank = parts[0]
@@ -136,11 +164,13 @@ def _augmenter(augmenter: Augmenter | str | None, llm: "LoRAMixingLLM") -> Augme
 
 
 def extend_library(library: AdapterLibrary, docs: Sequence[Document], augmenter: Augmenter | str | None = None,
-                   epochs: int | None = None, lr: float | None = None, progress: bool | None = None) -> None:
+                   epochs: int | None = None, lr: float | None = None, progress: bool | None = None,
+                   checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 10) -> None:
     """Encode new documents into an existing library without touching what it already holds.
 
     Poly-PRAG: the bank stays frozen and only the new documents' routing logits are fitted
-    ("Poly-z", a few hundred floats each). PRAG: each new document gets its own new adapter."""
+    ("Poly-z", a few hundred floats each). PRAG: each new document gets its own new adapter.
+    ``checkpoint_dir`` makes the work resumable after a crash, as in ``PolyPRAGEncoder.fit``."""
     t = dict(library.config.training)
     cfg = TrainConfig(**{k: t[k] for k in TrainConfig.__dataclass_fields__ if k in t})
     if epochs is not None:
@@ -151,12 +181,30 @@ def extend_library(library: AdapterLibrary, docs: Sequence[Document], augmenter:
         cfg.progress = progress
     aug = _augmenter(augmenter or ("passage" if t.get("augmenter") == "PassageAugmenter" else None), library.llm)
     data = aug(docs)
+    start = {"library": library.doc_ids, "bank": tensor_digest(library.bank.tensors())}
     if library.kind == "per_document":
         modules = {n: library.bank.shapes[n] for n in library.bank.names}
+        group_size = int(t.get("group_size", 32))
+        ck = _checkpoint(checkpoint_dir, checkpoint_every, "prag-add", library.llm, docs, data, cfg,
+                         {**start, "group_size": group_size})
         new = train_prag_bank(library.llm, modules, data, library.bank.rank, library.bank.alpha, cfg,
-                              int(t.get("group_size", 32)))
+                              group_size, checkpoint=ck)
         library._append(docs, bank=new)
         return
     logits = _init_logits(len(docs), library.bank.m, cfg.seed, library.llm.device)
-    train_poly(library.llm, library.bank, logits, data, cfg, train_bank=False)
+    ck = _checkpoint(checkpoint_dir, checkpoint_every, "poly-add", library.llm, docs, data, cfg, start)
+    train_poly(library.llm, library.bank, logits, data, cfg, train_bank=False, checkpoint=ck)
     library._append(docs, routing_logits=logits)
+
+
+def _checkpoint(checkpoint_dir, every: int, phase: str, llm: "LoRAMixingLLM", docs: Sequence[Document],
+                data: Sequence[Sequence[TrainingExample]], cfg: TrainConfig, extra: dict) -> Checkpoint | None:
+    """The checkpoint of this exact run (documents, training texts, settings, base model), or None."""
+    if checkpoint_dir is None:
+        return None
+    settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    texts = [[asdict(ex) for ex in exs] for exs in data]
+    identity = {"model": llm.fingerprint(), "documents": [d.id for d in docs], "texts": run_key(texts),
+                "train": settings, **extra}
+    return Checkpoint(checkpoint_dir, phase, identity, every=every)
+

@@ -34,3 +34,11 @@ class IncompatibleModelError(LibraryError):
 
 class ModelLoadError(PolyPRAGError):
     """The base model cannot be found or converted."""
+
+
+class CheckpointError(PolyPRAGError):
+    """A training checkpoint cannot be read (damaged, or written by another polyprag format)."""
+
+
+class TrainingError(PolyPRAGError):
+    """Training cannot go on, e.g. the loss became NaN or inf (diverged)."""

@@ -50,6 +50,10 @@ class LibraryConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise LibraryError(f"Unknown library kind {self.kind!r}; expected one of {KINDS}.")
+        for name in ("rank", "m", "format_version"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise LibraryError(f"Library config field {name!r} must be a non-negative integer, got {value!r}.")
 
 
 class AdapterLibrary:
@@ -59,6 +63,7 @@ class AdapterLibrary:
                  config: LibraryConfig, routing_logits: torch.Tensor | None = None):
         self.llm = llm
         self.config = config
+        _check_bank(bank, llm)
         self.bank = bank.to(llm.device)
         self.documents = check_unique(documents)
         self.doc_ids = [d.id for d in self.documents]
@@ -69,6 +74,9 @@ class AdapterLibrary:
                     f"Routing table shape {None if routing_logits is None else tuple(routing_logits.shape)} "
                     f"does not match {len(self.documents)} documents × {bank.m} adapters."
                 )
+            if not torch.isfinite(routing_logits).all():
+                raise InvalidInputError("The routing logits contain NaN or inf (training diverged or the table "
+                                        "was altered); re-encode the documents, with a lower lr if it diverged.")
             self.routing_logits = routing_logits.detach().float().to(llm.device)  # [N, m]
         else:
             if bank.m != len(self.documents):
@@ -92,9 +100,11 @@ class AdapterLibrary:
         return self.documents[self._rows([doc_id])[0]]
 
     def _rows(self, doc_ids: Iterable[str]) -> list[int]:
+        if isinstance(doc_ids, str):
+            raise InvalidInputError(f"Pass a list of document ids, e.g. [{doc_ids!r}], not a single string.")
         rows = []
         for d in doc_ids:
-            if d not in self._row:
+            if not isinstance(d, str) or d not in self._row:
                 raise UnknownDocumentError(
                     f"Document {d!r} is not in this library ({len(self)} documents); "
                     "encode it first with library.add_documents([...])."
@@ -202,6 +212,11 @@ class AdapterLibrary:
         if config.format_version > FORMAT_VERSION:
             raise LibraryError(f"{path} has format version {config.format_version}; this polyprag reads "
                                f"up to {FORMAT_VERSION}. Upgrade polyprag.")
+        expected = {"bank.safetensors", "documents.jsonl"} | ({"routing.safetensors"} if config.kind == "poly"
+                                                              else set())
+        if set(config.files) != expected:
+            raise LibraryError(f"{cfg_file} lists files {sorted(config.files)}, expected {sorted(expected)}; "
+                               "the config was altered. Restore it from a backup or re-encode the library.")
         for name, digest in config.files.items():
             f = path / name
             if not f.is_file():
@@ -212,9 +227,12 @@ class AdapterLibrary:
         mine = llm.fingerprint()
         if config.base_model != mine:
             diff = [k for k in mine if config.base_model.get(k) != mine[k]]
+            dtype = str(llm.dtype).replace("torch.", "")
+            hint = (f" It was encoded in {config.dtype} and the model is {dtype}: load the model with "
+                    f"dtype={config.dtype!r}." if config.dtype != dtype else "")
             raise IncompatibleModelError(
                 f"{path} was encoded on another base model ({config.model_name or 'unknown'}; differs in "
-                f"{', '.join(diff)}). Load it with the model it was encoded on, or re-encode.")
+                f"{', '.join(diff)}).{hint} Load it with the model it was encoded on, or re-encode.")
         try:
             bank = LoRABank.from_tensors(load_file(str(path / "bank.safetensors")), alpha=config.alpha)
             routing = None
@@ -222,14 +240,25 @@ class AdapterLibrary:
                 routing = load_file(str(path / "routing.safetensors"))["routing_logits"]
         except Exception as e:  # safetensors raises several types for a damaged file
             raise LibraryError(f"{path}: cannot read the tensors ({e}).") from None
-        docs = []
-        with open(path / "documents.jsonl", encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    r = json.loads(line)
-                    docs.append(Document(id=r["id"], text=r["text"], title=r.get("title", ""),
-                                         metadata=r.get("metadata") or {}))
-        return cls(llm, bank, docs, config, routing_logits=routing)
+        tensors = list(bank.tensors().values()) + ([routing] if routing is not None else [])
+        if not all(torch.isfinite(t).all() for t in tensors):
+            raise LibraryError(f"{path} holds NaN or inf weights (training diverged before it was saved); "
+                               "re-encode it with a lower lr.")
+        if bank.rank != config.rank or bank.m != config.m:
+            raise LibraryError(f"{path}: the bank (m={bank.m}, rank={bank.rank}) does not match its config "
+                               f"(m={config.m}, rank={config.rank}); re-save or re-encode the library.")
+        try:
+            docs = []
+            with open(path / "documents.jsonl", encoding="utf-8") as fh:
+                for line in fh:
+                    if line.strip():
+                        r = json.loads(line)
+                        docs.append(Document(id=r["id"], text=r["text"], title=r.get("title", ""),
+                                             metadata=r.get("metadata") or {}))
+            return cls(llm, bank, docs, config, routing_logits=routing)
+        except (ValueError, KeyError, TypeError) as e:  # PolyPRAGErrors are ValueErrors too
+            raise LibraryError(f"{path}: the library's documents or tables are inconsistent ({e}); "
+                               "re-save or re-encode it.") from None
 
     def storage_bytes(self) -> dict[str, int]:
         """Bytes of the saved tensors: the shared bank, the routing table, and their per-document share."""
@@ -243,9 +272,28 @@ class AdapterLibrary:
 def routing_weights(logits: torch.Tensor) -> torch.Tensor:
     """w = σ(z) / Σ_j σ(z_j), row-wise (Poly-PRAG inference routing)."""
     if not torch.isfinite(logits).all():
-        raise InvalidInputError("Routing logits contain NaN or inf; the library is damaged or training diverged.")
+        raise InvalidInputError("The routing logits contain NaN or inf (training diverged or the table was "
+                                "altered); re-encode the documents, with a lower lr if it diverged.")
     s = torch.sigmoid(logits)
     return s / s.sum(-1, keepdim=True)
+
+
+def _check_bank(bank: LoRABank, llm: "LoRAMixingLLM") -> None:
+    """Refuse a bank whose adapters name layers the model does not have (they would silently do nothing)."""
+    shapes = llm.module_shapes
+    missing = [n for n in bank.names if n not in shapes]
+    if missing:
+        raise IncompatibleModelError(
+            f"The adapter bank targets {len(missing)} layer(s) this model does not hook, e.g. {missing[0]!r}; "
+            f"load the library with the base model (and target_modules) it was encoded with.")
+    wrong = [n for n in bank.names if tuple(bank.shapes[n]) != tuple(shapes[n])]
+    if wrong:
+        raise IncompatibleModelError(f"Layer {wrong[0]!r} is {tuple(shapes[wrong[0]])} in this model but "
+                                     f"{tuple(bank.shapes[wrong[0]])} in the adapter bank; use the model it was "
+                                     "encoded with.")
+    if not all(torch.isfinite(t).all() for t in bank.tensors().values()):
+        raise InvalidInputError("The adapter bank contains NaN or inf (training diverged or the file was altered); "
+                                "re-encode the documents, with a lower lr if it diverged.")
 
 
 def _sha256(path: Path) -> str:

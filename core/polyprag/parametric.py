@@ -5,10 +5,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .documents import check_text
 from .errors import InvalidInputError
 from .library import COMBINES, AdapterLibrary
 from .mixing import BankMixture
-from .retrieval import BM25Retriever, ScoredDocument
+from .retrieval import BM25Retriever, ScoredDocument, check_query
 
 
 @dataclass
@@ -52,7 +53,20 @@ class ParametricRetriever:
 
     def retrieve(self, query: str, k: int | None = None) -> Retrieval:
         """Top-k documents for the query and the mixture that applies their knowledge."""
+        check_text(check_query(query), "The query")
+        if k is not None:
+            check_k(k, len(self.documents))
         found = self.retriever.retrieve(query, k)
         ids = [s.document.id for s in found]
         weights = self.library.routing_weights(ids) if ids else None
         return Retrieval(found, self.library.mixture(ids, self.combine), weights)
+
+
+def check_k(k: int, corpus_size: int | None) -> int:
+    """``k``, refused unless it is a positive integer no larger than the corpus."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidInputError(f"k must be a positive integer, got {k!r}.")
+    if corpus_size is not None and k > corpus_size:
+        raise InvalidInputError(f"k={k} is larger than the corpus ({corpus_size} documents); "
+                                f"ask for at most k={corpus_size}.")
+    return k

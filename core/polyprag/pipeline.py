@@ -4,10 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from .errors import InvalidInputError
+from .documents import check_text
+from .errors import IncompatibleModelError, InvalidInputError
 from .llm import GenerationConfig, LoRAMixingLLM
 from .mixing import Mixture, SumMixture
-from .parametric import ParametricRetriever
+from .parametric import ParametricRetriever, check_k
 from .retrieval import BM25Retriever, ScoredDocument, check_query
 
 MODES = ("parametric", "combine", "in_context", "closed_book", "lag", "lag_in_context", "lag_parametric")
@@ -56,8 +57,10 @@ class PolyPRAG:
         self.retriever = retriever
         self.lag = lag
         self._check_mode(mode)
+        if isinstance(retriever, ParametricRetriever) and retriever.library.llm is not llm:
+            _check_same_model(retriever.library.llm, llm)
         self.mode = mode
-        self.k = k
+        self.k = None if k is None else self._check_k(k)
         self.generation = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                                            stop=tuple(stop))
 
@@ -72,11 +75,14 @@ class PolyPRAG:
             raise InvalidInputError(f"mode={mode!r} needs a LAG router: PolyPRAG(..., lag=LAGRouter(...)).")
         return mode
 
+    def _check_k(self, k: int) -> int:
+        return check_k(k, len(self.retriever.documents) if self.retriever is not None else None)
+
     def prepare(self, question: str, mode: str | None = None, k: int | None = None) -> Prepared:
         """Retrieve and build the prompt and mixture for one question, without generating."""
-        question = check_query(question)
+        question = check_text(check_query(question), "The query")
         mode = self._check_mode(mode or self.mode)
-        k = k or self.k
+        k = self.k if k is None else self._check_k(k)
         docs: list[ScoredDocument] = []
         mixture = None
         if mode in _USES_MIXTURE or mode in _USES_PASSAGES:
@@ -114,3 +120,10 @@ class PolyPRAG:
         """Yield the answer to one question piece by piece."""
         p = self.prepare(question, mode, k)
         yield from self.llm.stream(p.prompt, p.mixture, config=self.generation, **generation)
+
+
+def _check_same_model(library_llm: LoRAMixingLLM, llm: LoRAMixingLLM) -> None:
+    """Refuse a library encoded on another base model than the one that will answer."""
+    if library_llm.fingerprint() != llm.fingerprint():
+        raise IncompatibleModelError("The retriever's library was encoded on another base model than the LLM "
+                                     "given to PolyPRAG; pass the library's model (library.llm) or re-encode.")

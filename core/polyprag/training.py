@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from .augment import TrainingExample
+from .errors import TrainingError
 from .mixing import BankMixture, LoRABank, use_mixture
 
 if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
     from .llm import LoRAMixingLLM
 
 
@@ -109,16 +111,21 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
                data: Sequence[Sequence[TrainingExample]], cfg: TrainConfig, train_bank: bool = True,
                on_step: Callable[[int, float], None] | None = None,
                shard: tuple[int, int] = (0, 1),
-               sync: Callable[[list[torch.Tensor]], None] | None = None) -> list[float]:
+               sync: Callable[[list[torch.Tensor]], None] | None = None,
+               checkpoint: "Checkpoint | None" = None) -> list[float]:
     """Jointly train the bank (if ``train_bank``) and routing logits [N, m] on each document's texts.
 
     Mini-batches mix documents; each row carries its own document's sampled mixture.
     Data-parallel: process ``shard = (rank, world)`` takes every world-th mini-batch of the same
     seeded order (``batch_size`` is then per process) and ``sync`` averages the gradients of the
-    trained tensors across processes before each step, so the replicas stay identical."""
+    trained tensors across processes before each step, so the replicas stay identical.
+    ``checkpoint``: every ``checkpoint.every`` steps the bank, logits, optimizer and RNG states are
+    saved atomically, and a rerun resumes from the last save exactly as if never interrupted
+    (with several processes, give each rank its own checkpoint)."""
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     items = [(d, tokenize(llm, ex, cfg.max_length)) for d, exs in enumerate(data) for ex in exs]
+    order = list(range(len(items)))  # shuffled in place each epoch; shuffling depends only on the length
     params = [{"params": [logits], "lr": cfg.routing_lr or cfg.lr}]
     if train_bank:
         for p in bank.parameters():
@@ -129,13 +136,19 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
     rank, world = shard
     trained = [logits] + (list(bank.parameters()) if train_bank else [])
     per_epoch = math.ceil(len(items) / (cfg.batch_size * world))
+    start_epoch, start_step = 0, 0
+    saved = checkpoint.read() if checkpoint is not None else None
+    if saved is not None:
+        start_epoch, start_step, losses, order = _restore_poly(saved, trained, opt, rng, gen)
     bar = _progress(cfg.epochs * per_epoch, "encode (poly)" if train_bank else "fit routing", cfg.progress)
+    bar.update(len(losses))
     try:
-        for _ in range(cfg.epochs):
-            rng.shuffle(items)
-            for step in range(per_epoch):
+        for epoch in range(start_epoch, cfg.epochs):
+            if not (epoch == start_epoch and start_step > 0):  # a resumed epoch keeps its saved order
+                rng.shuffle(order)
+            for step in range(start_step if epoch == start_epoch else 0, per_epoch):
                 s = (step * world + rank) * cfg.batch_size
-                chunk = items[s: s + cfg.batch_size]  # empty on the last data-parallel round: grads stay 0
+                chunk = [items[i] for i in order[s: s + cfg.batch_size]]  # empty on the last data-parallel round
                 opt.zero_grad(set_to_none=False)
                 for p in trained:
                     if p.grad is None:
@@ -146,11 +159,15 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
                     rows = torch.tensor([d for d, _ in chunk], device=logits.device)
                     w = relaxed_bernoulli_weights(logits[rows], cfg.temperature, gen)  # [B, m]
                     loss = row_losses(llm, batch, BankMixture(bank, w[:, None, :])).mean()
+                    _check_finite(loss, len(losses) + 1)
                     loss.backward()
                 if sync is not None:
                     sync([p.grad for p in trained])
                 opt.step()
                 losses.append(float(loss.detach()))
+                if checkpoint is not None and (checkpoint.due(len(losses)) or step + 1 == per_epoch):
+                    at = (epoch + 1, 0) if step + 1 == per_epoch else (epoch, step + 1)
+                    _save_poly(checkpoint, at, losses, order, trained, opt, rng, gen)
                 if on_step:
                     on_step(len(losses), losses[-1])
                 bar.update(1)
@@ -161,6 +178,39 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
             p.requires_grad_(False)
         logits.requires_grad_(False)
     return losses
+
+
+def _check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(f"Training diverged: the loss is {float(loss)} at step {step}. Lower lr / routing_lr "
+                            "(or use a float32 model) and encode again.")
+
+
+def _save_poly(checkpoint: "Checkpoint", at: tuple[int, int], losses: list[float], order: list[int],
+               trained: list[torch.Tensor], opt: torch.optim.Optimizer, rng: random.Random,
+               gen: torch.Generator) -> None:
+    """Everything a resumed ``train_poly`` needs to continue bit for bit: tensors, optimizer, RNGs, position."""
+    from .checkpoint import optimizer_tensors, python_rng_state
+
+    tensors = {f"param.{i}": p.detach() for i, p in enumerate(trained)}
+    tensors.update(optimizer_tensors(opt))
+    tensors["torch_rng"] = gen.get_state()
+    checkpoint.write(tensors, {"epoch": at[0], "step": at[1], "losses": losses, "order": order,
+                               "python_rng": python_rng_state(rng.getstate())})
+
+
+def _restore_poly(saved, trained: list[torch.Tensor], opt: torch.optim.Optimizer, rng: random.Random,
+                  gen: torch.Generator) -> tuple[int, int, list[float], list[int]]:
+    from .checkpoint import python_rng_from, restore_optimizer
+
+    tensors, meta = saved
+    with torch.no_grad():
+        for i, p in enumerate(trained):
+            p.copy_(tensors[f"param.{i}"].to(p.device))
+    restore_optimizer(opt, tensors)
+    gen.set_state(tensors["torch_rng"])
+    rng.setstate(python_rng_from(meta["python_rng"]))
+    return int(meta["epoch"]), int(meta["step"]), list(meta["losses"]), list(meta["order"])
 
 
 def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequence[TrainingExample]],
@@ -186,6 +236,7 @@ def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequ
                 docs = [g for g in range(len(toks)) if step < len(toks[g])]
                 batch = collate([toks[g][orders[g][step]] for g in docs], llm.tokenizer.pad_token_id, llm.device)
                 loss = row_losses(llm, batch, BankMixture(bank, eye[docs][:, None, :])).sum()
+                _check_finite(loss, len(losses) + 1)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
