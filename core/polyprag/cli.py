@@ -64,6 +64,9 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
                    help="training texts: PRAG's rewrite + generated QA, or the passage alone")
     p.add_argument("--cache", default=None, help="augmentation cache folder (default: $POLYPRAG_CACHE/augment)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="Poly-PRAG training batch size")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="training tokens per example")
+    p.add_argument("--augment-batch-size", type=int, default=d.augment_batch_size,
+                   help="passages augmented per batched generation")
     p.add_argument("--answer-batch-size", type=int, default=d.answer_batch_size)
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--latency-samples", type=int, default=d.latency_samples,
@@ -80,7 +83,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      num_adapters=args.num_adapters, rank=args.rank, alpha=args.alpha, epochs=args.epochs,
                      lr=args.lr, routing_lr=args.routing_lr, prag_epochs=args.prag_epochs,
                      prag_lr=args.prag_lr, combine=args.combine, lag_k=args.lag_k, augment=args.augment,
-                     cache=args.cache, batch_size=args.batch_size, answer_batch_size=args.answer_batch_size,
+                     cache=args.cache, batch_size=args.batch_size, max_length=args.max_length,
+                     augment_batch_size=args.augment_batch_size, answer_batch_size=args.answer_batch_size,
                      max_new_tokens=args.max_new_tokens, latency_samples=args.latency_samples, seed=args.seed,
                      out=args.out, device=args.device, progress=not args.quiet)
     report = run_evaluation(cfg)

@@ -123,6 +123,7 @@ class EvalConfig:
     augment: str = "generated_qa"              # or "passage"
     augment_batch_size: int = 8
     batch_size: int = 8                        # Poly-PRAG training batch
+    max_length: int = 256                      # training tokens per example (longer ones are cut)
     answer_batch_size: int = 16
     max_new_tokens: int = 32
     latency_samples: int = 10                  # questions answered one at a time for latency
@@ -146,7 +147,7 @@ class EvalConfig:
         if self.augment not in ("generated_qa", "passage"):
             raise InvalidInputError(f"augment must be 'generated_qa' or 'passage', got {self.augment!r}.")
         for name in ("num_adapters", "rank", "epochs", "prag_epochs", "batch_size", "answer_batch_size",
-                     "augment_batch_size", "max_new_tokens", "lag_k"):
+                     "augment_batch_size", "max_new_tokens", "lag_k", "max_length"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.latency_samples < 0:
@@ -350,12 +351,12 @@ def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, augmenter: Fi
 
     if kind == "prag":
         encoder = PRAGEncoder(llm, rank=cfg.rank, alpha=cfg.alpha, lr=cfg.prag_lr, epochs=cfg.prag_epochs,
-                              augmenter=augmenter, seed=cfg.seed, progress=cfg.progress)
+                              augmenter=augmenter, seed=cfg.seed, max_length=cfg.max_length, progress=cfg.progress)
     else:
         encoder = PolyPRAGEncoder(llm, num_adapters=cfg.num_adapters, rank=cfg.rank, alpha=cfg.alpha,
                                   lr=cfg.lr, routing_lr=cfg.routing_lr, epochs=cfg.epochs,
                                   batch_size=cfg.batch_size, augmenter=augmenter, seed=cfg.seed,
-                                  progress=cfg.progress)
+                                  max_length=cfg.max_length, progress=cfg.progress)
     t0 = time.perf_counter()
     library = encoder.fit(docs)
     train_s = time.perf_counter() - t0
