@@ -70,3 +70,17 @@ def test_queries_with_only_stop_words_or_unknown_words_score_zero():
 def test_unknown_backend_is_refused():
     with pytest.raises(InvalidInputError, match="bm25s"):
         BM25Retriever([Document(id="a", text="x")], backend="elastic")
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared QA corpora")
+def test_bench_command_runs_the_bm25_benchmark(tmp_path):
+    import argparse
+    import json
+
+    from polyprag.cli_scale import cmd_bench
+
+    out = tmp_path / "bm25.json"
+    args = argparse.Namespace(suite="bm25", passthrough=["--sizes", "300", "--queries", "5", "--out", str(out)])
+    assert cmd_bench(args) == 0
+    row = json.loads(out.read_text())["sizes"][0]
+    assert row["documents"] == 300 and row["same_top_k"] == 5 and row["ratio"] > 0
