@@ -64,15 +64,19 @@ def plot_routing(library: "AdapterLibrary", out: str | os.PathLike, doc_ids: Seq
     height = min(2.0 + 0.22 * len(shown), 16.0)
     fig, (ax_map, ax_use) = plt.subplots(1, 2, figsize=(min(6 + 0.35 * m, 18) + 4, height),
                                          gridspec_kw={"width_ratios": [3, 2]}, layout="constrained")
-    img = ax_map.imshow(w, aspect="auto", cmap="viridis", vmin=0, vmax=max(float(w.max()), 1e-9),
-                        interpolation="nearest")
+    # colour = deviation from the uniform weight 1/m, symmetric limits: preferences show even when
+    # training has only begun to move routing (all weights ≈ 1/m), and the colour bar gives their size
+    dev = w - 1.0 / m
+    lim = max(float(np.abs(dev).max()), 1e-6)
+    img = ax_map.imshow(dev, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     ax_map.set_xlabel("adapter in the bank")
     ax_map.set_ylabel("document" + (f" ({len(shown)} of {len(ids)}, evenly sampled)" if len(shown) < len(ids) else ""))
     ax_map.set_xticks(range(m) if m <= 40 else np.linspace(0, m - 1, 10).astype(int))
     ax_map.set_yticks(range(len(shown)))
     ax_map.set_yticklabels(labels, fontsize=7 if len(shown) > 25 else 8)
-    ax_map.set_title("routing weights w_d = σ(z_d)/Σσ(z_d)" if library.kind == "poly" else "routing (PRAG: one-hot)")
-    fig.colorbar(img, ax=ax_map, pad=0.01, label="weight")
+    ax_map.set_title("routing weights w_d = σ(z_d)/Σσ(z_d), red: preferred" if library.kind == "poly"
+                     else "routing (PRAG: one-hot)")
+    fig.colorbar(img, ax=ax_map, pad=0.01, label=f"weight − 1/m (uniform = {1.0 / m:.3g})")
 
     usage = np.asarray(summary["usage"])
     top1 = np.asarray(summary["top1_counts"])
