@@ -68,7 +68,7 @@ class LoRAMixingLLM:
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
                                                       trust_remote_code=trust_remote_code)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # missing files; a folder that holds no model
             raise ModelLoadError(f"Cannot load model {model!r} from {path}: {e}") from e
         return cls(lm.to(device), tok, target_modules, name=str(model or "SmolLM2-135M-Instruct"))
 
@@ -220,8 +220,16 @@ class LoRAMixingLLM:
             raise InvalidInputError("All mixtures of one batch must be of one kind (e.g. all BankMixture).")
         return kind.stack(mixtures)  # each mixture kind knows how its rows share a batch
 
+    def _stop_ids(self) -> list[int]:
+        """Token ids that end an answer: the tokenizer's end-of-turn token and the model's own EOS ids."""
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+        return sorted(i for i in ids if i is not None)
+
     def _generate_kwargs(self, cfg: GenerationConfig) -> dict:
-        kw = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        kw = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                  eos_token_id=self._stop_ids())  # a chat model's answer ends at its end-of-turn token
         if cfg.min_new_tokens:
             kw["min_new_tokens"] = min(cfg.min_new_tokens, cfg.max_new_tokens)
         if cfg.temperature and cfg.temperature > 0:
