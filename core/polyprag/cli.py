@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import PolyPRAGError
+from .cli_scale import SCALE_COMMANDS
 
 log = logging.getLogger("polyprag")
 
@@ -105,28 +106,37 @@ def _configure_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank", type=int, default=2)
     p.add_argument("--epochs", type=int, default=None, help="default: 4 (poly), 1 (prag)")
     p.add_argument("--augment", choices=("generated_qa", "passage"), default="generated_qa")
+    p.add_argument("--batch-size", type=int, default=None, help="training mini-batch per process (default 8)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 poly, 3e-4 prag)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    """Encode a corpus into a library folder and print what was written."""
+    """Encode a corpus into a library folder and print what was written.
+
+    Under `torchrun` / `accelerate launch` the Poly-PRAG training is data-parallel; rank 0 saves."""
+    from . import distributed
     from .documents import load_corpus
     from .encoder import PolyPRAGEncoder, PRAGEncoder
 
     docs = load_corpus(args.docs)
-    llm = _load_llm(args.model, args.device)
+    llm = _load_llm(args.model, distributed.local_device(args.device))
     common = dict(augmenter=args.augment, seed=args.seed, progress=not args.quiet)
-    if args.epochs is not None:
-        common["epochs"] = args.epochs
+    for option in ("epochs", "batch_size", "lr"):
+        if getattr(args, option) is not None:
+            common[option] = getattr(args, option)
     if args.method == "prag":
         encoder = PRAGEncoder(llm, rank=args.rank, **common)
     else:
         encoder = PolyPRAGEncoder(llm, num_adapters=args.num_adapters, rank=args.rank, **common)
-    library = encoder.fit(docs)
-    path = library.save(args.library)
-    size = library.storage_bytes()
-    print(f"Encoded {len(library)} documents ({args.method}) into {path}: bank {size['bank']:,} bytes, "
-          f"routing {size['routing']:,} bytes, {size['per_document']:,} bytes per document.")
+    library = distributed.fit(encoder, docs)
+    if distributed.is_main_process():
+        path = library.save(args.library)
+        size = library.storage_bytes()
+        print(f"Encoded {len(library)} documents ({args.method}) into {path}: bank {size['bank']:,} bytes, "
+              f"routing {size['routing']:,} bytes, {size['per_document']:,} bytes per document.")
+    distributed.barrier()
+    distributed.shutdown()
     return 0
 
 
@@ -197,7 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return result if isinstance(result, int) else 0
 
 
-PASSTHROUGH = {"demo"}  # subcommands whose unknown options go on to the program they run
+PASSTHROUGH = {"demo", "bench"}  # subcommands whose unknown options go on to the program they run
 
 COMMANDS: dict[str, Command] = {
     "encode": Command("encode a corpus JSONL into an adapter library folder", _configure_encode, cmd_encode),
@@ -205,6 +215,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("compare methods on a QA slice (EM, F1, accuracy, costs)", _configure_eval, cmd_eval),
     "demo": Command("run the quickstart demo", _configure_demo, cmd_demo),
 }
+COMMANDS.update({name: Command(*spec) for name, spec in SCALE_COMMANDS.items()})  # export, inspect, bench
 
 
 def build_parser() -> argparse.ArgumentParser:

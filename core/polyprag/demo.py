@@ -19,21 +19,36 @@ def contains_answer(text: str, answers) -> bool:
     return any(a.lower() in text.lower() for a in answers)
 
 
+def demo_encoder(llm, adapters: int = 8, epochs: int = 40, augmenter: str = "passage"):
+    """The demo's Poly-PRAG settings: short invented passages, many epochs, fast routing.
+
+    Measured (8 invented facts, SmolLM2-135M): passage-only texts for 40 epochs answered 8/8 on two
+    seeds, PRAG's generated-QA augmentation for 8 epochs 6/8 — a 135M model writes poor questions."""
+    from polyprag import PolyPRAGEncoder
+
+    return PolyPRAGEncoder(llm, num_adapters=adapters, rank=2, alpha=32, augmenter=augmenter, epochs=epochs,
+                           lr=1e-3, routing_lr=0.1, batch_size=8, seed=0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns 0 when parametric mode answered more questions than closed-book."""
-    from polyprag import (BM25Retriever, LoRAMixingLLM, ParametricRetriever, PolyPRAG, PolyPRAGEncoder,
-                          load_corpus, load_questions)
+    from polyprag import BM25Retriever, LoRAMixingLLM, ParametricRetriever, PolyPRAG, load_corpus, load_questions
     from polyprag.models import cache_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="HF folder or hub id (default: bundled SmolLM2-135M-Instruct)")
     p.add_argument("--adapters", type=int, default=8, help="LoRA adapters in the shared bank (m)")
-    p.add_argument("--epochs", type=int, default=4, help="training epochs over the augmented texts")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs over the training texts")
+    p.add_argument("--augmenter", default="passage", choices=["passage", "generated_qa"],
+                   help="training texts: the passage itself (default), or PRAG's rewrite + generated QA")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--library", default=str(cache_dir() / "demo-library"), help="where the library is saved")
     args = p.parse_args(argv)
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.time()
     llm = LoRAMixingLLM.from_pretrained(args.model)
@@ -42,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     questions = load_questions(DATA / "invented_questions.jsonl")
 
     t0 = time.time()
-    encoder = PolyPRAGEncoder(llm, num_adapters=args.adapters, rank=2, epochs=args.epochs)
-    library = encoder.fit(docs)  # PRAG augmentation (rewrite + generated QA, cached), joint training
+    library = demo_encoder(llm, args.adapters, args.epochs, args.augmenter).fit(docs)
     library.save(args.library)
     print(f"encoded {len(docs)} documents into {args.adapters} shared adapters in {time.time() - t0:.0f}s "
           f"-> {args.library} ({library.storage_bytes()['per_document']} bytes of routing per document)")
