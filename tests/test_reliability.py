@@ -67,7 +67,13 @@ def test_huge_query_is_truncated_with_a_warning(docs, caplog):
     with caplog.at_level(logging.WARNING, logger="polyprag"):
         answer = rag.answer(question)
     assert isinstance(answer.text, str) and answer.documents[0].document.id == "d1"
-    assert any("keeping its last 509" in r.getMessage() for r in caplog.records)  # 512 positions - 3 new tokens
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("The question has 33000 tokens and does not fit the model's context (512 tokens)" in w
+               for w in warned), warned
+    prompt = llm.tokenizer(answer.prompt, add_special_tokens=False)["input_ids"]
+    assert len(prompt) == 512 - 3  # the question was cut to fit; nothing else had to be
+    assert "Passage 1: krell: the krell lighthouse was built by farrant" in answer.prompt  # passages kept
+    assert answer.prompt.rstrip().endswith("assistant")  # and the turn that asks for the answer
 
 
 def test_k_larger_than_the_corpus_or_not_positive(llm, docs, rag, lib):

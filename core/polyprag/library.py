@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -48,12 +49,22 @@ class LibraryConfig:
     files: dict = field(default_factory=dict)  # file name -> sha256
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise LibraryError(f"Unknown library kind {self.kind!r}; expected one of {KINDS}.")
         for name in ("rank", "m", "format_version"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise LibraryError(f"Library config field {name!r} must be a non-negative integer, got {value!r}.")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+            raise LibraryError(f"Library config field 'alpha' must be a finite number, got {self.alpha!r}.")
+        types = {"target_modules": list, "base_model": dict, "model_name": str, "dtype": str, "training": dict,
+                 "files": dict}
+        for name, kind in types.items():
+            if not isinstance(getattr(self, name), kind):
+                raise LibraryError(f"Library config field {name!r} must be a {kind.__name__}, "
+                                   f"got {getattr(self, name)!r}.")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items()):
+            raise LibraryError("Library config field 'files' must map file names to sha256 strings.")
 
 
 class AdapterLibrary:

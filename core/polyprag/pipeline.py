@@ -1,6 +1,7 @@
 """PolyPRAG: retrieve, then answer with knowledge injected as parameters, in context, both, or neither."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -12,6 +13,8 @@ from .parametric import ParametricRetriever, check_k
 from .retrieval import BM25Retriever, ScoredDocument, check_query
 
 MODES = ("parametric", "combine", "in_context", "closed_book", "lag", "lag_in_context", "lag_parametric")
+log = logging.getLogger(__name__)
+
 _USES_MIXTURE = ("parametric", "combine", "lag_parametric")   # the retrieved documents' mixture
 _USES_PASSAGES = ("in_context", "combine", "lag_in_context")  # the retrieved passages in the prompt
 _USES_LAG = ("lag", "lag_in_context", "lag_parametric")       # the data-free LAG router
@@ -95,7 +98,24 @@ class PolyPRAG:
         if mode in _USES_LAG:
             mixture = self.lag if mixture is None else SumMixture([self.lag, mixture])
         passages = [s.document.full_text for s in docs] if mode in _USES_PASSAGES else []
-        return Prepared(question, self.llm.question_prompt(question, passages), mixture, docs, mode)
+        return Prepared(question, self._prompt(question, passages), mixture, docs, mode)
+
+    def _prompt(self, question: str, passages: Sequence[str]) -> str:
+        """The question prompt; an over-long question is cut (keeping its end, with a warning) so that the
+        instruction, the passages and the answer still fit the model's context."""
+        prompt = self.llm.question_prompt(question, passages)
+        limit = self.llm.context_window - self.generation.max_new_tokens
+        if len(prompt) <= limit:  # a token spans at least one character: nothing to count
+            return prompt
+        tok = self.llm.tokenizer
+        over = len(tok(prompt, add_special_tokens=False)["input_ids"]) - limit
+        if over <= 0:
+            return prompt
+        q_ids = tok(question, add_special_tokens=False)["input_ids"]
+        keep = max(1, len(q_ids) - over)
+        log.warning("The question has %d tokens and does not fit the model's context (%d tokens); keeping its "
+                    "last %d. Ask a shorter question to use all of it.", len(q_ids), self.llm.context_window, keep)
+        return self.llm.question_prompt(tok.decode(q_ids[-keep:]), passages)
 
     def answer(self, question: str, mode: str | None = None, k: int | None = None, **generation) -> Answer:
         """Answer one question."""
