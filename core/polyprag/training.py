@@ -182,7 +182,7 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
 
 def _check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
-        raise TrainingError(f"Training diverged: the loss is {float(loss)} at step {step}. Lower lr / routing_lr "
+        raise TrainingError(f"Training diverged: the loss is {float(loss.detach())} at step {step}. Lower lr / routing_lr "
                             "(or use a float32 model) and encode again.")
 
 
