@@ -182,8 +182,8 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
 
 def _check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
-        raise TrainingError(f"Training diverged: the loss is {float(loss.detach())} at step {step}. Lower lr / routing_lr "
-                            "(or use a float32 model) and encode again.")
+        raise TrainingError(f"Training diverged: the loss is {float(loss.detach())} at step {step}. "
+                            "Lower lr / routing_lr (or use a float32 model) and encode again.")
 
 
 def _save_poly(checkpoint: "Checkpoint", at: tuple[int, int], losses: list[float], order: list[int],
