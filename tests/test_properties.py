@@ -82,12 +82,13 @@ def test_pipeline_and_library(setup, query, k, mode, ids):
     documented_only(lib.mixture, query)
 
 
+ROWS = st.lists(st.dictionaries(st.sampled_from(["id", "title", "text", "x"]),
+                                st.one_of(TEXT, st.integers(), st.none(), st.lists(st.integers()))), max_size=3)
+
+
 @settings(max_examples=40, **SETTINGS)
 @given(raw=st.one_of(st.binary(max_size=200),
-                     st.lists(st.dictionaries(st.sampled_from(["id", "title", "text", "x"]),
-                                              st.one_of(TEXT, st.integers(), st.none(), st.lists(st.integers()))),
-                              max_size=3).map(lambda rows: "\n".join(json.dumps(r) for r in rows).encode("utf-8",
-                                                                                                        "surrogatepass"))))
+                     ROWS.map(lambda rows: "\n".join(map(json.dumps, rows)).encode("utf-8", "surrogatepass"))))
 def test_corpus_files(raw):
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "corpus.jsonl"
