@@ -32,6 +32,14 @@ QUESTIONS = ["what is the capital of zorvania", "who built the krell lighthouse"
 
 
 @pytest.fixture
+def llm():
+    """The tiny model with a decoder that spaces words, so token streams arrive in several pieces."""
+    from tiny import tiny_llm
+
+    return tiny_llm(spaced=True)
+
+
+@pytest.fixture
 def library(llm, docs):
     """A per-document library with strong random adapters: each retrieved document visibly changes the answer."""
     bank = random_bank(llm, len(docs), alpha=8.0)

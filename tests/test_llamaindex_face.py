@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from llamaindex_polyprag import PolyPRAGLLM, PolyPRAGQueryEngine, PolyPRAGRetrie
 from polyprag import (AdapterLibrary, BM25Retriever, Document, InvalidInputError, LoRAMixingLLM, ModelLoadError,
                       ParametricRetriever, PolyPRAG)
 from polyprag.library import LibraryConfig
-from tiny import tiny_llm, tiny_model, tiny_tokenizer
+from tiny import tiny_llm
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = {"zorvania": "the capital of zorvania is quellport", "krell": "the krell lighthouse was built by farrant",
@@ -42,11 +41,7 @@ N_TOKENS = 12
 
 def spaced_llm() -> LoRAMixingLLM:
     """The tiny model with a decoder that puts spaces between words, as real tokenizers' output has."""
-    from tokenizers import decoders
-
-    tok = copy.deepcopy(tiny_tokenizer())
-    tok.backend_tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    return LoRAMixingLLM(tiny_model(0), tok, name="tiny-llama")
+    return tiny_llm(spaced=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Every bad input gets a specific polyprag exception whose message says what to do; integrity and security checks."""
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import logging
@@ -48,14 +47,8 @@ def test_query_that_is_not_text(rag):
 
 
 def word_llm() -> LoRAMixingLLM:
-    """The tiny model with a tokenizer that really splits words (tests/tiny.py's Split takes its pattern
-    literally, so every run of text there is one <unk> token and nothing is ever long)."""
-    from tokenizers import Regex, pre_tokenizers
-
-    tok = copy.deepcopy(tiny_tokenizer())
-    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[A-Za-z0-9]+|\s|[^A-Za-z0-9\s]"),
-                                                               behavior="isolated")
-    return LoRAMixingLLM(tiny_model(0), tok, name="tiny-llama")
+    """The tiny model, whose word-level tokenizer round-trips text exactly."""
+    return tiny_llm()
 
 
 def test_huge_query_is_truncated_with_a_warning(docs, caplog):

@@ -13,17 +13,19 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+@functools.lru_cache(maxsize=2)
+def tiny_tokenizer(spaced: bool = False):
+    """Word-level tokenizer; ``spaced`` decodes with a space between tokens (streams then come in
+    pieces even from a random model, but decode(encode(text)) no longer round-trips)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<pad>", "<s>", "<|im_end|>", "<|im_start|>"]
     chars = [chr(c) for c in range(32, 127)] + ["\n"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + list(WORDS) + chars))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(r"[A-Za-z0-9]+|\s|[^A-Za-z0-9\s]", behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[A-Za-z0-9]+|\s|[^A-Za-z0-9\s]"), behavior="isolated")
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False) if spaced else decoders.Fuse()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
                                    bos_token="<s>", eos_token="<|im_end|>",
                                    additional_special_tokens=["<|im_start|>"])
@@ -43,7 +45,7 @@ def tiny_model(seed: int = 0, layers: int = 2):
     return LlamaForCausalLM(cfg).eval()
 
 
-def tiny_llm(seed: int = 0, **kw):
+def tiny_llm(seed: int = 0, spaced: bool = False, **kw):
     from polyprag import LoRAMixingLLM
 
-    return LoRAMixingLLM(tiny_model(seed), tiny_tokenizer(), name="tiny-llama", **kw)
+    return LoRAMixingLLM(tiny_model(seed), tiny_tokenizer(spaced), name="tiny-llama", **kw)
