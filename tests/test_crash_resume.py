@@ -65,11 +65,11 @@ def encode(work: Path, kill: str | None = None) -> dict:
 def _arm(kill: str, work: Path) -> None:
     """Make this process SIGKILL itself at the named point; log every checkpoint write to WORK/writes.log."""
     import polyprag.checkpoint as ckmod
-    import polyprag.library as libmod
+    import polyprag.storage as storemod
 
     phase, n, *when = kill.split(":")
     count = {"n": 0}
-    write, swap = ckmod.Checkpoint.write, libmod._swap_in
+    write, swap = ckmod.Checkpoint.write, storemod.swap_in
 
     def die(*_a, **_k):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -95,7 +95,7 @@ def _arm(kill: str, work: Path) -> None:
 
     ckmod.Checkpoint.write = logged_write
     if phase == "save":
-        libmod._swap_in = killed_swap
+        storemod.swap_in = killed_swap
 
 
 def _job(work: Path, kill: str) -> None:

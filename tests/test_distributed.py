@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-from polyprag import AdapterLibrary, Document, LoRAMixingLLM, PolyPRAGEncoder
+from polyprag import AdapterLibrary, LoRAMixingLLM, PolyPRAGEncoder
 from polyprag import distributed
 from polyprag.documents import load_corpus
 

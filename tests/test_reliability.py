@@ -140,9 +140,9 @@ def test_nan_or_inf_routing_logits(llm, docs, lib, tmp_path):
 
     save_file({"routing_logits": bad}, str(path / "routing.safetensors"))
     cfg = json.loads((path / "config.json").read_text())
-    from polyprag.library import _sha256
+    from polyprag.storage import sha256_file
 
-    cfg["files"]["routing.safetensors"] = _sha256(path / "routing.safetensors")
+    cfg["files"]["routing.safetensors"] = sha256_file(path / "routing.safetensors")
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LibraryError, match="NaN or inf weights .*re-encode"):
         AdapterLibrary.load(path, llm)

@@ -7,7 +7,6 @@ documents' adapter mixture, no passage in the prompt), side by side.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 

@@ -26,7 +26,6 @@ import torch
 from .augment import FixedAugmenter, GeneratedQAAugmenter, PassageAugmenter
 from .documents import Document, Question, load_corpus, load_questions
 from .errors import InvalidInputError, PolyPRAGError
-from .library import AdapterLibrary
 from .parametric import ParametricRetriever
 from .pipeline import PolyPRAG
 from .retrieval import BM25Retriever

@@ -24,8 +24,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 
 from .errors import IncompatibleModelError, InvalidInputError, LibraryError
-from .library import _fsync, _sha256, _swap_in
+from . import storage
 from .mixing import Mixture
 
 if TYPE_CHECKING:
@@ -170,7 +168,7 @@ class LAGLibrary:
         """Write the factors as a folder (factors.safetensors + config.json), atomically; no pickle."""
         from safetensors.torch import save_file
 
-        with _staged_folder(Path(path)) as tmp:
+        with storage.staged_folder(Path(path)) as tmp:
             tensors = {}
             for module, f in self.modules.items():
                 keep = torch.arange(f.A.shape[1], device=f.ranks.device)[None, :] < f.ranks[:, None]  # [n, R]
@@ -181,7 +179,7 @@ class LAGLibrary:
             save_file(tensors, str(tmp / "factors.safetensors"))
             config = {"format_version": FORMAT_VERSION, "kind": "lag", "names": self.names,
                       "source": self.source, "base_model": self.llm.fingerprint(), "model_name": self.llm.name,
-                      "files": {"factors.safetensors": _sha256(tmp / "factors.safetensors")}}
+                      "files": {"factors.safetensors": storage.sha256_file(tmp / "factors.safetensors")}}
             (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         return Path(path)
 
@@ -207,7 +205,7 @@ class LAGLibrary:
             raise LibraryError(f"{path} has format version {config['format_version']}; this polyprag reads up to "
                                f"{FORMAT_VERSION}. Upgrade polyprag.")
         for name, digest in files.items():
-            if not (path / name).is_file() or _sha256(path / name) != digest:
+            if not (path / name).is_file() or storage.sha256_file(path / name) != digest:
                 raise LibraryError(f"{path / name} is missing or does not match its checksum; re-save the library.")
         mine = llm.fingerprint()
         if config.get("base_model") != mine:
@@ -357,20 +355,6 @@ class LAGRouter(Mixture):
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _staged_folder(path: Path) -> Iterator[Path]:
-    """A temporary sibling folder to write into; on success it replaces ``path`` atomically (fsynced)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        for f in tmp.iterdir():
-            _fsync(f)
-        _swap_in(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def read_peft_adapter(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """module name -> (A [r, in], B [out, r], scale) of one peft LoRA folder (safetensors only)."""
     from safetensors.torch import load_file

@@ -7,12 +7,9 @@ Two kinds share one format and one mixing engine:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -23,6 +20,7 @@ from .documents import Document, check_unique
 from .errors import (DuplicateDocumentError, IncompatibleModelError, InvalidInputError, LibraryError,
                      UnknownDocumentError)
 from .mixing import BankMixture, LoRABank
+from . import storage
 
 if TYPE_CHECKING:
     from .llm import LoRAMixingLLM
@@ -179,30 +177,22 @@ class AdapterLibrary:
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with storage.staged_folder(path) as tmp:
             files = {"bank.safetensors": self.bank.tensors()}
             if self.routing_logits is not None:
                 files["routing.safetensors"] = {"routing_logits": self.routing_logits.detach().contiguous()}
             checks = {}
             for name, tensors in files.items():
                 save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / name))
-                checks[name] = _sha256(tmp / name)
+                checks[name] = storage.sha256_file(tmp / name)
             with open(tmp / "documents.jsonl", "w", encoding="utf-8") as fh:
                 for d in self.documents:
                     fh.write(json.dumps({"id": d.id, "title": d.title, "text": d.text,
                                          "metadata": d.metadata}, ensure_ascii=False) + "\n")
-            checks["documents.jsonl"] = _sha256(tmp / "documents.jsonl")
+            checks["documents.jsonl"] = storage.sha256_file(tmp / "documents.jsonl")
             self.config.files = checks
             self.config.m = self.bank.m
             (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2), encoding="utf-8")
-            for f in tmp.iterdir():
-                _fsync(f)
-            _swap_in(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
@@ -232,7 +222,7 @@ class AdapterLibrary:
             f = path / name
             if not f.is_file():
                 raise LibraryError(f"{f} is missing; the library is incomplete. Re-save or re-encode it.")
-            if _sha256(f) != digest:
+            if storage.sha256_file(f) != digest:
                 raise LibraryError(f"{f} does not match its checksum (truncated or altered). "
                                    "Restore it from a backup or re-encode the library.")
         mine = llm.fingerprint()
@@ -305,34 +295,3 @@ def _check_bank(bank: LoRABank, llm: "LoRAMixingLLM") -> None:
     if not all(torch.isfinite(t).all() for t in bank.tensors().values()):
         raise InvalidInputError("The adapter bank contains NaN or inf (training diverged or the file was altered); "
                                 "re-encode the documents, with a lower lr if it diverged.")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Replace folder ``path`` by ``tmp``: rename the old one aside, rename the new one in, drop the old."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,59 @@
+"""Atomic, checksummed folders on disk: what library and LAG saves share."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file to disk."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def swap_in(tmp: Path, path: Path) -> None:
+    """Replace folder ``path`` by ``tmp``: rename the old one aside, rename the new one in, drop the old."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(path: Path) -> Iterator[Path]:
+    """A temporary sibling folder to write into; on success it replaces ``path`` atomically (fsynced).
+
+    A crash at any point leaves either the old folder or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            fsync_file(f)
+        swap_in(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
