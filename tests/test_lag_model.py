@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from conftest import DATA
 
 from polyprag import GeneratedQAAugmenter, PolyPRAG, PRAGEncoder, load_corpus, load_questions
@@ -15,7 +14,6 @@ def _correct(answers, questions) -> int:
 
 @pytest.mark.model
 def test_lag_without_retriever_beats_closed_book(real_llm):
-    torch.set_num_threads(1)  # the machine is shared
     docs = load_corpus(DATA / "invented_facts.jsonl")       # 8 invented facts, one question each
     questions = load_questions(DATA / "invented_questions.jsonl")
     assert len(docs) >= 6
