@@ -2,8 +2,9 @@
 from .augment import GeneratedQAAugmenter, PassageAugmenter, TrainingExample
 from .documents import Document, Question, load_corpus, load_questions
 from .encoder import PolyPRAGEncoder, PRAGEncoder
-from .errors import (CorpusFormatError, DuplicateDocumentError, IncompatibleModelError, InvalidInputError,
-                     LibraryError, ModelLoadError, PolyPRAGError, UnknownDocumentError)
+from .errors import (CheckpointError, CorpusFormatError, DuplicateDocumentError, IncompatibleModelError,
+                     InvalidInputError, LibraryError, ModelLoadError, PolyPRAGError, TrainingError,
+                     UnknownDocumentError)
 from .library import AdapterLibrary
 from .llm import GenerationConfig, LoRAMixingLLM
 from .mixing import BankMixture, LoRABank, Mixture, SumMixture, use_mixture
@@ -14,10 +15,11 @@ from .retrieval import BM25Retriever, ScoredDocument
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdapterLibrary", "Answer", "BM25Retriever", "BankMixture", "CorpusFormatError", "Document",
+    "AdapterLibrary", "Answer", "BM25Retriever", "BankMixture", "CheckpointError", "CorpusFormatError", "Document",
     "DuplicateDocumentError", "GeneratedQAAugmenter", "GenerationConfig", "IncompatibleModelError",
     "InvalidInputError", "LibraryError", "LoRABank", "LoRAMixingLLM", "Mixture", "ModelLoadError",
     "PRAGEncoder", "ParametricRetriever", "PassageAugmenter", "PolyPRAG", "PolyPRAGEncoder",
-    "PolyPRAGError", "Question", "Retrieval", "ScoredDocument", "SumMixture", "TrainingExample", "UnknownDocumentError",
+    "PolyPRAGError", "Question", "Retrieval", "ScoredDocument", "SumMixture", "TrainingError", "TrainingExample",
+    "UnknownDocumentError",
     "load_corpus", "load_questions", "use_mixture",
 ]
