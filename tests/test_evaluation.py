@@ -123,3 +123,6 @@ def test_lag_methods_need_polyprag_lag(llm, docs, tmp_path):
     report = run_evaluation(cfg, llm=llm)
     assert [r.method for r in report.results] == ["lag", "lag_in_context"]
     assert report.results[0].storage_bytes_per_doc > 0
+    lag = report.facts["lag"]  # LAG's own costs: its factor library and the per-token routing overhead
+    assert lag["adapters"] == report.facts["documents"] and lag["library_bytes"] > 0
+    assert lag["routing_us_per_token"] >= 0 and "routing overhead" in report.markdown()

@@ -195,6 +195,10 @@ class EvalReport:
         rows.append(f"{f['questions']} questions, {f['documents']} documents encoded (union of BM25 top-{f['k']}), "
                     f"model {f['model']}, wall {f['wall_s']:.0f} s; augmentation {f['augment_s']:.0f} s "
                     f"({f['augment']['cache_hits']} cache hits, {f['augment']['qa_failures']} QA failures).")
+        if f.get("lag"):
+            g = f["lag"]
+            rows.append(f"LAG: {g['adapters']} adapters, factor library {g['library_bytes']:,} bytes, Arrow k={g['k']}, "
+                        f"routing overhead {g['routing_us_per_token']:.0f} µs per token (forward with router − bare).")
         return "\n".join(rows)
 
 
@@ -299,7 +303,7 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
         libraries["prag"] = _encode(llm, encoded_docs, "prag", cfg, fixed, out)
     if "poly" in needs:
         libraries["poly"] = _encode(llm, encoded_docs, "poly", cfg, fixed, out)
-    lag_router = None
+    lag_router, lag_facts = None, None
     if "lag" in needs:
         LAGLibrary, LAGRouter = _lag_api()
         t0 = time.perf_counter()
@@ -308,6 +312,9 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
         prag = libraries["prag"]
         libraries["lag"] = _Encoded(lag_library, prag.train_s + time.perf_counter() - t0,
                                     prag.bytes_per_doc, prag.bytes_new_doc)
+        lag_facts = {"library_bytes": lag_library.storage_bytes()["factors"], "adapters": len(lag_library),
+                     "k": cfg.lag_k, "routing_us_per_token": routing_overhead(
+                         llm, lag_router, llm.question_prompt(questions[0].question))}
 
     results = []
     for method in cfg.methods:
@@ -337,6 +344,8 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
              "bm25_recall_at_k": _pct(recall), "wall_s": time.perf_counter() - t_start,
              "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
              "device": str(llm.device)}
+    if lag_facts:
+        facts["lag"] = lag_facts
     report = EvalReport(config=asdict(cfg), results=results, facts=facts)
     if out is not None:
         write_report(report, out)
@@ -369,6 +378,25 @@ def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, augmenter: Fi
     per_doc = round((bank + routing) / n)
     new_doc = round(routing / n) if kind == "poly" else per_doc
     return _Encoded(library, train_s, per_doc, new_doc)
+
+
+def routing_overhead(llm, mixture, prompt: str, repeats: int = 3) -> float:
+    """Microseconds per token that a mixture adds to a forward pass over ``prompt`` (best of ``repeats``)."""
+    enc = llm.encode([prompt])
+    tokens = enc["input_ids"].numel()
+
+    def best(mix) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            llm.logits(**enc, mixture=mix)
+            if llm.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    best(None)  # warm-up
+    return 1e6 * max(0.0, best(mixture) - best(None)) / tokens
 
 
 def _pct(v: float | None) -> float | None:
