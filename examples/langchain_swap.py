@@ -20,7 +20,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 
 from langchain_polyprag import ChatPolyPRAG, PolyPRAGRetriever, PolyPRAGRunnable
-from polyprag import AdapterLibrary, LibraryError, PolyPRAGEncoder, load_corpus, load_questions
+from polyprag import AdapterLibrary, LibraryError, load_corpus, load_questions
+from polyprag.demo import demo_encoder
 from polyprag.models import cache_dir
 
 DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "data"
@@ -43,8 +44,7 @@ def library_for(chat: ChatPolyPRAG, docs, path: Path, epochs: int) -> AdapterLib
     except LibraryError:
         pass
     t0 = time.time()
-    library = PolyPRAGEncoder(llm, num_adapters=8, rank=2, epochs=epochs, augmenter="passage",
-                              progress=False).fit(docs)
+    library = demo_encoder(llm, epochs=epochs).fit(docs)  # the quickstart's settings
     library.save(path)
     print(f"encoded {len(docs)} documents into 8 shared adapters in {time.time() - t0:.0f}s -> {path}")
     return library

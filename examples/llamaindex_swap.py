@@ -16,7 +16,8 @@ from llama_index.core import Document, get_response_synthesizer
 from llama_index.core.query_engine import RetrieverQueryEngine
 
 from llamaindex_polyprag import PolyPRAGLLM, PolyPRAGQueryEngine, PolyPRAGRetriever
-from polyprag import PolyPRAGEncoder, load_corpus
+from polyprag import load_corpus
+from polyprag.demo import demo_encoder
 
 DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "data"
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="HF folder or hub id (default: bundled SmolLM2-135M-Instruct)")
     p.add_argument("--augmenter", default="passage", help="'passage' (fast) or 'generated_qa' (PRAG's, slower)")
-    p.add_argument("--epochs", type=int, default=4, help="training epochs for the adapter library")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs for the adapter library")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -49,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. The swap: encode the same documents into a Poly-PRAG library once, then change one object.
     t0 = time.time()
-    library = PolyPRAGEncoder(llm.mixing_llm, num_adapters=8, rank=2, augmenter=args.augmenter,
-                              epochs=args.epochs, progress=False).fit(load_corpus(DATA / "invented_facts.jsonl"))
+    encoder = demo_encoder(llm.mixing_llm, epochs=args.epochs, augmenter=args.augmenter)  # the quickstart's settings
+    encoder.train.progress = False
+    library = encoder.fit(load_corpus(DATA / "invented_facts.jsonl"))
     print(f"encoded {len(library)} documents into 8 shared adapters in {time.time() - t0:.0f}s")
     parametric = PolyPRAGQueryEngine.from_documents(documents, library, k=1, llm=llm)  # mode="parametric"
 
