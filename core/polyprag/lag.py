@@ -189,15 +189,10 @@ class LAGLibrary:
         from safetensors.torch import load_file
 
         path = Path(path)
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise LibraryError(f"{path} is not a LAG library (no config.json); create one with "
-                               "LAGLibrary.from_peft(...) or .from_adapter_library(...) and .save(path).")
-        try:
-            config = json.loads(cfg_file.read_text(encoding="utf-8"))
-            names, files = list(config["names"]), dict(config["files"])
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise LibraryError(f"{cfg_file} is unreadable or altered: {e}") from None
+        config, names, files = storage.read_config(
+            path, lambda c: (c, list(c["names"]), dict(c["files"])),
+            "a LAG library (no config.json); create one with LAGLibrary.from_peft(...) or "
+            ".from_adapter_library(...) and .save(path).")
         if config.get("kind") != "lag":
             raise LibraryError(f"{path} holds a {config.get('kind')!r} library, not a LAG one; "
                                "load it with AdapterLibrary.load and convert with LAGLibrary.from_adapter_library.")

@@ -201,22 +201,17 @@ class AdapterLibrary:
         from safetensors.torch import load_file
 
         path = Path(path)
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise LibraryError(f"{path} is not an adapter library (no config.json); "
-                               "create one with PolyPRAGEncoder(...).fit(docs).save(path).")
-        try:
-            raw = json.loads(cfg_file.read_text(encoding="utf-8"))
-            config = LibraryConfig(**raw)
-        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
-            raise LibraryError(f"{cfg_file} is unreadable or altered: {e}") from None
+        config = storage.read_config(path, lambda raw: LibraryConfig(**raw),
+                                     "an adapter library (no config.json); "
+                                     "create one with PolyPRAGEncoder(...).fit(docs).save(path).")
         if config.format_version > FORMAT_VERSION:
             raise LibraryError(f"{path} has format version {config.format_version}; this polyprag reads "
                                f"up to {FORMAT_VERSION}. Upgrade polyprag.")
         expected = {"bank.safetensors", "documents.jsonl"} | ({"routing.safetensors"} if config.kind == "poly"
                                                               else set())
         if set(config.files) != expected:
-            raise LibraryError(f"{cfg_file} lists files {sorted(config.files)}, expected {sorted(expected)}; "
+            raise LibraryError(f"{path / 'config.json'} lists files {sorted(config.files)}, "
+                               f"expected {sorted(expected)}; "
                                "the config was altered. Restore it from a backup or re-encode the library.")
         for name, digest in config.files.items():
             f = path / name

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
+
+from .errors import LibraryError
+
+T = TypeVar("T")
 
 
 def sha256_file(path: Path) -> str:
@@ -57,3 +62,16 @@ def staged_folder(path: Path) -> Iterator[Path]:
         swap_in(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_config(path: Path, parse: Callable[[dict], T], missing: str) -> T:
+    """``parse`` applied to the folder's config.json; a missing, unreadable or malformed one is a LibraryError.
+
+    ``missing`` completes "<path> is not …" when there is no config.json at all."""
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise LibraryError(f"{path} is not {missing}")
+    try:
+        return parse(json.loads(cfg_file.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise LibraryError(f"{cfg_file} is unreadable or altered: {e}") from None
