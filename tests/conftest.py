@@ -51,3 +51,14 @@ def random_bank(llm, m: int, rank: int = 2, alpha: float = 8.0, seed: int = 0):
     A = [torch.randn(m, rank, i, generator=gen) * 0.3 for i, o in mods.values()]
     B = [torch.randn(m, o, rank, generator=gen) * 0.3 for i, o in mods.values()]
     return LoRABank(mods, m, rank, alpha, A=A, B=B)
+
+
+def random_poly_library(llm, docs, m: int, logit_seed: int = 1, logit_scale: float = 2.0, bank_seed: int = 0):
+    """A Poly-PRAG library of m random adapters with random routing: every document's mixture differs."""
+    from polyprag import AdapterLibrary
+    from polyprag.library import LibraryConfig
+
+    cfg = LibraryConfig(kind="poly", rank=2, alpha=8.0, m=m, target_modules=list(llm.target_modules),
+                        base_model=llm.fingerprint())
+    logits = torch.randn(len(docs), m, generator=torch.Generator().manual_seed(logit_seed)) * logit_scale
+    return AdapterLibrary(llm, random_bank(llm, m, seed=bank_seed), docs, cfg, routing_logits=logits)

@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from llama_index.core import Document as LIDocument
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.base_retriever import BaseRetriever
@@ -21,11 +20,10 @@ from llama_index.core.schema import MetadataMode, TextNode
 from llama_index.core.settings import _Settings
 
 import llamaindex_polyprag
-from conftest import random_bank
+from conftest import random_poly_library
 from llamaindex_polyprag import PolyPRAGLLM, PolyPRAGQueryEngine, PolyPRAGRetriever
 from polyprag import (AdapterLibrary, BM25Retriever, Document, InvalidInputError, LoRAMixingLLM, ModelLoadError,
                       ParametricRetriever, PolyPRAG)
-from polyprag.library import LibraryConfig
 from tiny import tiny_llm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +45,7 @@ def spaced_llm() -> LoRAMixingLLM:
 @pytest.fixture(scope="module")
 def library() -> AdapterLibrary:
     """A Poly-PRAG library of 3 random (non-zero) adapters over DOCS, so every mixture changes the output."""
-    llm = spaced_llm()
-    cfg = LibraryConfig(kind="poly", rank=2, alpha=8.0, m=3, target_modules=list(llm.target_modules),
-                        base_model=llm.fingerprint())
-    logits = torch.randn(len(DOCS), 3, generator=torch.Generator().manual_seed(1)) * 2
-    return AdapterLibrary(llm, random_bank(llm, 3), DOCS, cfg, routing_logits=logits)
+    return random_poly_library(spaced_llm(), DOCS, m=3, logit_seed=1, logit_scale=2.0)
 
 
 @pytest.fixture(scope="module")

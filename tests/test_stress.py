@@ -7,11 +7,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
-from conftest import random_bank
-from polyprag import AdapterLibrary, BM25Retriever, Document, ParametricRetriever, PolyPRAG
-from polyprag.library import LibraryConfig
+from conftest import random_poly_library
+from polyprag import BM25Retriever, Document, ParametricRetriever, PolyPRAG
 from polyprag.mixing import active_mixture
 from test_reliability import word_llm
 
@@ -26,10 +24,7 @@ N_NEW = 4
 @pytest.fixture(scope="module")
 def rag() -> PolyPRAG:
     llm = word_llm()
-    cfg = LibraryConfig(kind="poly", rank=2, alpha=8.0, m=4, target_modules=list(llm.target_modules),
-                        base_model=llm.fingerprint())
-    logits = torch.randn(len(DOCS), 4, generator=torch.Generator().manual_seed(2)) * 3
-    library = AdapterLibrary(llm, random_bank(llm, 4, seed=5), DOCS, cfg, routing_logits=logits)
+    library = random_poly_library(llm, DOCS, m=4, logit_seed=2, logit_scale=3.0, bank_seed=5)
     return PolyPRAG(llm, ParametricRetriever(BM25Retriever(DOCS, k=2), library), mode="combine",
                     max_new_tokens=N_NEW)
 
