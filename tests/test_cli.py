@@ -33,8 +33,9 @@ def corpus(tmp_path, docs):
 def test_every_registered_command_parses():
     parser = build_parser()
     assert {"encode", "ask", "eval", "demo"} <= set(COMMANDS)
-    args = parser.parse_args(["eval", "--data", "d", "--n", "5", "--methods", "prag,polyprag", "--combine", "sum"])
-    assert args.methods == ("prag", "polyprag") and args.n == 5 and args.combine == "sum"
+    args = parser.parse_args(["eval", "--data", "d", "--n", "5", "--methods", "prag,polyprag_sum",
+                              "--compute-dtype", "bfloat16"])
+    assert args.methods == ("prag", "polyprag_sum") and args.n == 5 and args.compute_dtype == "bfloat16"
 
 
 @pytest.mark.parametrize("method", ["poly", "prag"])

@@ -50,8 +50,8 @@ def test_recall_at_k():
 def test_config_refuses_unknown_method(tmp_path):
     with pytest.raises(InvalidInputError, match="Unknown method"):
         EvalConfig(data=str(tmp_path), methods=("closed_book", "rag_fusion"))
-    with pytest.raises(InvalidInputError, match="combine"):
-        EvalConfig(data=str(tmp_path), combine="max")
+    with pytest.raises(InvalidInputError, match="compute_dtype"):
+        EvalConfig(data=str(tmp_path), compute_dtype="int8")
 
 
 def test_missing_data_folder_is_refused(tmp_path, llm):
@@ -126,3 +126,21 @@ def test_lag_methods_need_polyprag_lag(llm, docs, tmp_path):
     lag = report.facts["lag"]  # LAG's own costs: its factor library and the per-token routing overhead
     assert lag["adapters"] == report.facts["documents"] and lag["library_bytes"] > 0
     assert lag["routing_us_per_token"] >= 0 and "routing overhead" in report.markdown()
+
+
+def test_polyprag_sum_combines_the_documents_deltas(llm, docs, tmp_path):
+    """polyprag answers with the mean of the top-k routing vectors, polyprag_sum with the sum of the k
+    documents' deltas, both from the one library the run encodes."""
+    from polyprag import AdapterLibrary, BM25Retriever, ParametricRetriever, PolyPRAG
+
+    data = write_slice(tmp_path / "data", docs)
+    cfg = EvalConfig(data=str(data), n=4, k=2, methods=("polyprag", "polyprag_sum"), num_adapters=3, epochs=1,
+                     augment="passage", max_new_tokens=4, latency_samples=0, out=str(tmp_path / "out"),
+                     progress=False)
+    report = run_evaluation(cfg, llm=llm)
+    library = AdapterLibrary.load(tmp_path / "out" / "libraries" / "poly", llm)
+    questions = [q for q, _, _ in QUESTIONS[:4]]
+    for result, combine in zip(report.results, ("mean", "sum")):
+        rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(docs, k=2), library, combine=combine),
+                       mode="parametric", max_new_tokens=4)
+        assert [p["prediction"] for p in result.predictions] == [a.text for a in rag.answer_batch(questions)]

@@ -33,10 +33,10 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-def _load_llm(model: str | None, device: str | None):
+def _load_llm(model: str | None, device: str | None, compute_dtype: str | None = None):
     from .llm import LoRAMixingLLM
 
-    return LoRAMixingLLM.from_pretrained(model, device=device)
+    return LoRAMixingLLM.from_pretrained(model, device=device, compute_dtype=compute_dtype)
 
 
 # ---- eval ---------------------------------------------------------------------------------------
@@ -58,14 +58,14 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--routing-lr", type=float, default=d.routing_lr, help="Poly-PRAG routing learning rate")
     p.add_argument("--prag-epochs", type=int, default=d.prag_epochs, help="PRAG epochs (PRAG: 1, 2 on PopQA)")
     p.add_argument("--prag-lr", type=float, default=d.prag_lr, help="PRAG learning rate")
-    p.add_argument("--combine", choices=("mean", "sum"), default=d.combine,
-                   help="Poly-PRAG: mean of routing weights, or sum of the documents' deltas")
     p.add_argument("--lag-k", type=int, default=d.lag_k, help="LAG: adapters kept by the Arrow filter")
     p.add_argument("--augment", choices=("generated_qa", "passage"), default=d.augment,
                    help="training texts: PRAG's rewrite + generated QA, or the passage alone")
     p.add_argument("--cache", default=None, help="augmentation cache folder (default: $POLYPRAG_CACHE/augment)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="Poly-PRAG training batch size")
     p.add_argument("--max-length", type=int, default=d.max_length, help="training tokens per example")
+    p.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens,
+                   help="padded tokens per training micro-batch (rows of a step are length-sorted into them)")
     p.add_argument("--augment-batch-size", type=int, default=d.augment_batch_size,
                    help="passages augmented per batched generation")
     p.add_argument("--answer-batch-size", type=int, default=d.answer_batch_size)
@@ -83,8 +83,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(data=args.data, n=args.n, k=args.k, methods=args.methods, model=args.model,
                      num_adapters=args.num_adapters, rank=args.rank, alpha=args.alpha, epochs=args.epochs,
                      lr=args.lr, routing_lr=args.routing_lr, prag_epochs=args.prag_epochs,
-                     prag_lr=args.prag_lr, combine=args.combine, lag_k=args.lag_k, augment=args.augment,
+                     prag_lr=args.prag_lr, lag_k=args.lag_k, augment=args.augment,
                      cache=args.cache, batch_size=args.batch_size, max_length=args.max_length,
+                     max_batch_tokens=args.max_batch_tokens, compute_dtype=args.compute_dtype,
                      augment_batch_size=args.augment_batch_size, answer_batch_size=args.answer_batch_size,
                      max_new_tokens=args.max_new_tokens, latency_samples=args.latency_samples, seed=args.seed,
                      out=args.out, device=args.device, progress=not args.quiet)
@@ -120,7 +121,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from .encoder import PolyPRAGEncoder, PRAGEncoder
 
     docs = load_corpus(args.docs)
-    llm = _load_llm(args.model, distributed.local_device(args.device))
+    llm = _load_llm(args.model, distributed.local_device(args.device), args.compute_dtype)
     common = dict(augmenter=args.augment, seed=args.seed, progress=not args.quiet)
     for option in ("epochs", "batch_size", "lr"):
         if getattr(args, option) is not None:
@@ -166,7 +167,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from .retrieval import BM25Retriever
 
     model = args.model or _library_model(args.library)
-    llm = _load_llm(model, args.device)
+    llm = _load_llm(model, args.device, args.compute_dtype)
     library = AdapterLibrary.load(args.library, llm)
     docs = load_corpus(args.corpus) if args.corpus else library.documents
     retriever = ParametricRetriever(BM25Retriever(docs, k=args.k), library, combine=args.combine)
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=command.help, description=command.help)
         command.configure(p)
         p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
+        p.add_argument("--compute-dtype", default="auto",
+                       help="autocast forward passes to this dtype while weights stay float32: auto (bfloat16 "
+                            "where the hardware computes it natively, else float32), float32, bfloat16")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.add_argument("-v", "--verbose", action="store_true", help="log what polyprag does")

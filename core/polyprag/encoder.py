@@ -34,13 +34,14 @@ class PolyPRAGEncoder:
                  target_modules: Sequence[str] | None = None, augmenter: Augmenter | str | None = None,
                  lr: float = 1e-3, routing_lr: float | None = 1e-2, epochs: int = 4, batch_size: int = 8,
                  temperature: float = 1.0, max_length: int = 256, seed: int = 0,
-                 per_document: bool = False, group_size: int = 32, progress: bool = True):
+                 per_document: bool = False, group_size: int = 32, max_batch_tokens: int = 2048,
+                 progress: bool = True):
         if num_adapters < 1 and not per_document:
             raise InvalidInputError(f"num_adapters must be >= 1, got {num_adapters}.")
         if rank < 1:
             raise InvalidInputError(f"rank must be >= 1, got {rank}.")
-        if epochs < 1 or batch_size < 1:
-            raise InvalidInputError("epochs and batch_size must be >= 1.")
+        if epochs < 1 or batch_size < 1 or max_batch_tokens < 1:
+            raise InvalidInputError("epochs, batch_size and max_batch_tokens must be >= 1.")
         self.llm = llm
         self.num_adapters = num_adapters
         self.rank = rank
@@ -55,7 +56,8 @@ class PolyPRAGEncoder:
         self.target_modules = wanted
         self.augmenter = _augmenter(augmenter, llm)
         self.train = TrainConfig(lr=lr, routing_lr=routing_lr, epochs=epochs, batch_size=batch_size,
-                                 max_length=max_length, temperature=temperature, seed=seed, progress=progress)
+                                 max_length=max_length, temperature=temperature, seed=seed, progress=progress,
+                                 max_batch_tokens=max_batch_tokens)
 
     def _modules(self) -> dict[str, tuple[int, int]]:
         return {n: s for n, s in self.llm.module_shapes.items() if n.rsplit(".", 1)[-1] in self.target_modules}

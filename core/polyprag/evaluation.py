@@ -26,6 +26,7 @@ import torch
 from .augment import FixedAugmenter, GeneratedQAAugmenter, PassageAugmenter
 from .documents import Document, Question, load_corpus, load_questions
 from .errors import InvalidInputError, PolyPRAGError
+from .models import pick_compute_dtype
 from .parametric import ParametricRetriever
 from .pipeline import PolyPRAG
 from .retrieval import BM25Retriever
@@ -35,16 +36,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# method -> (the library it needs, PolyPRAG mode)
-METHODS: dict[str, tuple[str | None, str]] = {
-    "closed_book": (None, "closed_book"),
-    "in_context": (None, "in_context"),          # standard RAG: BM25 top-k in the prompt
-    "prag": ("prag", "parametric"),              # PRAG: top-k per-document deltas summed
-    "prag_combine": ("prag", "combine"),         # PRAG + passages in the prompt
-    "polyprag": ("poly", "parametric"),          # Poly-PRAG: top-k routing mixtures combined
-    "polyprag_combine": ("poly", "combine"),     # Poly-PRAG + passages in the prompt
-    "lag": ("lag", "lag"),                       # LAG over the PRAG adapters, data-free routing
-    "lag_in_context": ("lag", "lag_in_context"),  # LAG + passages in the prompt
+# method -> (the library it needs, PolyPRAG mode, how the top-k documents' adapters combine)
+METHODS: dict[str, tuple[str | None, str, str | None]] = {
+    "closed_book": (None, "closed_book", None),
+    "in_context": (None, "in_context", None),          # standard RAG: BM25 top-k in the prompt
+    "prag": ("prag", "parametric", "sum"),             # PRAG: top-k per-document deltas summed
+    "prag_combine": ("prag", "combine", "sum"),        # PRAG + passages in the prompt
+    "polyprag": ("poly", "parametric", "mean"),        # Poly-PRAG: mean of the top-k routing vectors
+    "polyprag_combine": ("poly", "combine", "mean"),   # Poly-PRAG + passages in the prompt
+    "polyprag_sum": ("poly", "parametric", "sum"),     # Poly-PRAG, the k documents' deltas summed
+    "polyprag_sum_combine": ("poly", "combine", "sum"),
+    "lag": ("lag", "lag", None),                       # LAG over the PRAG adapters, data-free routing
+    "lag_in_context": ("lag", "lag_in_context", None),  # LAG + passages in the prompt
 }
 DEFAULT_METHODS = ("closed_book", "in_context", "prag", "prag_combine", "polyprag", "polyprag_combine")
 
@@ -117,12 +120,14 @@ class EvalConfig:
     routing_lr: float = 1e-2
     prag_epochs: int = 1                       # PRAG's default
     prag_lr: float = 3e-4                      # PRAG's default
-    combine: str = "mean"                      # Poly-PRAG: mean of routing weights, or sum of deltas
     lag_k: int = 5                             # LAG's Arrow filter size
     augment: str = "generated_qa"              # or "passage"
     augment_batch_size: int = 8
     batch_size: int = 8                        # Poly-PRAG training batch
     max_length: int = 256                      # training tokens per example (longer ones are cut)
+    max_batch_tokens: int = 2048               # padded tokens per training micro-batch
+    compute_dtype: str = "auto"                # autocast dtype when the runner loads the model ("auto": bf16
+    #                                            where the hardware computes it natively, else float32)
     answer_batch_size: int = 16
     max_new_tokens: int = 32
     latency_samples: int = 10                  # questions answered one at a time for latency
@@ -141,12 +146,14 @@ class EvalConfig:
             raise InvalidInputError(f"n must be >= 1, got {self.n}.")
         if self.k < 1:
             raise InvalidInputError(f"k must be >= 1, got {self.k}.")
-        if self.combine not in ("mean", "sum"):
-            raise InvalidInputError(f"combine must be 'mean' or 'sum', got {self.combine!r}.")
+        try:
+            pick_compute_dtype(self.compute_dtype, self.device or "cpu")
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from None
         if self.augment not in ("generated_qa", "passage"):
             raise InvalidInputError(f"augment must be 'generated_qa' or 'passage', got {self.augment!r}.")
         for name in ("num_adapters", "rank", "epochs", "prag_epochs", "batch_size", "answer_batch_size",
-                     "augment_batch_size", "max_new_tokens", "lag_k", "max_length"):
+                     "augment_batch_size", "max_new_tokens", "lag_k", "max_length", "max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.latency_samples < 0:
@@ -193,7 +200,8 @@ class EvalReport:
         f = self.facts
         rows.append("")
         rows.append(f"{f['questions']} questions, {f['documents']} documents encoded (union of BM25 top-{f['k']}), "
-                    f"model {f['model']}, wall {f['wall_s']:.0f} s; augmentation {f['augment_s']:.0f} s "
+                    f"model {f['model']} ({f.get('compute_dtype', '?')} compute on {f['device']}, "
+                    f"{f['torch_threads']} threads), wall {f['wall_s']:.0f} s; augmentation {f['augment_s']:.0f} s "
                     f"({f['augment']['cache_hits']} cache hits, {f['augment']['qa_failures']} QA failures).")
         if f.get("lag"):
             g = f["lag"]
@@ -264,7 +272,7 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
     """Encode the slice's retrieved documents, answer its questions with each method, score and time them."""
     t_start = time.perf_counter()
     cfg = config
-    needs = {METHODS[m][0] for m in cfg.methods} - {None}
+    needs = {METHODS[m][0] for m in cfg.methods} - {None}  # libraries to encode
     if "lag" in needs:
         _lag_api()  # fail now, not after an hour of encoding
     torch.manual_seed(cfg.seed)
@@ -272,7 +280,7 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
     if llm is None:
         from .llm import LoRAMixingLLM
 
-        llm = LoRAMixingLLM.from_pretrained(cfg.model, device=cfg.device)
+        llm = LoRAMixingLLM.from_pretrained(cfg.model, device=cfg.device, compute_dtype=cfg.compute_dtype)
     bm25 = BM25Retriever(docs, k=cfg.k)
 
     # PRAG's protocol: encode only the union of the evaluated questions' top-k passages
@@ -318,10 +326,9 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
 
     results = []
     for method in cfg.methods:
-        kind, mode = METHODS[method]
+        kind, mode, combine = METHODS[method]
         enc = libraries.get(kind) if kind else None
         if kind in ("prag", "poly"):
-            combine = "sum" if kind == "prag" else cfg.combine
             retriever = ParametricRetriever(index, enc.library, combine=combine)
         else:
             retriever = index
@@ -343,7 +350,7 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
              "train_s": {k: v.train_s for k, v in libraries.items()},
              "bm25_recall_at_k": _pct(recall), "wall_s": time.perf_counter() - t_start,
              "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
-             "device": str(llm.device)}
+             "device": str(llm.device), "compute_dtype": str(llm.compute_dtype or llm.dtype).replace("torch.", "")}
     if lag_facts:
         facts["lag"] = lag_facts
     report = EvalReport(config=asdict(cfg), results=results, facts=facts)
@@ -359,12 +366,14 @@ def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, augmenter: Fi
 
     if kind == "prag":
         encoder = PRAGEncoder(llm, rank=cfg.rank, alpha=cfg.alpha, lr=cfg.prag_lr, epochs=cfg.prag_epochs,
-                              augmenter=augmenter, seed=cfg.seed, max_length=cfg.max_length, progress=cfg.progress)
+                              augmenter=augmenter, seed=cfg.seed, max_length=cfg.max_length,
+                              max_batch_tokens=cfg.max_batch_tokens, progress=cfg.progress)
     else:
         encoder = PolyPRAGEncoder(llm, num_adapters=cfg.num_adapters, rank=cfg.rank, alpha=cfg.alpha,
                                   lr=cfg.lr, routing_lr=cfg.routing_lr, epochs=cfg.epochs,
                                   batch_size=cfg.batch_size, augmenter=augmenter, seed=cfg.seed,
-                                  max_length=cfg.max_length, progress=cfg.progress)
+                                  max_length=cfg.max_length, max_batch_tokens=cfg.max_batch_tokens,
+                                  progress=cfg.progress)
     t0 = time.perf_counter()
     library = encoder.fit(docs)
     train_s = time.perf_counter() - t0

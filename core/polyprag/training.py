@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .augment import TrainingExample
 from .errors import TrainingError
-from .mixing import BankMixture, LoRABank, use_mixture
+from .mixing import BankMixture, LoRABank
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
@@ -33,6 +33,8 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 4
     max_length: int = 256
+    max_batch_tokens: int = 2048  # a step's rows run in length-sorted micro-batches of at most this many
+    #                               padded tokens, gradients accumulated: the same update, less padding
     temperature: float = 1.0  # relaxed-Bernoulli temperature τ
     weight_decay: float = 0.0
     seed: int = 0
@@ -78,27 +80,66 @@ def collate(rows: Sequence[Tokenized], pad_id: int, device) -> dict[str, torch.T
 
 
 def row_losses(llm: "LoRAMixingLLM", batch: dict[str, torch.Tensor], mixture) -> torch.Tensor:
-    """Mean next-token loss of each row [batch] with the mixture applied.
+    """Mean next-token loss of each row [batch] with the mixture applied (in the LLM's compute dtype).
 
     The vocabulary projection runs only where a token is learned (answers, not their prompts)."""
     model = llm.model
-    with use_mixture(mixture):
-        hidden = model.base_model(input_ids=batch["input_ids"],
-                                  attention_mask=batch["attention_mask"]).last_hidden_state
     labels = batch["labels"][:, 1:]  # position t predicts token t+1
     rows, cols = (labels != -100).nonzero(as_tuple=True)
-    logits = model.get_output_embeddings()(hidden[:, :-1][rows, cols]).float()  # [learned tokens, vocab]
+    with llm.compute(mixture):
+        hidden = model.base_model(input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[:, :-1][rows, cols]).float()  # [learned tokens, vocab]
     tok_loss = F.cross_entropy(logits, labels[rows, cols], reduction="none")
     sums = torch.zeros(labels.shape[0], device=tok_loss.device).index_add(0, rows, tok_loss)
     counts = (labels != -100).sum(1).clamp(min=1)
     return sums / counts
 
 
-def relaxed_bernoulli_weights(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> torch.Tensor:
-    """Training-time routing weights [rows, m]: normalised Gumbel-sigmoid samples of σ(z)."""
-    u = torch.rand(logits.shape, generator=gen).clamp(1e-6, 1 - 1e-6).to(logits.device)
-    y = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
+def micro_batches(rows: Sequence[Tokenized], max_tokens: int) -> list[list[int]]:
+    """Row indices in length-sorted groups whose padded size (rows × longest) stays within ``max_tokens``
+    (a row longer than that forms a group alone)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(rows)), key=lambda i: len(rows[i].ids)):  # ascending: row i is its group's longest
+        if groups and len(rows[i].ids) * (len(groups[-1]) + 1) <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def logistic_noise(rows: int, m: int, gen: torch.Generator) -> torch.Tensor:
+    """log u − log(1 − u), u ~ U(0, 1): the noise of a relaxed Bernoulli sample [rows, m]."""
+    u = torch.rand((rows, m), generator=gen).clamp(1e-6, 1 - 1e-6)
+    return torch.log(u) - torch.log1p(-u)
+
+
+def relaxed_bernoulli_weights(logits: torch.Tensor, temperature: float, gen: torch.Generator | None = None,
+                              noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Training-time routing weights [rows, m]: normalised Gumbel-sigmoid samples of σ(z)
+    (``noise`` from ``logistic_noise``, else drawn from ``gen``)."""
+    if noise is None:
+        noise = logistic_noise(logits.shape[0], logits.shape[1], gen)
+    y = torch.sigmoid((logits + noise.to(logits.device)) / temperature)
     return y / y.sum(-1, keepdim=True)
+
+
+def bucketed_order(lengths: Sequence[int], batch_size: int, rng: random.Random, pool: int = 16) -> list[int]:
+    """A seeded epoch order whose consecutive ``batch_size`` chunks hold rows of similar length.
+
+    Shuffle, sort each run of ``pool`` batches by length, cut it into batches, shuffle the full
+    batches (a short one stays last): batches stay random, padding inside them mostly goes."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * pool
+    batches: list[list[int]] = []
+    for s in range(0, len(order), span):
+        block = sorted(order[s: s + span], key=lambda i: lengths[i])
+        batches += [block[b: b + batch_size] for b in range(0, len(block), batch_size)]
+    short = [b for b in batches if len(b) < batch_size]
+    full = [b for b in batches if len(b) == batch_size]
+    rng.shuffle(full)
+    return [i for b in full + short for i in b]
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -125,7 +166,8 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     items = [(d, tokenize(llm, ex, cfg.max_length)) for d, exs in enumerate(data) for ex in exs]
-    order = list(range(len(items)))  # shuffled in place each epoch; shuffling depends only on the length
+    lengths = [len(t.ids) for _, t in items]
+    order = list(range(len(items)))  # drawn each epoch from the seed and the lengths (the same on every rank)
     params = [{"params": [logits], "lr": cfg.routing_lr or cfg.lr}]
     if train_bank:
         for p in bank.parameters():
@@ -145,7 +187,7 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if not (epoch == start_epoch and start_step > 0):  # a resumed epoch keeps its saved order
-                rng.shuffle(order)
+                order = bucketed_order(lengths, cfg.batch_size * world, rng)  # global batches
             for step in range(start_step if epoch == start_epoch else 0, per_epoch):
                 s = (step * world + rank) * cfg.batch_size
                 chunk = [items[i] for i in order[s: s + cfg.batch_size]]  # empty on the last data-parallel round
@@ -155,12 +197,15 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
                         p.grad = torch.zeros_like(p)
                 loss = torch.zeros((), device=llm.device)
                 if chunk:
-                    batch = collate([t for _, t in chunk], llm.tokenizer.pad_token_id, llm.device)
-                    rows = torch.tensor([d for d, _ in chunk], device=logits.device)
-                    w = relaxed_bernoulli_weights(logits[rows], cfg.temperature, gen)  # [B, m]
-                    loss = row_losses(llm, batch, BankMixture(bank, w[:, None, :])).mean()
-                    _check_finite(loss, len(losses) + 1)
-                    loss.backward()
+                    noise = logistic_noise(len(chunk), bank.m, gen)  # one draw per row, as one batch
+                    for mb in micro_batches([t for _, t in chunk], cfg.max_batch_tokens):
+                        batch = collate([chunk[i][1] for i in mb], llm.tokenizer.pad_token_id, llm.device)
+                        rows = torch.tensor([chunk[i][0] for i in mb], device=logits.device)
+                        w = relaxed_bernoulli_weights(logits[rows], cfg.temperature, noise=noise[mb])  # [b, m]
+                        part = row_losses(llm, batch, BankMixture(bank, w[:, None, :])).sum() / len(chunk)
+                        _check_finite(part, len(losses) + 1)
+                        part.backward()  # gradients accumulate: the batch mean's gradient
+                        loss = loss + part.detach()
                 if sync is not None:
                     sync([p.grad for p in trained])
                 opt.step()
@@ -234,11 +279,15 @@ def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequ
             orders = [rng.sample(range(len(t)), len(t)) for t in toks]
             for step in range(n_steps):
                 docs = [g for g in range(len(toks)) if step < len(toks[g])]
-                batch = collate([toks[g][orders[g][step]] for g in docs], llm.tokenizer.pad_token_id, llm.device)
-                loss = row_losses(llm, batch, BankMixture(bank, eye[docs][:, None, :])).sum()
-                _check_finite(loss, len(losses) + 1)
+                rows = [toks[g][orders[g][step]] for g in docs]
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = torch.zeros((), device=llm.device)
+                for mb in micro_batches(rows, cfg.max_batch_tokens):
+                    batch = collate([rows[i] for i in mb], llm.tokenizer.pad_token_id, llm.device)
+                    part = row_losses(llm, batch, BankMixture(bank, eye[[docs[i] for i in mb]][:, None, :])).sum()
+                    _check_finite(part, len(losses) + 1)
+                    part.backward()  # gradients accumulate: each adapter still sees only its document
+                    loss = loss + part.detach()
                 opt.step()
                 losses.append(float(loss.detach()) / len(docs))
                 bar.update(1)
