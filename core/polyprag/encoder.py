@@ -138,10 +138,10 @@ def train_prag_bank(llm: "LoRAMixingLLM", modules: dict[str, tuple[int, int]],
                 checkpoint.write(group.tensors(), {"documents": idx}, name=f"group-{s}")
         for j, i in enumerate(idx):
             parts[i] = _slice(group, j)
-    bank = parts[0]
-    for i in range(1, len(data)):
-        bank = bank.extend(parts[i])
-    return bank
+    docs = [parts[i] for i in range(len(data))]  # one concatenation per module, in document order
+    return LoRABank(modules, len(docs), rank, alpha,
+                    A=[torch.cat([p.A[k] for p in docs]) for k in range(len(modules))],
+                    B=[torch.cat([p.B[k] for p in docs]) for k in range(len(modules))])
 
 
 def _slice(bank: LoRABank, j: int) -> LoRABank:

@@ -289,6 +289,8 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
     encoded_docs = [d for d in docs if d.id in wanted]
     index = CorpusRetriever(bm25, encoded_docs)
     recall = _mean([recall_at_k(ids, q.gold) for ids, q in zip(retrieved, questions)])
+    by_id = {d.id: d for d in encoded_docs}
+    prompt_chars = [len(q.question) + sum(len(by_id[i].full_text) for i in ids) for q, ids in zip(questions, retrieved)]
 
     out = Path(cfg.out) if cfg.out else None
     augmenter = None
@@ -333,7 +335,7 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
         else:
             retriever = index
         rag = PolyPRAG(llm, retriever, mode=mode, max_new_tokens=cfg.max_new_tokens, lag=lag_router)
-        res = _answer_all(rag, questions, retrieved, method, cfg)
+        res = _answer_all(rag, questions, retrieved, method, cfg, prompt_chars)
         res.recall_at_k = None if mode in ("closed_book", "lag") else _pct(recall)
         if enc is not None:
             res.encode_s_per_doc = (augment_s + enc.train_s) / n_docs
@@ -413,15 +415,21 @@ def _pct(v: float | None) -> float | None:
 
 
 def _answer_all(rag: PolyPRAG, questions: Sequence[Question], retrieved: Sequence[Sequence[str]],
-                method: str, cfg: EvalConfig) -> MethodResult:
-    """Answer every question in batches, score the answers, then time a few questions one by one."""
-    preds: list[str] = []
+                method: str, cfg: EvalConfig, prompt_chars: Sequence[int]) -> MethodResult:
+    """Answer every question in batches, score the answers, then time a few questions one by one.
+
+    Batches hold questions of similar prompt length (question + retrieved passages), so little
+    prefill is spent on padding; answers are kept in question order."""
+    answers: dict[int, str] = {}
+    order = sorted(range(len(questions)), key=lambda i: prompt_chars[i])
     t0 = time.perf_counter()
     with _bar(len(questions), method, cfg.progress) as bar:
-        for s in range(0, len(questions), cfg.answer_batch_size):
-            chunk = questions[s: s + cfg.answer_batch_size]
-            preds += [a.text for a in rag.answer_batch([q.question for q in chunk])]
+        for s in range(0, len(order), cfg.answer_batch_size):
+            chunk = order[s: s + cfg.answer_batch_size]
+            for i, a in zip(chunk, rag.answer_batch([questions[i].question for i in chunk])):
+                answers[i] = a.text
             bar.update(len(chunk))
+    preds = [answers[i] for i in range(len(questions))]
     batched = (time.perf_counter() - t0) / max(len(questions), 1)
     latencies = []
     for q in questions[: cfg.latency_samples]:
