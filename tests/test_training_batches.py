@@ -89,7 +89,7 @@ def test_pick_compute_dtype():
     assert pick_compute_dtype("bf16", "cpu") is torch.bfloat16
     assert pick_compute_dtype(torch.float16, "cpu") is torch.float16
     assert pick_compute_dtype("auto", "cpu") in (None, torch.bfloat16)
-    with pytest.raises(ValueError, match="not a floating dtype"):
+    with pytest.raises(InvalidInputError, match="not a floating dtype"):
         pick_compute_dtype("int8", "cpu")
     with pytest.raises(InvalidInputError, match="compute_dtype"):
         tiny_llm(compute_dtype="banana")

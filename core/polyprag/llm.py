@@ -52,11 +52,8 @@ class LoRAMixingLLM:
         self.module_shapes = attach(self.model, self.target_modules)
         self.name = name or getattr(model.config, "_name_or_path", None) or model.config.model_type
         self._fingerprint: dict | None = None
-        try:
-            # forward passes (generation, scoring, training) autocast to this dtype; weights keep theirs
-            self.compute_dtype = pick_compute_dtype(compute_dtype, self.device)
-        except ValueError as e:
-            raise InvalidInputError(str(e)) from None
+        # forward passes (generation, scoring, training) autocast to this dtype; weights keep theirs
+        self.compute_dtype = pick_compute_dtype(compute_dtype, self.device)
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, device: str | None = None,

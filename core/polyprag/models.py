@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ModelLoadError
+from .errors import InvalidInputError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def pick_compute_dtype(compute_dtype, device) -> "torch.dtype | None":
         return None
     dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}.get(name, name), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"compute_dtype {compute_dtype!r} is not a floating dtype; use 'auto', 'float32', "
+        raise InvalidInputError(f"compute_dtype {compute_dtype!r} is not a floating dtype; use 'auto', 'float32', "
                          "'bfloat16' or 'float16'.")
     return dtype
 

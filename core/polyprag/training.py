@@ -198,14 +198,14 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
                 loss = torch.zeros((), device=llm.device)
                 if chunk:
                     noise = logistic_noise(len(chunk), bank.m, gen)  # one draw per row, as one batch
-                    for mb in micro_batches([t for _, t in chunk], cfg.max_batch_tokens):
-                        batch = collate([chunk[i][1] for i in mb], llm.tokenizer.pad_token_id, llm.device)
+
+                    def weights(mb: list[int]) -> torch.Tensor:  # this micro-batch's sampled routing [b, m]
                         rows = torch.tensor([chunk[i][0] for i in mb], device=logits.device)
-                        w = relaxed_bernoulli_weights(logits[rows], cfg.temperature, noise=noise[mb])  # [b, m]
-                        part = row_losses(llm, batch, BankMixture(bank, w[:, None, :])).sum() / len(chunk)
-                        _check_finite(part, len(losses) + 1)
-                        part.backward()  # gradients accumulate: the batch mean's gradient
-                        loss = loss + part.detach()
+                        return relaxed_bernoulli_weights(logits[rows], cfg.temperature, noise=noise[mb])
+
+                    # scaled by 1/len(chunk): the accumulated gradient is the batch mean's
+                    loss = _accumulate(llm, bank, [t for _, t in chunk], weights, 1 / len(chunk),
+                                       cfg.max_batch_tokens, len(losses) + 1)
                 if sync is not None:
                     sync([p.grad for p in trained])
                 opt.step()
@@ -223,6 +223,23 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
             p.requires_grad_(False)
         logits.requires_grad_(False)
     return losses
+
+
+def _accumulate(llm: "LoRAMixingLLM", bank: LoRABank, rows: Sequence[Tokenized],
+                weights: Callable[[list[int]], torch.Tensor], scale: float, max_tokens: int,
+                step: int) -> torch.Tensor:
+    """Backward pass of ``scale`` × the summed row losses, in length-sorted micro-batches.
+
+    ``weights(mb)`` gives the mixing weights [len(mb), m] of the rows ``mb``; gradients accumulate
+    in the trained tensors. Returns the (detached) scaled loss."""
+    loss = torch.zeros((), device=llm.device)
+    for mb in micro_batches(rows, max_tokens):
+        batch = collate([rows[i] for i in mb], llm.tokenizer.pad_token_id, llm.device)
+        part = row_losses(llm, batch, BankMixture(bank, weights(mb)[:, None, :])).sum() * scale
+        _check_finite(part, step)
+        part.backward()
+        loss = loss + part.detach()
+    return loss
 
 
 def _check_finite(loss: torch.Tensor, step: int) -> None:
@@ -281,13 +298,9 @@ def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequ
                 docs = [g for g in range(len(toks)) if step < len(toks[g])]
                 rows = [toks[g][orders[g][step]] for g in docs]
                 opt.zero_grad(set_to_none=True)
-                loss = torch.zeros((), device=llm.device)
-                for mb in micro_batches(rows, cfg.max_batch_tokens):
-                    batch = collate([rows[i] for i in mb], llm.tokenizer.pad_token_id, llm.device)
-                    part = row_losses(llm, batch, BankMixture(bank, eye[[docs[i] for i in mb]][:, None, :])).sum()
-                    _check_finite(part, len(losses) + 1)
-                    part.backward()  # gradients accumulate: each adapter still sees only its document
-                    loss = loss + part.detach()
+                # one-hot weights: each adapter's gradient comes from its own document only
+                loss = _accumulate(llm, bank, rows, lambda mb: eye[[docs[i] for i in mb]], 1.0,
+                                   cfg.max_batch_tokens, len(losses) + 1)
                 opt.step()
                 losses.append(float(loss.detach()) / len(docs))
                 bar.update(1)
