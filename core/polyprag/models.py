@@ -104,8 +104,8 @@ def pick_compute_dtype(compute_dtype, device) -> "torch.dtype | None":
         return None
     dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}.get(name, name), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise InvalidInputError(f"compute_dtype {compute_dtype!r} is not a floating dtype; use 'auto', 'float32', "
-                         "'bfloat16' or 'float16'.")
+        raise InvalidInputError(f"compute_dtype {compute_dtype!r} is not a floating dtype; use 'auto', "
+                                "'float32', 'bfloat16' or 'float16'.")
     return dtype
 
 
