@@ -12,8 +12,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Chat
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, PrivateAttr, model_validator
 
-from polyprag import AdapterLibrary, InvalidInputError, LoRAMixingLLM, Mixture, PolyPRAG
-from polyprag.models import DEFAULT_MODEL
+from polyprag import DEFAULT_MODEL, AdapterLibrary, InvalidInputError, LoRAMixingLLM, Mixture, PolyPRAG
 
 from ._streaming import iterate_in_thread, trimmed
 from .retrievers import document_ids

@@ -1,15 +1,20 @@
-"""PolyPRAGRetriever: polyprag's BM25 retrieval as a LangChain retriever, with routing weights in the metadata."""
+"""PolyPRAGRetriever: polyprag's BM25 retrieval as a LangChain retriever, with routing weights in the metadata;
+and any LangChain retriever (a vector store's, …) as a retriever polyprag's pipeline can call."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from contextvars import ContextVar
+from typing import Any, Iterable, Optional, Sequence
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from polyprag import AdapterLibrary, BM25Retriever, Document, InvalidInputError, ParametricRetriever, ScoredDocument
-from polyprag.documents import passage_id
+from polyprag import (AdapterLibrary, BM25Retriever, Document, InvalidInputError, ParametricRetriever, ScoredDocument,
+                      passage_id)
+
+_OWN_KEYS = ("score", "routing_weights")  # metadata polyprag adds to the documents it returns
 
 
 class PolyPRAGRetriever(BaseRetriever):
@@ -61,8 +66,7 @@ class PolyPRAGRetriever(BaseRetriever):
         found = self._core.retrieve(query, k if k is not None else self.k)
         if isinstance(found, list):  # BM25 only
             return [to_langchain_document(s) for s in found]
-        weights = found.weights.tolist() if found.weights is not None else [None] * len(found.documents)
-        return [to_langchain_document(s, w) for s, w in zip(found.documents, weights)]
+        return [to_langchain_document(s, w) for s, w in zip(found.documents, found.routing_rows())]
 
     def routing_weights(self, doc_ids: Sequence[str]) -> Optional[list[list[float]]]:
         """Routing weights [k][m] of these documents over the library's bank (None without a library)."""
@@ -88,7 +92,7 @@ def to_polyprag_document(doc: Any, position: int = 0) -> Document:
         meta = dict(doc.metadata or {})
         title = str(meta.pop("title", "") or "")
         doc_id = doc.id or meta.pop("id", None)
-        extra = {k: v for k, v in meta.items() if k not in ("score", "routing_weights")}
+        extra = {k: v for k, v in meta.items() if k not in _OWN_KEYS}
         doc_id = passage_id(title, doc.page_content) if doc_id is None else str(doc_id)
         return Document(id=doc_id, text=doc.page_content, title=title, metadata=extra)
     raise InvalidInputError(f"documents[{position}] is a {type(doc).__name__}; give polyprag.Document or "
@@ -98,3 +102,58 @@ def to_polyprag_document(doc: Any, position: int = 0) -> Document:
 def document_ids(documents: Sequence[Any]) -> list[str]:
     """Ids of documents given as ids, polyprag Documents or LangChain Documents (e.g. a retriever's output)."""
     return [d if isinstance(d, str) else to_polyprag_document(d, i).id for i, d in enumerate(documents)]
+
+
+def to_polyprag_documents(documents: Iterable[Any]) -> list[Document]:
+    """polyprag Documents to encode, from LangChain Documents as loaders and text splitters give them.
+
+    Ids are kept (``Document.id`` or ``metadata["id"]``), else the stable content hash ``passage_id(title,
+    text)``; a chunk that repeats another exactly (same id and text) is encoded once."""
+    out: dict[str, Document] = {}
+    for i, d in enumerate(documents):
+        doc = to_polyprag_document(d, i)
+        seen = out.get(doc.id)
+        if seen is not None and (seen.text, seen.title) != (doc.text, doc.title):
+            raise InvalidInputError(f"documents[{i}] has the id {doc.id!r} of an earlier document with other text; "
+                                    "give each document its own id (or none: its content hash is used).")
+        out.setdefault(doc.id, doc)
+    return list(out.values())
+
+
+# The RunnableConfig of the run that is retrieving now, and the LangChain documents it got back by id.
+_run_config: ContextVar[Optional[RunnableConfig]] = ContextVar("polyprag_langchain_config", default=None)
+_retrieved: ContextVar[Optional[dict[str, LCDocument]]] = ContextVar("polyprag_langchain_retrieved", default=None)
+
+
+class LangChainRetrieval:
+    """Any LangChain retriever as a polyprag retriever (``query -> scored Documents``): it runs with its own k,
+    search settings and the calling run's callbacks, and its documents are matched to the library by id or
+    content (see ``polyprag.ParametricRetriever``)."""
+
+    def __init__(self, retriever: BaseRetriever):
+        self.retriever = retriever
+
+    def __call__(self, query: str) -> list[ScoredDocument | Document]:
+        found = self.retriever.invoke(query, _run_config.get())
+        originals = _retrieved.get()
+        out: list[ScoredDocument | Document] = []
+        for i, lc in enumerate(found):
+            doc = to_polyprag_document(lc, i)
+            if originals is not None:
+                originals[doc.id] = lc
+            score = (lc.metadata or {}).get("score")
+            out.append(ScoredDocument(doc, float(score)) if isinstance(score, (int, float)) else doc)
+        return out
+
+
+def returned_document(scored: ScoredDocument, routing_weights: Optional[list[float]],
+                      originals: dict[str, LCDocument]) -> LCDocument:
+    """The LangChain document to hand back for a retrieved one: the user's own (a copy, with the routing weights
+    added to its metadata) when their retriever returned it, else polyprag's."""
+    original = originals.get(scored.document.id)
+    if original is None:
+        return to_langchain_document(scored, routing_weights)
+    metadata = dict(original.metadata or {})
+    if routing_weights is not None:
+        metadata["routing_weights"] = [float(w) for w in routing_weights]
+    return original.model_copy(update={"metadata": metadata})

@@ -3,31 +3,41 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator, Optional, Union
 
+from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import AddableDict, RunnableConfig, RunnableSerializable
 from pydantic import ConfigDict, PrivateAttr
 
-from polyprag import Answer, InvalidInputError, LoRAMixingLLM, PolyPRAG
-from polyprag.pipeline import MODES, Prepared
+from polyprag import (MODES, AdapterLibrary, Answer, InvalidInputError, LoRAMixingLLM, ParametricRetriever, PolyPRAG,
+                      Prepared)
 
 from ._streaming import iterate_in_thread, trimmed
 from .chat_models import ChatPolyPRAG
-from .retrievers import PolyPRAGRetriever, to_langchain_document
+from .retrievers import LangChainRetrieval, PolyPRAGRetriever, _retrieved, _run_config, returned_document
 
 Question = Union[str, dict]
 Output = Union[str, dict]
 _QUESTION_KEYS = ("question", "input", "query")
 
 
+@dataclass
+class Retrieved(Prepared):
+    """A prepared question and the LangChain documents the user's retriever returned for it, by id."""
+
+    originals: dict = field(default_factory=dict)
+
+
 class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
     """Parametric RAG in one Runnable: a drop-in for ``{"context": retriever | format_docs, "question":
-    RunnablePassthrough()} | prompt | llm``; ``batch`` answers all questions in one forward pass, each row with
-    its own mixture; the output is the answer, or ``{"question", "answer", "documents"}`` with
-    ``return_documents=True``.
+    RunnablePassthrough()} | prompt | llm`` that keeps your retriever; ``batch`` answers all questions in one
+    forward pass, each row with its own mixture; the output is the answer, or ``{"question", "answer",
+    "documents"}`` with ``return_documents=True``.
 
     Example:
-        rag = PolyPRAGRunnable(retriever=PolyPRAGRetriever(library=library, k=3), mode="parametric")
+        rag = PolyPRAGRunnable(retriever=vectorstore.as_retriever(), library=library)  # any LangChain retriever
+        rag = PolyPRAGRunnable(retriever=PolyPRAGRetriever(library=library, k=3), mode="parametric")  # or BM25
         rag.invoke("What is the capital of Zorvania?")
         chain = rag | StrOutputParser()
         chain.batch(["Who built the Krell Lighthouse?", "What is the currency of Zorvania?"])
@@ -35,8 +45,16 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    retriever: Optional[PolyPRAGRetriever] = None
-    """Where questions find their documents (with a library for the parametric modes)."""
+    retriever: Optional[BaseRetriever] = None
+    """Where questions find their documents: any LangChain retriever (its k, settings and callbacks are kept) or a
+    PolyPRAGRetriever."""
+    library: Optional[AdapterLibrary] = None
+    """The adapter library holding the retrieved documents' knowledge (default: the PolyPRAGRetriever's)."""
+    combine: Optional[str] = None
+    """How the documents' adapters combine: "mean" or "sum" (the library's default when None)."""
+    on_unknown: str = "error"
+    """A retrieved document the library does not hold: "error" (names it), "in_context" (its passage goes into the
+    prompt) or "skip"."""
     llm: Optional[Union[ChatPolyPRAG, LoRAMixingLLM]] = None
     """The model (default: the library's, else the retriever-less ``rag``'s); a ChatPolyPRAG loads lazily."""
     rag: Optional[PolyPRAG] = None
@@ -44,7 +62,7 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
     mode: str = "parametric"
     """parametric | combine | in_context | closed_book | lag | lag_in_context | lag_parametric (see PolyPRAG)."""
     k: Optional[int] = None
-    """Documents retrieved per question (default: the retriever's k)."""
+    """Documents per question (default: the retriever's k; with another LangChain retriever, its first k)."""
     return_documents: bool = False
     """Output a dict with the answer and its source documents instead of the answer alone."""
     max_tokens: Optional[int] = None
@@ -65,9 +83,10 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
         if self.mode not in MODES:
             raise InvalidInputError(f"mode must be one of {MODES}, got {self.mode!r}.")
         if self.rag is None and self.retriever is None:
-            raise InvalidInputError("PolyPRAGRunnable needs retriever=PolyPRAGRetriever(...) or rag=PolyPRAG(...).")
-        if self.rag is None and self.llm is None and self.retriever.library is None:
-            raise InvalidInputError("Give llm=ChatPolyPRAG(...) or a LoRAMixingLLM, or a retriever with a library.")
+            raise InvalidInputError("PolyPRAGRunnable needs retriever=<a LangChain retriever> (with library=...) or "
+                                    "rag=PolyPRAG(...).")
+        if self.rag is None and self.llm is None and self._library() is None:
+            raise InvalidInputError("Give llm=ChatPolyPRAG(...) or a LoRAMixingLLM, or library=AdapterLibrary.")
         if not (isinstance(self.llm, ChatPolyPRAG) and self.llm.llm is None and self.llm.library is None):
             self.pipeline()  # the model is at hand: refuse a bad mode/retriever pairing now, not at first call
 
@@ -79,9 +98,18 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
                     self._pipeline = self.rag
                 else:
                     llm = self.llm.load() if isinstance(self.llm, ChatPolyPRAG) else self.llm
-                    llm = llm or self.retriever.library.llm
-                    self._pipeline = PolyPRAG(llm, self.retriever.core, mode=self.mode, k=self.k)
+                    llm = llm or self._library().llm
+                    self._pipeline = PolyPRAG(llm, self._core(), mode=self.mode, k=self.k)
             return self._pipeline
+
+    def _library(self) -> Optional[AdapterLibrary]:
+        own = self.retriever.library if isinstance(self.retriever, PolyPRAGRetriever) else None
+        return self.library or own
+
+    def _core(self) -> Any:
+        """The polyprag retriever the pipeline calls: the user's retriever, with the library's mixtures."""
+        own = self.retriever.core if isinstance(self.retriever, PolyPRAGRetriever) else LangChainRetrieval(self.retriever)
+        return ParametricRetriever.wrap(own, self._library(), self.combine, self.on_unknown)
 
     def _generation(self) -> dict[str, Any]:
         chat = self.llm if isinstance(self.llm, ChatPolyPRAG) else None
@@ -92,16 +120,23 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
                 "temperature"), "stop": None if stop is None else tuple(stop)}
 
     # ---- the work, on lists of inputs -----------------------------------------------------------
-    def _prepare(self, item: Question) -> Prepared:
-        return self.pipeline().prepare(question_of(item), self.mode, self.k)
+    def _prepare(self, item: Question, config: Optional[RunnableConfig] = None) -> Retrieved:
+        """Retrieve (the user's retriever runs as a child of this run) and build the prompt and mixture."""
+        config_token, docs_token = _run_config.set(config), _retrieved.set({})
+        try:
+            prepared = self.pipeline().prepare(question_of(item), self.mode, self.k)
+            return Retrieved(**vars(prepared), originals=_retrieved.get())
+        finally:
+            _run_config.reset(config_token)
+            _retrieved.reset(docs_token)
 
     def _answer(self, inputs: list[Question], config: Optional[list[RunnableConfig]] = None,
                 return_exceptions: bool = False) -> list[Any]:
         """Answers in input order; one batched generation per ``max_concurrency`` questions."""
         prepared: list[Any] = []
-        for item in inputs:
+        for i, item in enumerate(inputs):
             try:
-                prepared.append(self._prepare(item))
+                prepared.append(self._prepare(item, config[i] if config else None))
             except Exception as e:  # bad input: reported for its own row, the batch goes on
                 if not return_exceptions:
                     raise
@@ -114,30 +149,36 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
         it = iter(answers)
         return [p if isinstance(p, Exception) else self._output(p, next(it)) for p in prepared]
 
-    def _output(self, prepared: Prepared, answer: Answer) -> Output:
+    def _output(self, prepared: Retrieved, answer: Answer) -> Output:
         if not self.return_documents:
             return answer.text
-        return {"question": prepared.question, "answer": answer.text, "documents": self._documents(answer.documents)}
+        return {"question": prepared.question, "answer": answer.text, "documents": self._documents(prepared)}
 
-    def _documents(self, scored: list) -> list:
-        weights = self.retriever.routing_weights([s.document.id for s in scored]) if self.retriever else None
-        return [to_langchain_document(s, None if weights is None else weights[i]) for i, s in enumerate(scored)]
+    def _documents(self, prepared: Retrieved) -> list:
+        """The retrieved documents as LangChain documents, with each one's routing weights when the library has it."""
+        core = self.pipeline().retriever
+        scored = prepared.documents
+        rows = core.routing_rows(scored) if isinstance(core, ParametricRetriever) else [None] * len(scored)
+        return [returned_document(s, w, prepared.originals) for s, w in zip(scored, rows)]
 
-    def _pieces(self, item: Question) -> Iterator[Output]:
-        p = self._prepare(item)
+    def _pieces(self, item: Question, config: Optional[RunnableConfig] = None) -> Iterator[Output]:
+        p = self._prepare(item, config)
         if self.return_documents:
-            yield AddableDict(question=p.question, documents=self._documents(p.documents))
+            yield AddableDict(question=p.question, documents=self._documents(p))
         rag = self.pipeline()
         for piece in trimmed(rag.llm.stream(p.prompt, p.mixture, config=rag.generation, **self._generation())):
             yield AddableDict(answer=piece) if self.return_documents else piece
 
     # ---- Runnable ---------------------------------------------------------------------------------
     def invoke(self, input: Question, config: Optional[RunnableConfig] = None, **kwargs: Any) -> Output:
-        return self._call_with_config(lambda item: self._answer([item])[0], input, config)
+        def answer(item: Question, config: RunnableConfig) -> Output:
+            return self._answer([item], [config])[0]
+
+        return self._call_with_config(answer, input, config)
 
     async def ainvoke(self, input: Question, config: Optional[RunnableConfig] = None, **kwargs: Any) -> Output:
-        async def answer(item: Question) -> Output:
-            return (await asyncio.to_thread(self._answer, [item]))[0]
+        async def answer(item: Question, config: RunnableConfig) -> Output:
+            return (await asyncio.to_thread(self._answer, [item], [config]))[0]
 
         return await self._acall_with_config(answer, input, config)
 
@@ -158,16 +199,16 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
 
     def stream(self, input: Question, config: Optional[RunnableConfig] = None,
                **kwargs: Any) -> Iterator[Output]:
-        def pieces(items: Iterator[Question]) -> Iterator[Output]:
-            yield from self._pieces(_one(items))
+        def pieces(items: Iterator[Question], config: RunnableConfig) -> Iterator[Output]:
+            yield from self._pieces(_one(items), config)
 
         yield from self._transform_stream_with_config(iter([input]), pieces, config)
 
     async def astream(self, input: Question, config: Optional[RunnableConfig] = None,
                       **kwargs: Any) -> AsyncIterator[Output]:
-        async def pieces(items: AsyncIterator[Question]) -> AsyncIterator[Output]:
+        async def pieces(items: AsyncIterator[Question], config: RunnableConfig) -> AsyncIterator[Output]:
             item = _one([i async for i in items])
-            async for piece in iterate_in_thread(lambda: self._pieces(item)):
+            async for piece in iterate_in_thread(lambda: self._pieces(item, config)):
                 yield piece
 
         async def once() -> AsyncIterator[Question]:

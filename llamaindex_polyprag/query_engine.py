@@ -1,9 +1,11 @@
-"""PolyPRAGQueryEngine: retrieve → adapter mixture → generate, as a drop-in for RetrieverQueryEngine."""
+"""PolyPRAGQueryEngine: retrieve (with any LlamaIndex retriever) → adapter mixture → generate, as a drop-in for
+RetrieverQueryEngine."""
 from __future__ import annotations
 
 import asyncio
 from typing import Any, Iterable, Optional
 
+from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.response.schema import AsyncStreamingResponse, Response, StreamingResponse
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks.base import CallbackManager
@@ -11,11 +13,12 @@ from llama_index.core.callbacks.schema import CBEventType, EventPayload
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import BaseNode, NodeWithScore
 
-from polyprag import AdapterLibrary, BankMixture, Document, InvalidInputError, Mixture, PolyPRAG
-from polyprag.pipeline import Prepared
+from polyprag import (AdapterLibrary, BankMixture, Document, InvalidInputError, Mixture, ParametricRetriever, PolyPRAG,
+                      Prepared)
 
 from .llm import PolyPRAGLLM
-from .retriever import PolyPRAGRetriever
+from .nodes import to_nodes, with_routing
+from .retriever import LlamaIndexRetrieval, PolyPRAGRetriever, _retrieved
 
 
 class PolyPRAGQueryEngine(CustomQueryEngine):
@@ -24,14 +27,24 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
     without retrieval (``"closed_book"``); returns a Response with ``source_nodes`` and the mixture.
 
     Example:
-        engine = PolyPRAGQueryEngine.from_library(library, k=3)            # was: index.as_query_engine()
+        engine = PolyPRAGQueryEngine.from_index(index, library)            # was: index.as_query_engine()
+        engine = PolyPRAGQueryEngine(retriever=any_retriever, library=library)
+        engine = PolyPRAGQueryEngine.from_library(library, k=3)            # BM25 over the library's documents
         response = engine.query("Who built the Krell Lighthouse?")
         response.response, response.source_nodes, response.metadata["mixture_weights"]
         for token in PolyPRAGQueryEngine.from_library(library, streaming=True).query(q).response_gen: ...
     """
 
-    retriever: PolyPRAGRetriever = Field(description="BM25 retrieval over the library's documents.")
+    retriever: BaseRetriever = Field(description="Any LlamaIndex retriever (e.g. index.as_retriever()), or a "
+                                                 "PolyPRAGRetriever (BM25 over the library's documents).")
     llm: PolyPRAGLLM = Field(description="The model that answers; the library's own model.")
+    library: Optional[AdapterLibrary] = Field(default=None, description="The adapter library holding the retrieved "
+                                                                         "documents' knowledge (default: the "
+                                                                         "PolyPRAGRetriever's).")
+    combine: Optional[str] = Field(default=None, description="How the documents' adapters combine: mean or sum "
+                                                             "(None: the library's default).")
+    on_unknown: str = Field(default="error", description="A retrieved document the library does not hold: error, "
+                                                         "in_context (its passage goes into the prompt) or skip.")
     mode: str = Field(default="parametric", description="parametric, combine, in_context or closed_book "
                                                         "(or a LAG mode with lag=).")
     k: Optional[int] = Field(default=None, description="Documents per question; None: the retriever's k.")
@@ -40,13 +53,14 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
 
     _rag: PolyPRAG = PrivateAttr()
 
-    def __init__(self, retriever: PolyPRAGRetriever, llm: PolyPRAGLLM | None = None, mode: str = "parametric",
+    def __init__(self, retriever: BaseRetriever, llm: PolyPRAGLLM | None = None, mode: str = "parametric",
                  k: int | None = None, streaming: bool = False, lag: Mixture | None = None,
-                 callback_manager: CallbackManager | None = None):
-        if not isinstance(retriever, PolyPRAGRetriever):
-            raise InvalidInputError(f"retriever must be a PolyPRAGRetriever, got {type(retriever).__name__}; "
-                                    "build one with PolyPRAGRetriever.from_library(library).")
-        library = retriever.library
+                 callback_manager: CallbackManager | None = None, library: AdapterLibrary | None = None,
+                 combine: str | None = None, on_unknown: str = "error"):
+        if not isinstance(retriever, BaseRetriever):
+            raise InvalidInputError(f"retriever must be a LlamaIndex BaseRetriever (e.g. index.as_retriever()), got "
+                                    f"{type(retriever).__name__}.")
+        library = library or (retriever.library if isinstance(retriever, PolyPRAGRetriever) else None)
         if llm is None:
             llm = PolyPRAGLLM(llm=library.llm) if library is not None else PolyPRAGLLM()
         if not isinstance(llm, PolyPRAGLLM):
@@ -56,12 +70,25 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
             raise InvalidInputError("The llm is not the model the library was encoded on; use "
                                     "PolyPRAGLLM(llm=library.llm) or leave llm out.")
         kwargs: dict[str, Any] = {"callback_manager": callback_manager} if callback_manager else {}
-        super().__init__(retriever=retriever, llm=llm, mode=mode, k=k, streaming=streaming, lag=lag, **kwargs)
+        super().__init__(retriever=retriever, llm=llm, library=library, combine=combine, on_unknown=on_unknown,
+                         mode=mode, k=k, streaming=streaming, lag=lag, **kwargs)
         if callback_manager is not None:  # one trace: the engine's, the retriever's and the LLM's events
             retriever.callback_manager = callback_manager
             llm.callback_manager = callback_manager
         # Loads the model now if the LLM has not yet; checks the mode against the retriever.
-        self._rag = PolyPRAG(llm.mixing_llm, retriever.core, mode=mode, k=k, lag=lag)
+        self._rag = PolyPRAG(llm.mixing_llm, self._core(), mode=mode, k=k, lag=lag)
+
+    def _core(self) -> Any:
+        """The polyprag retriever the pipeline calls: the user's retriever, with the library's mixtures."""
+        own = self.retriever.core if isinstance(self.retriever, PolyPRAGRetriever) else LlamaIndexRetrieval(self.retriever)
+        return ParametricRetriever.wrap(own, self.library, self.combine, self.on_unknown)
+
+    @classmethod
+    def from_index(cls, index: Any, library: AdapterLibrary, k: int | None = None, **kwargs: Any
+                   ) -> "PolyPRAGQueryEngine":
+        """An engine over an index's own retriever (``index.as_retriever()``, top ``k`` when given)."""
+        retriever = index.as_retriever() if k is None else index.as_retriever(similarity_top_k=k)
+        return cls(retriever, library=library, **kwargs)
 
     @classmethod
     def from_library(cls, library: AdapterLibrary, k: int = 3, combine: str | None = None,
@@ -81,10 +108,23 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
     def _prepare(self, query_str: str) -> tuple[Prepared, list[NodeWithScore], dict[str, Any]]:
         with self.callback_manager.event(CBEventType.RETRIEVE,
                                          payload={EventPayload.QUERY_STR: query_str}) as event:
-            prepared = self._rag.prepare(query_str, self.mode, self.k)
-            nodes = self.retriever.to_nodes(prepared.documents)
+            token = _retrieved.set({})
+            try:
+                prepared = self._rag.prepare(query_str, self.mode, self.k)
+                nodes = self._nodes(prepared, _retrieved.get())
+            finally:
+                _retrieved.reset(token)
             event.on_end(payload={EventPayload.NODES: nodes})
         return prepared, nodes, _metadata(prepared, nodes)
+
+    def _nodes(self, prepared: Prepared, originals: dict[str, NodeWithScore]) -> list[NodeWithScore]:
+        """The source nodes: the user's retriever's own nodes (copies, with routing weights), or polyprag's."""
+        core = self._rag.retriever
+        docs = prepared.documents
+        rows = core.routing_rows(docs) if isinstance(core, ParametricRetriever) else [None] * len(docs)
+        if isinstance(self.retriever, PolyPRAGRetriever):
+            return to_nodes(docs, rows)
+        return [with_routing(originals[s.document.id], w) for s, w in zip(docs, rows)]
 
     def custom_query(self, query_str: str) -> Response | StreamingResponse:
         prepared, nodes, meta = self._prepare(query_str)

@@ -1,8 +1,10 @@
-"""PolyPRAGRetriever: polyprag's BM25 (plus the library's routing) as a LlamaIndex retriever."""
+"""PolyPRAGRetriever: polyprag's BM25 (plus the library's routing) as a LlamaIndex retriever; and any LlamaIndex
+retriever (a vector index's, …) as a retriever polyprag's pipeline can call."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable, Sequence
+from contextvars import ContextVar
+from typing import Any, Iterable, Optional, Sequence
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks.base import CallbackManager
@@ -11,7 +13,10 @@ from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from polyprag import (AdapterLibrary, BM25Retriever, Document, InvalidInputError, ParametricRetriever,
                       ScoredDocument)
 
-from .nodes import to_documents, to_nodes
+from .nodes import to_document, to_documents, to_nodes
+
+# The nodes the retrieval running now got back from the user's retriever, by id.
+_retrieved: ContextVar[Optional[dict[str, NodeWithScore]]] = ContextVar("polyprag_llamaindex_retrieved", default=None)
 
 
 class PolyPRAGRetriever(BaseRetriever):
@@ -64,10 +69,28 @@ class PolyPRAGRetriever(BaseRetriever):
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         found = self.core.retrieve(query_bundle.query_str, self.k)
-        if isinstance(self.core, ParametricRetriever):  # Retrieval: documents + weights [k, m]
-            weights = None if found.weights is None else found.weights.tolist()
-            return to_nodes(found.documents, weights)
+        if isinstance(self.core, ParametricRetriever):  # Retrieval: documents + their routing weights
+            return to_nodes(found.documents, found.routing_rows())
         return to_nodes(found)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return await asyncio.to_thread(self._retrieve, query_bundle)
+
+
+class LlamaIndexRetrieval:
+    """Any LlamaIndex retriever as a polyprag retriever (``query -> scored Documents``): it runs with its own
+    top-k and callbacks, and its nodes are matched to the library by node id, ``ref_doc_id``, metadata ``id`` or
+    content (see ``polyprag.ParametricRetriever``)."""
+
+    def __init__(self, retriever: BaseRetriever):
+        self.retriever = retriever
+
+    def __call__(self, query: str) -> list[ScoredDocument | Document]:
+        originals = _retrieved.get()
+        out: list[ScoredDocument | Document] = []
+        for i, scored in enumerate(self.retriever.retrieve(query)):
+            doc = to_document(scored, i)
+            if originals is not None:
+                originals[doc.id] = scored
+            out.append(doc if scored.score is None else ScoredDocument(doc, float(scored.score)))
+        return out

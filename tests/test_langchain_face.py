@@ -54,7 +54,8 @@ def rag(library):
 
 
 def test_all_is_pinned_and_classes_have_langchain_bases():
-    assert langchain_polyprag.__all__ == ["ChatPolyPRAG", "PolyPRAGRetriever", "PolyPRAGRunnable"]
+    assert langchain_polyprag.__all__ == ["ChatPolyPRAG", "PolyPRAGEmbeddings", "PolyPRAGRetriever", "PolyPRAGRunnable",
+                                          "to_polyprag_documents"]
     assert BaseChatModel in ChatPolyPRAG.__mro__
     assert BaseRetriever in PolyPRAGRetriever.__mro__
     assert Runnable in PolyPRAGRunnable.__mro__

@@ -1,6 +1,7 @@
 """polyprag: parametric retrieval-augmented generation (Poly-PRAG, PRAG, LAG) on one LoRA-mixing engine."""
 from .augment import GeneratedQAAugmenter, PassageAugmenter, TrainingExample
-from .documents import Document, Question, load_corpus, load_questions
+from .dense import RETRIEVERS, DenseRetriever, HybridRetriever, SentenceEmbedder, build_retriever
+from .documents import Document, Question, load_corpus, load_questions, passage_id
 from .encoder import PolyPRAGEncoder, PRAGEncoder
 from .errors import (CheckpointError, CorpusFormatError, DuplicateDocumentError, IncompatibleModelError,
                      InvalidInputError, LibraryError, ModelLoadError, PolyPRAGError, TrainingError,
@@ -8,8 +9,9 @@ from .errors import (CheckpointError, CorpusFormatError, DuplicateDocumentError,
 from .library import AdapterLibrary
 from .llm import GenerationConfig, LoRAMixingLLM
 from .mixing import BankMixture, LoRABank, Mixture, SumMixture, use_mixture
-from .parametric import ParametricRetriever, Retrieval
-from .pipeline import Answer, PolyPRAG
+from .models import DEFAULT_MODEL
+from .parametric import ON_UNKNOWN, ParametricRetriever, Retrieval
+from .pipeline import MODES, Answer, PolyPRAG, Prepared
 from .retrieval import BM25Retriever, ScoredDocument
 
 __version__ = "0.1.0"
@@ -22,4 +24,6 @@ __all__ = [
     "PolyPRAGError", "Question", "Retrieval", "ScoredDocument", "SumMixture", "TrainingError", "TrainingExample",
     "UnknownDocumentError",
     "load_corpus", "load_questions", "use_mixture",
+    "DEFAULT_MODEL", "DenseRetriever", "HybridRetriever", "MODES", "ON_UNKNOWN", "Prepared", "RETRIEVERS",
+    "SentenceEmbedder", "build_retriever", "passage_id",
 ]

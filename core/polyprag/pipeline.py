@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from .documents import check_text
 from .errors import IncompatibleModelError, InvalidInputError
 from .llm import GenerationConfig, LoRAMixingLLM
 from .mixing import Mixture, SumMixture
-from .parametric import ParametricRetriever, check_k
-from .retrieval import BM25Retriever, ScoredDocument, check_query
+from .parametric import ParametricRetriever, check_k, check_retriever, retrieve_from
+from .retrieval import ScoredDocument, check_query
 
 MODES = ("parametric", "combine", "in_context", "closed_book", "lag", "lag_in_context", "lag_parametric")
 log = logging.getLogger(__name__)
+MIN_PASSAGE_TOKENS = 8  # a passage cut shorter than this is dropped instead: a fragment tells the model little
 
 _USES_MIXTURE = ("parametric", "combine", "lag_parametric")   # the retrieved documents' mixture
 _USES_PASSAGES = ("in_context", "combine", "lag_in_context")  # the retrieved passages in the prompt
@@ -53,11 +54,11 @@ class PolyPRAG:
         rag.answer("Who …?").text
     """
 
-    def __init__(self, llm: LoRAMixingLLM, retriever: ParametricRetriever | BM25Retriever | None = None,
+    def __init__(self, llm: LoRAMixingLLM, retriever: ParametricRetriever | Any | None = None,
                  mode: str = "parametric", k: int | None = None, max_new_tokens: int = 32,
                  temperature: float = 0.0, stop: Sequence[str] = (), lag: Mixture | None = None):
         self.llm = llm
-        self.retriever = retriever
+        self.retriever = retriever if retriever is None else check_retriever(retriever)
         self.lag = lag
         self._check_mode(mode)
         if isinstance(retriever, ParametricRetriever) and retriever.library.llm is not llm:
@@ -71,7 +72,8 @@ class PolyPRAG:
         if mode not in MODES:
             raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}.")
         if mode in _USES_MIXTURE and not isinstance(self.retriever, ParametricRetriever):
-            raise InvalidInputError(f"mode={mode!r} needs a ParametricRetriever (BM25 + an AdapterLibrary).")
+            raise InvalidInputError(f"mode={mode!r} needs a ParametricRetriever (a retriever + an AdapterLibrary): "
+                                    "PolyPRAG(llm, ParametricRetriever(retriever, library)).")
         if mode in _USES_PASSAGES and self.retriever is None:
             raise InvalidInputError(f"mode={mode!r} needs a retriever for its passages.")
         if mode in _USES_LAG and self.lag is None:
@@ -79,7 +81,8 @@ class PolyPRAG:
         return mode
 
     def _check_k(self, k: int) -> int:
-        return check_k(k, len(self.retriever.documents) if self.retriever is not None else None)
+        docs = getattr(self.retriever, "documents", None)  # None: a retriever without a fixed corpus
+        return check_k(k, len(docs) if isinstance(docs, Sequence) else None)
 
     def prepare(self, question: str, mode: str | None = None, k: int | None = None) -> Prepared:
         """Retrieve and build the prompt and mixture for one question, without generating."""
@@ -87,35 +90,61 @@ class PolyPRAG:
         mode = self._check_mode(mode or self.mode)
         k = self.k if k is None else self._check_k(k)
         docs: list[ScoredDocument] = []
+        in_prompt: list[ScoredDocument] = []
         mixture = None
-        if mode in _USES_MIXTURE or mode in _USES_PASSAGES:
-            if isinstance(self.retriever, ParametricRetriever):
-                found = self.retriever.retrieve(question, k)
-                docs = found.documents
-                mixture = found.mixture if mode in _USES_MIXTURE else None
-            else:
-                docs = self.retriever.retrieve(question, k)
+        if mode in _USES_MIXTURE:
+            found = self.retriever.retrieve(question, k)
+            docs, mixture = found.documents, found.mixture
+            in_prompt = docs if mode in _USES_PASSAGES else found.in_context  # unknown documents: in context
+        elif mode in _USES_PASSAGES:  # passages only: the library, if any, plays no part
+            raw = self.retriever.retriever if isinstance(self.retriever, ParametricRetriever) else self.retriever
+            docs = in_prompt = retrieve_from(raw, question, k)
         if mode in _USES_LAG:
             mixture = self.lag if mixture is None else SumMixture([self.lag, mixture])
-        passages = [s.document.full_text for s in docs] if mode in _USES_PASSAGES else []
+        passages = [s.document.full_text for s in in_prompt]
         return Prepared(question, self._prompt(question, passages), mixture, docs, mode)
 
     def _prompt(self, question: str, passages: Sequence[str]) -> str:
-        """The question prompt; an over-long question is cut (keeping its end, with a warning) so that the
-        instruction, the passages and the answer still fit the model's context."""
+        """The question prompt, fitted to the model's context with room for the answer: passages give way first
+        (the lowest ranked is cut, then dropped); only a question too long to fit alone is cut (keeping its end)."""
         prompt = self.llm.question_prompt(question, passages)
         limit = self.llm.context_window - self.generation.max_new_tokens
         if len(prompt) <= limit:  # a token spans at least one character: nothing to count
             return prompt
-        tok = self.llm.tokenizer
-        over = len(tok(prompt, add_special_tokens=False)["input_ids"]) - limit
+        over = self._tokens(prompt) - limit
         if over <= 0:
             return prompt
+        if passages and self._tokens(self.llm.question_prompt(question, ())) <= limit:
+            return self._fit_passages(question, list(passages), limit)
+        tok = self.llm.tokenizer
         q_ids = tok(question, add_special_tokens=False)["input_ids"]
         keep = max(1, len(q_ids) - over)
         log.warning("The question has %d tokens and does not fit the model's context (%d tokens); keeping its "
                     "last %d. Ask a shorter question to use all of it.", len(q_ids), self.llm.context_window, keep)
         return self.llm.question_prompt(tok.decode(q_ids[-keep:]), passages)
+
+    def _fit_passages(self, question: str, passages: list[str], limit: int) -> str:
+        """The prompt with the whole question and as much of the passages, in rank order, as fits in ``limit``."""
+        given = len(passages)
+        while passages:
+            prompt = self.llm.question_prompt(question, passages)
+            over = self._tokens(prompt) - limit
+            if over <= 0:
+                break
+            keep = self._tokens(passages[-1]) - over  # tokens of the lowest-ranked passage that can stay
+            if keep < MIN_PASSAGE_TOKENS:
+                passages.pop()
+            else:
+                passages[-1] = _head(self.llm.tokenizer, passages[-1], keep)
+        else:
+            prompt = self.llm.question_prompt(question, ())
+        log.warning("The passages do not fit the model's context (%d tokens) beside the question; kept %d of %d "
+                    "(the last one possibly cut) and the whole question. Retrieve fewer or shorter passages to "
+                    "use all of them.", self.llm.context_window, len(passages), given)
+        return prompt
+
+    def _tokens(self, text: str) -> int:
+        return len(self.llm.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def answer(self, question: str, mode: str | None = None, k: int | None = None, **generation) -> Answer:
         """Answer one question."""
@@ -140,6 +169,14 @@ class PolyPRAG:
         """Yield the answer to one question piece by piece."""
         p = self.prepare(question, mode, k)
         yield from self.llm.stream(p.prompt, p.mixture, config=self.generation, **generation)
+
+
+def _head(tokenizer, text: str, n: int) -> str:
+    """The first ``n`` tokens of ``text``, as the original characters where the tokenizer maps tokens to them."""
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return text[:offsets[n - 1][1]].rstrip()
+    return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:n]).rstrip()
 
 
 def _check_same_model(library_llm: LoRAMixingLLM, llm: LoRAMixingLLM) -> None:

@@ -37,7 +37,7 @@ def tokenize(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class ScoredDocument:
-    """A retrieved document with its BM25 score."""
+    """A retrieved document with its retriever's score (BM25, cosine, fused rank, …): higher is better."""
 
     document: Document
     score: float
@@ -52,7 +52,26 @@ def check_query(query: str) -> str:
     return query
 
 
-class BM25Retriever:
+class ScoreRetriever:
+    """What a retriever with ``score_array`` (one score per document) adds: top-k retrieval and its size."""
+
+    documents: list[Document]
+    k: int
+
+    def score_array(self, query: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def retrieve(self, query: str, k: int | None = None) -> list[ScoredDocument]:
+        """The k best-scored documents for the query, best first (ties broken by corpus order)."""
+        k = self.k if k is None else _check_k(k)
+        scores = self.score_array(query)
+        return [ScoredDocument(self.documents[i], float(scores[i])) for i in top_k(scores, k)]
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+
+class BM25Retriever(ScoreRetriever):
     """Top-k BM25 search over a fixed list of documents (title + text are indexed).
 
     Example:
@@ -95,14 +114,6 @@ class BM25Retriever:
         """BM25 score of every document for the query, in document order."""
         return self.score_array(query).tolist()
 
-    def retrieve(self, query: str, k: int | None = None) -> list[ScoredDocument]:
-        """The k best documents for the query, best first (ties broken by corpus order)."""
-        k = self.k if k is None else _check_k(k)
-        scores = self.score_array(query)
-        return [ScoredDocument(self.documents[i], float(scores[i])) for i in top_k(scores, k)]
-
-    def __len__(self) -> int:
-        return len(self.documents)
 
 
 def top_k(scores: np.ndarray, k: int) -> list[int]:
