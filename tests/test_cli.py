@@ -62,7 +62,7 @@ def test_eval_writes_table(model_dir, corpus, tmp_path, capsys):
                 {"id": "q1", "question": "who invented the vase", "answers": ["marisol"], "gold": ["d2"]}],
                data / "questions.jsonl")
     rc = main(["eval", "--data", str(data), "--k", "1", "--methods", "closed_book,in_context,polyprag",
-               "--model", model_dir, "--augment", "passage", "--epochs", "1", "--num-adapters", "2",
+               "--model", model_dir, "--texts", "passage", "--epochs", "1", "--num-adapters", "2",
                "--max-new-tokens", "2", "--latency-samples", "1", "--max-length", "64", "--out", str(tmp_path / "out"), "-q"])
     assert rc == 0
     assert "| in_context |" in capsys.readouterr().out

@@ -52,6 +52,10 @@ def test_config_refuses_unknown_method(tmp_path):
         EvalConfig(data=str(tmp_path), methods=("closed_book", "rag_fusion"))
     with pytest.raises(InvalidInputError, match="compute_dtype"):
         EvalConfig(data=str(tmp_path), compute_dtype="int8")
+    with pytest.raises(InvalidInputError, match="recipe"):
+        EvalConfig(data=str(tmp_path), recipe="fast")
+    with pytest.raises(InvalidInputError, match="training text"):
+        EvalConfig(data=str(tmp_path), texts="passage,summary")
 
 
 def test_missing_data_folder_is_refused(tmp_path, llm):
@@ -83,7 +87,7 @@ def write_slice(folder, docs):
 
 def test_end_to_end_on_tiny_slice(llm, docs, tmp_path):
     data = write_slice(tmp_path / "data", docs)
-    cfg = EvalConfig(data=str(data), n=10, k=2, num_adapters=3, epochs=1, augment="generated_qa",
+    cfg = EvalConfig(data=str(data), n=10, k=2, num_adapters=3, epochs=1, prag_epochs=1,
                      cache=str(tmp_path / "cache"), answer_batch_size=4, max_new_tokens=4, latency_samples=2,
                      out=str(tmp_path / "out"), progress=False)
     report = run_evaluation(cfg, llm=llm)
@@ -112,7 +116,7 @@ def test_end_to_end_on_tiny_slice(llm, docs, tmp_path):
 
 def test_lag_methods_need_polyprag_lag(llm, docs, tmp_path):
     data = write_slice(tmp_path / "data", docs)
-    cfg = EvalConfig(data=str(data), n=4, k=2, methods=("lag", "lag_in_context"), augment="passage",
+    cfg = EvalConfig(data=str(data), n=4, k=2, methods=("lag", "lag_in_context"), texts="passage", prag_epochs=1,
                      max_new_tokens=3, latency_samples=1, progress=False)
     try:
         import polyprag.lag  # noqa: F401
@@ -135,7 +139,7 @@ def test_polyprag_sum_combines_the_documents_deltas(llm, docs, tmp_path):
 
     data = write_slice(tmp_path / "data", docs)
     cfg = EvalConfig(data=str(data), n=4, k=2, methods=("polyprag", "polyprag_sum"), num_adapters=3, epochs=1,
-                     augment="passage", max_new_tokens=4, latency_samples=0, out=str(tmp_path / "out"),
+                     texts="passage", prag_epochs=1, max_new_tokens=4, latency_samples=0, out=str(tmp_path / "out"),
                      progress=False)
     report = run_evaluation(cfg, llm=llm)
     library = AdapterLibrary.load(tmp_path / "out" / "libraries" / "poly", llm)

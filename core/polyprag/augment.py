@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
@@ -20,7 +19,9 @@ from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 from .documents import Document
 from .errors import InvalidInputError, UnknownDocumentError
 from .models import cache_dir
-from .prompts import PROMPT_VERSION, question_message
+from .storage import atomic_write_text
+from .prompts import ANSWER_PREFIX, PROMPT_VERSION, question_message
+from .recipes import TEXT_KINDS, check_texts
 
 if TYPE_CHECKING:
     from .llm import LoRAMixingLLM
@@ -115,14 +116,17 @@ class GeneratedQAAugmenter:
         aug.stats.cache_hits          # passages read from the cache
     """
 
-    def __init__(self, llm: "LoRAMixingLLM", n_qa: int = 3, rewrite: bool = True,
+    def __init__(self, llm: "LoRAMixingLLM", n_qa: int = 3, rewrite: bool | None = None,
                  cache: str | os.PathLike | None = None, batch_size: int = 8, max_new_tokens: int = 80,
-                 max_rewrite_tokens: int = 192, seed: int = 0, progress: bool = False):
+                 max_rewrite_tokens: int = 192, seed: int = 0, progress: bool = False,
+                 texts: Sequence[str] = TEXT_KINDS):
         if n_qa < 0 or batch_size < 1 or max_new_tokens < 1 or max_rewrite_tokens < 1:
             raise InvalidInputError("n_qa must be >= 0 and batch_size, max_new_tokens, max_rewrite_tokens >= 1.")
         self.llm = llm
+        self.texts = check_texts(texts)
         self.n_qa = n_qa
-        self.rewrite = rewrite
+        # a rewrite is generated only when a training text uses it (it costs the most generation)
+        self.rewrite = bool({"rewrite", "qa_context"} & set(self.texts)) if rewrite is None else rewrite
         self.cache = Path(cache).expanduser() if cache else cache_dir() / "augment"
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -142,12 +146,12 @@ class GeneratedQAAugmenter:
 
     def __call__(self, documents: Sequence[Document]) -> list[list[TrainingExample]]:
         augs = self.generate(documents)
-        return [examples_from(d, a) for d, a in zip(documents, augs)]
+        return [examples_from(d, a, self.texts) for d, a in zip(documents, augs)]
 
     # ---- generation with a cache ----------------------------------------------------------
     def _settings(self) -> str:
         return json.dumps([AUGMENT_VERSION, PROMPT_VERSION, QUESTIONS_PROMPT, REWRITE_PROMPT,
-                           question_message("{q}", ["{p}"]), self.n_qa, self.rewrite, self.max_new_tokens,
+                           question_message("{q}", ["{p}"]), ANSWER_PREFIX, self.n_qa, self.rewrite, self.max_new_tokens,
                            self.max_rewrite_tokens, self.seed])
 
     def cache_path(self, doc: Document) -> Path:
@@ -231,17 +235,20 @@ class GeneratedQAAugmenter:
         return augs
 
 
-def examples_from(doc: Document, aug: Augmentation) -> list[TrainingExample]:
-    """PRAG's training texts: passage, rewrite, and each QA with passage / rewrite / no context."""
-    ex = [TrainingExample(target=doc.full_text)]
-    if aug.rewrite:
+def examples_from(doc: Document, aug: Augmentation, texts: Sequence[str] = TEXT_KINDS) -> list[TrainingExample]:
+    """The training texts of one document, of the kinds in ``texts`` (all kinds: PRAG's passage, rewrite,
+    and each QA with passage / rewrite / no context)."""
+    ex = [TrainingExample(target=doc.full_text)] if "passage" in texts else []
+    if aug.rewrite and "rewrite" in texts:
         ex.append(TrainingExample(target=aug.rewrite))
     for q, a in aug.qa:
-        ex.append(TrainingExample(target=a, question=q, context=doc.full_text))
-        if aug.rewrite:
-            ex.append(TrainingExample(target=a, question=q, context=aug.rewrite))
-        ex.append(TrainingExample(target=a, question=q))
-    return ex
+        if "qa_context" in texts:
+            ex.append(TrainingExample(target=a, question=q, context=doc.full_text))
+            if aug.rewrite:
+                ex.append(TrainingExample(target=a, question=q, context=aug.rewrite))
+        if "qa" in texts:
+            ex.append(TrainingExample(target=a, question=q))
+    return ex or [TrainingExample(target=doc.full_text)]  # nothing generated: the passage itself
 
 
 _NUMBERING = re.compile(r"^\s*(?:[-*•]|\(?\d+[.):]|q\d*[.:)]|question\s*\d*\s*[:.)])\s*", re.IGNORECASE)
@@ -301,10 +308,4 @@ def _read_cache(path: Path) -> Augmentation | None:
 
 
 def _write_cache(path: Path, aug: Augmentation) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(asdict(aug), fh, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(asdict(aug), ensure_ascii=False))

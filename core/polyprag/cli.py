@@ -41,54 +41,37 @@ def _load_llm(model: str | None, device: str | None, compute_dtype: str | None =
 
 # ---- eval ---------------------------------------------------------------------------------------
 def _configure_eval(p: argparse.ArgumentParser) -> None:
-    from .evaluation import DEFAULT_METHODS, METHODS, EvalConfig
+    """Options generated from EvalConfig's fields: their ``help`` metadata is the one source of help text."""
+    import dataclasses
+    import typing
 
-    d = EvalConfig(data="")
-    p.add_argument("--data", required=True, help="folder with questions.jsonl and corpus.jsonl")
-    p.add_argument("--n", type=int, default=None, help="evaluate the first N questions (default: all)")
-    p.add_argument("--k", type=int, default=d.k, help="BM25 passages per question")
-    p.add_argument("--methods", type=_csv, default=DEFAULT_METHODS,
-                   help=f"comma-separated, from {','.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--model", default=None, help="HF model folder or hub id (default: bundled SmolLM2-135M)")
-    p.add_argument("--num-adapters", type=int, default=d.num_adapters, help="Poly-PRAG bank size m")
-    p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank (PRAG and Poly-PRAG)")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (scale alpha/rank)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="Poly-PRAG training epochs")
-    p.add_argument("--lr", type=float, default=d.lr, help="Poly-PRAG bank learning rate")
-    p.add_argument("--routing-lr", type=float, default=d.routing_lr, help="Poly-PRAG routing learning rate")
-    p.add_argument("--prag-epochs", type=int, default=d.prag_epochs, help="PRAG epochs (PRAG: 1, 2 on PopQA)")
-    p.add_argument("--prag-lr", type=float, default=d.prag_lr, help="PRAG learning rate")
-    p.add_argument("--lag-k", type=int, default=d.lag_k, help="LAG: adapters kept by the Arrow filter")
-    p.add_argument("--augment", choices=("generated_qa", "passage"), default=d.augment,
-                   help="training texts: PRAG's rewrite + generated QA, or the passage alone")
-    p.add_argument("--cache", default=None, help="augmentation cache folder (default: $POLYPRAG_CACHE/augment)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="Poly-PRAG training batch size")
-    p.add_argument("--max-length", type=int, default=d.max_length, help="training tokens per example")
-    p.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens,
-                   help="padded tokens per training micro-batch (rows of a step are length-sorted into them)")
-    p.add_argument("--augment-batch-size", type=int, default=d.augment_batch_size,
-                   help="passages augmented per batched generation")
-    p.add_argument("--answer-batch-size", type=int, default=d.answer_batch_size)
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--latency-samples", type=int, default=d.latency_samples,
-                   help="questions answered one at a time to measure latency")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help="folder for results.json, results.md, predictions.jsonl, libraries/")
+    from .evaluation import METHODS, EvalConfig
+
+    hints = typing.get_type_hints(EvalConfig)
+    for f in dataclasses.fields(EvalConfig):
+        if f.name in ("progress", "device", "compute_dtype"):
+            continue  # shared options of every command (--quiet, --device, --compute-dtype)
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "").replace("%", "%%")
+        if f.name == "data":
+            p.add_argument(flag, required=True, help=help_text)
+        elif f.name == "methods":
+            p.add_argument(flag, type=_csv, default=f.default,
+                           help=f"{help_text}: {','.join(METHODS)} (default: {','.join(f.default)})")
+        else:
+            kind = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]
+            p.add_argument(flag, type=kind[0], default=f.default, help=f"{help_text} (default: {f.default})")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Run the evaluation and print the markdown table."""
+    """Run the evaluation and print the markdown tables."""
+    import dataclasses
+
     from .evaluation import EvalConfig, run_evaluation
 
-    cfg = EvalConfig(data=args.data, n=args.n, k=args.k, methods=args.methods, model=args.model,
-                     num_adapters=args.num_adapters, rank=args.rank, alpha=args.alpha, epochs=args.epochs,
-                     lr=args.lr, routing_lr=args.routing_lr, prag_epochs=args.prag_epochs,
-                     prag_lr=args.prag_lr, lag_k=args.lag_k, augment=args.augment,
-                     cache=args.cache, batch_size=args.batch_size, max_length=args.max_length,
-                     max_batch_tokens=args.max_batch_tokens, compute_dtype=args.compute_dtype,
-                     augment_batch_size=args.augment_batch_size, answer_batch_size=args.answer_batch_size,
-                     max_new_tokens=args.max_new_tokens, latency_samples=args.latency_samples, seed=args.seed,
-                     out=args.out, device=args.device, progress=not args.quiet)
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    options = {k: v for k, v in vars(args).items() if k in names}
+    cfg = EvalConfig(**{**options, "progress": not args.quiet})
     report = run_evaluation(cfg)
     print(report.markdown())
     if args.out:

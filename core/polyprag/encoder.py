@@ -14,6 +14,7 @@ from .documents import Document, check_unique
 from .errors import InvalidInputError
 from .library import AdapterLibrary, LibraryConfig
 from .mixing import LoRABank
+from .recipes import TEXT_KINDS, get_recipe
 from .training import TrainConfig, train_per_document, train_poly
 
 if TYPE_CHECKING:
@@ -26,16 +27,29 @@ class PolyPRAGEncoder:
     """Encode documents into a Poly-PRAG library: a bank of ``num_adapters`` LoRAs + routing per document.
 
     Example:
-        library = PolyPRAGEncoder(llm, num_adapters=8, rank=2).fit(docs)
+        library = PolyPRAGEncoder(llm).fit(docs)                      # the default recipe
+        library = PolyPRAGEncoder(llm, recipe="prag-paper").fit(docs)  # PRAG's published settings
 
-    ``per_document=True`` gives PRAG instead (one adapter per document, summed at query time)."""
+    Settings left at None come from ``recipe`` (``polyprag.recipes``): training texts, rank, alpha,
+    learning rates, epochs and bank size. ``per_document=True`` gives PRAG instead (one adapter per
+    document, summed at query time)."""
 
-    def __init__(self, llm: "LoRAMixingLLM", num_adapters: int = 8, rank: int = 2, alpha: float = 32.0,
-                 target_modules: Sequence[str] | None = None, augmenter: Augmenter | str | None = None,
-                 lr: float = 1e-3, routing_lr: float | None = 1e-2, epochs: int = 4, batch_size: int = 8,
-                 temperature: float = 1.0, max_length: int = 256, seed: int = 0,
+    def __init__(self, llm: "LoRAMixingLLM", num_adapters: int | None = None, rank: int | None = None,
+                 alpha: float | None = None, target_modules: Sequence[str] | None = None,
+                 augmenter: Augmenter | str | None = None, lr: float | None = None,
+                 routing_lr: float | None = None, epochs: int | None = None, batch_size: int = 8,
+                 temperature: float | None = None, max_length: int = 256, seed: int = 0,
                  per_document: bool = False, group_size: int = 32, max_batch_tokens: int = 2048,
-                 progress: bool = True):
+                 progress: bool = True, recipe: str = "default"):
+        r = get_recipe(recipe)
+        self.recipe = recipe
+        num_adapters = r.num_adapters if num_adapters is None else num_adapters
+        rank = r.rank if rank is None else rank
+        alpha = r.alpha if alpha is None else alpha
+        lr = (r.prag_lr if per_document else r.lr) if lr is None else lr
+        routing_lr = (None if per_document else r.routing_lr) if routing_lr is None else routing_lr
+        epochs = (r.prag_epochs if per_document else r.epochs) if epochs is None else epochs
+        temperature = r.temperature if temperature is None else temperature
         if num_adapters < 1 and not per_document:
             raise InvalidInputError(f"num_adapters must be >= 1, got {num_adapters}.")
         if rank < 1:
@@ -54,7 +68,7 @@ class PolyPRAGEncoder:
             raise InvalidInputError(f"Target modules {missing} are not hooked in this LLM "
                                     f"(hooked: {list(llm.target_modules)}); create the LLM with them.")
         self.target_modules = wanted
-        self.augmenter = _augmenter(augmenter, llm)
+        self.augmenter = _augmenter(augmenter, llm, r.texts)
         self.train = TrainConfig(lr=lr, routing_lr=routing_lr, epochs=epochs, batch_size=batch_size,
                                  max_length=max_length, temperature=temperature, seed=seed, progress=progress,
                                  max_batch_tokens=max_batch_tokens)
@@ -68,7 +82,8 @@ class PolyPRAGEncoder:
                              base_model=self.llm.fingerprint(), model_name=self.llm.name,
                              dtype=str(self.llm.dtype).replace("torch.", ""),
                              training={**asdict(self.train), "augmenter": type(self.augmenter).__name__,
-                                       "group_size": self.group_size})
+                                       "texts": list(getattr(self.augmenter, "texts", ("passage",))),
+                                       "recipe": self.recipe, "group_size": self.group_size})
 
     def fit(self, documents: Sequence[Document], checkpoint_dir: str | os.PathLike | None = None,
             checkpoint_every: int = 10) -> AdapterLibrary:
@@ -101,12 +116,15 @@ class PolyPRAGEncoder:
 
 
 class PRAGEncoder(PolyPRAGEncoder):
-    """PRAG (Su et al. 2025): one LoRA per document, PRAG's defaults (rank 2, alpha 32, lr 3e-4, 1 epoch)."""
+    """PRAG (Su et al. 2025): one LoRA per document from one shared random init, summed at query time.
 
-    def __init__(self, llm: "LoRAMixingLLM", rank: int = 2, alpha: float = 32.0, lr: float = 3e-4,
-                 epochs: int = 1, **kwargs):
+    Defaults come from ``recipe``: "default" (measured to inject on the default model) or "prag-paper"
+    (rank 2, alpha 32, lr 3e-4, 1 epoch, passage + rewrite + generated QA in PRAG's three forms)."""
+
+    def __init__(self, llm: "LoRAMixingLLM", rank: int | None = None, alpha: float | None = None,
+                 lr: float | None = None, epochs: int | None = None, **kwargs):
         kwargs.pop("per_document", None)
-        kwargs.setdefault("routing_lr", None)
+        kwargs.pop("num_adapters", None)
         super().__init__(llm, num_adapters=1, rank=rank, alpha=alpha, lr=lr, epochs=epochs,
                          per_document=True, **kwargs)
 
@@ -155,9 +173,12 @@ def _init_logits(n: int, m: int, seed: int, device) -> torch.Tensor:
     return (torch.rand(n, m, generator=gen) * 2e-3 - 1e-3).to(device).requires_grad_(True)
 
 
-def _augmenter(augmenter: Augmenter | str | None, llm: "LoRAMixingLLM") -> Augmenter:
+def _augmenter(augmenter: Augmenter | str | None, llm: "LoRAMixingLLM",
+               texts: Sequence[str] = TEXT_KINDS) -> Augmenter:
+    if augmenter is None and tuple(texts) == ("passage",):
+        return PassageAugmenter()
     if augmenter is None or augmenter == "generated_qa":
-        return GeneratedQAAugmenter(llm)
+        return GeneratedQAAugmenter(llm, texts=texts)
     if augmenter == "passage":
         return PassageAugmenter()
     if isinstance(augmenter, str):
@@ -181,7 +202,8 @@ def extend_library(library: AdapterLibrary, docs: Sequence[Document], augmenter:
         cfg.lr = cfg.routing_lr = lr
     if progress is not None:
         cfg.progress = progress
-    aug = _augmenter(augmenter or ("passage" if t.get("augmenter") == "PassageAugmenter" else None), library.llm)
+    aug = _augmenter(augmenter or ("passage" if t.get("augmenter") == "PassageAugmenter" else None), library.llm,
+                     tuple(t.get("texts", TEXT_KINDS)))
     data = aug(docs)
     start = {"library": library.doc_ids, "bank": tensor_digest(library.bank.tensors())}
     if library.kind == "per_document":

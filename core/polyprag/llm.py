@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
+from transformers import StoppingCriteria
 
 from .errors import InvalidInputError, ModelLoadError
 from .mixing import Mixture, attach, use_mixture
 from .models import pick_compute_dtype, pick_device, resolve_model
-from .prompts import question_message
+from .prompts import ANSWER_PREFIX, first_sentence, question_message, sentence_end
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,11 @@ class LoRAMixingLLM:
         return f"{turns}assistant:"
 
     def question_prompt(self, question: str, passages: Sequence[str] = ()) -> str:
-        """The prompt for a question (passages in context when given): the same in training and asking."""
-        return self.chat(question_message(question, passages))
+        """The prompt for a question (passages in context when given): the same in training and asking.
+
+        The assistant turn is pre-filled with "The answer is" (as PRAG); ``generate`` answers such a prompt
+        with the first sentence or line it decodes, stopping there."""
+        return self.chat(question_message(question, passages)) + ANSWER_PREFIX
 
     # ---- forward passes --------------------------------------------------------------------
     def encode(self, prompts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
@@ -177,10 +181,15 @@ class LoRAMixingLLM:
         cfg = _config(config, overrides)
         mixture = self._batch_mixture(mixtures, len(prompts))
         enc = self.encode(prompts, max_length=max(8, self.context_window - cfg.max_new_tokens))
+        short = [p.endswith(ANSWER_PREFIX) for p in prompts]  # question prompts: a short answer, one sentence
+        kwargs = self._generate_kwargs(cfg)
+        if any(short) or cfg.stop:  # rows stop as they end, not at max_new_tokens
+            kwargs["stopping_criteria"] = [_SentenceStop(self.tokenizer, enc["input_ids"].shape[1], short, cfg.stop,
+                                                         every_row=bool(cfg.stop))]
         with self.compute(mixture), torch.no_grad():
-            out = self.model.generate(**enc, **self._generate_kwargs(cfg))
+            out = self.model.generate(**enc, **kwargs)
         texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [_cut(t, cfg.stop).strip() for t in texts]
+        return [_finish(t, cfg.stop, s) for t, s in zip(texts, short)]
 
     def stream(self, prompt: str, mixture: Mixture | None = None,
                config: GenerationConfig | None = None, **overrides) -> Iterator[str]:
@@ -191,29 +200,39 @@ class LoRAMixingLLM:
         mixture = self._batch_mixture(mixture, 1)
         enc = self.encode([prompt], max_length=max(8, self.context_window - cfg.max_new_tokens))
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        short = prompt.endswith(ANSWER_PREFIX)
+        kwargs = self._generate_kwargs(cfg)
+        if short or cfg.stop:  # the decoding thread stops where the answer stops, not at max_new_tokens
+            kwargs["stopping_criteria"] = [_SentenceStop(self.tokenizer, enc["input_ids"].shape[1], [short],
+                                                         cfg.stop, every_row=True)]
         errors: list[BaseException] = []
 
         def run() -> None:
             try:
                 with self.compute(mixture), torch.no_grad():
-                    self.model.generate(**enc, **self._generate_kwargs(cfg), streamer=streamer)
+                    self.model.generate(**enc, **kwargs, streamer=streamer)
             except BaseException as e:  # surfaced in the consumer below
                 errors.append(e)
                 streamer.end()
 
         thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
         thread.start()
-        emitted = ""
-        for piece in streamer:
-            text = emitted + piece
-            cut = _cut(text, cfg.stop)
-            if cut != text:
-                if cut[len(emitted):]:
-                    yield cut[len(emitted):]
+        raw, emitted = "", ""
+        for piece in streamer:  # yield what can no longer change: the streamed pieces add up to generate()'s text
+            raw += piece
+            text = _cut(raw, cfg.stop)
+            end = sentence_end(text) if short else None
+            done = text != raw or end is not None
+            if end is not None:
+                text = text[:end]
+            shown = _finish(text, (), short) if done else (text.lstrip().rstrip(" .\n") if short else text)
+            if shown.startswith(emitted) and len(shown) > len(emitted):
+                yield shown[len(emitted):]
+                emitted = shown
+            if done:
+                for _ in streamer:  # drain: the thread may still be writing its last token
+                    pass
                 break
-            if piece:
-                yield piece
-                emitted = text
         thread.join()
         if errors:
             raise errors[0]
@@ -267,6 +286,31 @@ def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfi
     if cfg.max_new_tokens < 1:
         raise InvalidInputError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}.")
     return cfg
+
+
+class _SentenceStop(StoppingCriteria):
+    """Stopping criterion: a short-answer row is done once its first sentence or line (or a stop string)
+    has ended; other rows run on to their end-of-sequence token."""
+
+    def __init__(self, tokenizer, prompt_len: int, rows: Sequence[bool], stop: Sequence[str],
+                 every_row: bool = False):
+        self.tokenizer, self.prompt_len, self.stop = tokenizer, prompt_len, tuple(stop)
+        self.short = list(rows)
+        self.check = [i for i, s in enumerate(self.short) if s or every_row]
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        for i in self.check:
+            text = self.tokenizer.decode(input_ids[i, self.prompt_len:], skip_special_tokens=True)
+            cut = _cut(text, self.stop)
+            done[i] = cut != text or (self.short[i] and sentence_end(text) is not None)
+        return done.to(input_ids.device)
+
+
+def _finish(text: str, stop: Sequence[str], short: bool) -> str:
+    """The decoded continuation cut at a stop string; a short answer also at its first sentence's end."""
+    text = _cut(text, stop)
+    return first_sentence(text) if short else text.strip()
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:

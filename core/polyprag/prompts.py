@@ -1,10 +1,23 @@
-"""The prompts polyprag sends: one question format for training and for asking, with or without passages."""
+"""The prompts polyprag sends: one question format for training and for asking, with or without passages.
+
+As PRAG's ``prompt_template.py``, the assistant turn of a question is pre-filled with "The answer is",
+so the model answers in a few words and the text it adds after the prefix is the answer; training
+texts of generated QA use the same prompt and prefix, so training and asking agree.
+"""
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"
 SHORT_ANSWER = "Answer the question with a short answer of a few words."
+ANSWER_PREFIX = "The answer is"
+
+# a sentence ends at . ! ? followed by white space, unless the word before a period is an abbreviation
+# ("St. Louis", "J. Smith", "U.S. Army") or a number ("22 Sept. 1974" is caught by the list)
+_ABBREVIATIONS = frozenset("st mt ft dr mr mrs ms jr sr prof gen col lt sgt capt rev vs no co inc ltd corp "
+                           "jan feb mar apr jun jul aug sep sept oct nov dec approx ca est".split())
+_END = re.compile(r"[.!?](?=\s)|\n")
 
 
 def question_message(question: str, passages: Sequence[str] = ()) -> str:
@@ -13,3 +26,32 @@ def question_message(question: str, passages: Sequence[str] = ()) -> str:
         ctx = "\n\n".join(f"Passage {i + 1}: {p}" for i, p in enumerate(passages))
         return f"{ctx}\n\n{SHORT_ANSWER}\nQuestion: {question}"
     return f"{SHORT_ANSWER}\nQuestion: {question}"
+
+
+def answer_target(answer: str) -> str:
+    """What the model learns to write after the prefix for a short answer: " <answer>." """
+    answer = answer.strip()
+    if answer.lower().startswith(ANSWER_PREFIX.lower()):
+        answer = answer[len(ANSWER_PREFIX):].strip()
+    return f" {answer.rstrip(' .')}."
+
+
+def sentence_end(text: str) -> int | None:
+    """Index just past the end of the first sentence or line of ``text``, or None while it has not ended."""
+    for m in _END.finditer(text):
+        if m.group() == "\n":
+            if text[: m.start()].strip(" \t\n:"):
+                return m.start()
+            continue  # a leading blank line (or a lone colon) is not an answer
+        word = re.search(r"([A-Za-z]+)$", text[: m.start()])
+        if m.group() == "." and word and (word.group(1).lower() in _ABBREVIATIONS or len(word.group(1)) == 1):
+            continue  # "St." / "J." / "U.S." do not end the sentence
+        return m.end()
+    return None
+
+
+def first_sentence(text: str) -> str:
+    """The answer in a decoded continuation: its first sentence or line, without the final period."""
+    end = sentence_end(text + " ")
+    out = text[:end] if end is not None else text
+    return out.strip().lstrip(":").strip().rstrip(".").strip()

@@ -75,3 +75,20 @@ def read_config(path: Path, parse: Callable[[dict], T], missing: str) -> T:
         return parse(json.loads(cfg_file.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise LibraryError(f"{cfg_file} is unreadable or altered: {e}") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically: a reader sees the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .augment import TrainingExample
 from .errors import TrainingError
 from .mixing import BankMixture, LoRABank
+from .prompts import answer_target
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
@@ -58,9 +59,9 @@ def tokenize(llm: "LoRAMixingLLM", ex: TrainingExample, max_length: int) -> Toke
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         ids = (bos + ids)[:max_length]
         return Tokenized(ids, [-100] + ids[1:] if bos else list(ids))
-    prompt = llm.question_prompt(ex.question, [ex.context] if ex.context else ())
+    prompt = llm.question_prompt(ex.question, [ex.context] if ex.context else ())  # ends "The answer is"
     p = tok(prompt, add_special_tokens=False)["input_ids"]
-    a = tok(ex.target, add_special_tokens=False)["input_ids"] + eos
+    a = tok(answer_target(ex.target), add_special_tokens=False)["input_ids"] + eos  # " <answer>." as asked
     keep = max(1, max_length - len(a))
     p = p[-keep:]
     return Tokenized((p + a)[:max_length], ([-100] * len(p) + a)[:max_length])

@@ -1,0 +1,134 @@
+"""What an evaluation runs: the methods (each a library, a mode, documents and routing) and EvalConfig.
+
+A method name reads as its parts: ``polyprag_combine_oracle_shuffled`` is Poly-PRAG (mean of routing
+weights) with the passages in the prompt, the question's gold documents, and routing rows shuffled
+between documents. Controls that tell injected knowledge from priors:
+- ``_oracle``: the question's gold documents instead of the retrieved ones (gold documents are encoded
+  alongside the retrieved ones); ``in_context_oracle`` is the ceiling, the gold passages in the prompt;
+- ``_wrong``: the mixture of random encoded documents that are neither retrieved nor gold;
+- ``_uniform`` / ``_shuffled`` (Poly-PRAG): every document routed uniformly / another document's routing;
+- ``_m1`` (Poly-PRAG): a bank of one LoRA trained on every encoded document.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from ..errors import InvalidInputError
+from ..models import pick_compute_dtype
+
+
+@dataclass(frozen=True)
+class Method:
+    """One evaluated method: which library, which PolyPRAG mode, which documents and which routing."""
+
+    library: str | None          # None, "prag", "poly", "poly_m1" or "lag"
+    mode: str                    # PolyPRAG mode
+    combine: str | None = None   # how the documents' adapters combine: "mean" or "sum"
+    documents: str = "retrieved"  # "retrieved" (BM25 top-k), "gold" (oracle) or "wrong"
+    routing: str = "learned"     # "learned", "uniform" or "shuffled"
+
+
+def _methods() -> dict[str, Method]:
+    out = {"closed_book": Method(None, "closed_book"),
+           "in_context": Method(None, "in_context"),                        # standard RAG
+           "in_context_oracle": Method(None, "in_context", documents="gold"),  # the ceiling
+           "lag": Method("lag", "lag"), "lag_in_context": Method("lag", "lag_in_context")}
+    bases = {"prag": ("prag", "sum"), "polyprag": ("poly", "mean"), "polyprag_sum": ("poly", "sum")}
+    for base, (lib, combine) in bases.items():
+        for mode, suffix in (("parametric", ""), ("combine", "_combine")):
+            name = base + suffix
+            out[name] = Method(lib, mode, combine)
+            out[name + "_oracle"] = Method(lib, mode, combine, documents="gold")
+            if mode == "parametric":
+                out[name + "_wrong"] = Method(lib, mode, combine, documents="wrong")
+            if lib == "poly":
+                for docs, tag in (("retrieved", ""), ("gold", "_oracle")):
+                    out[f"{name}{tag}_uniform"] = Method(lib, mode, combine, docs, routing="uniform")
+                    out[f"{name}{tag}_shuffled"] = Method(lib, mode, combine, docs, routing="shuffled")
+                    out[f"{name}{tag}_m1"] = Method("poly_m1", mode, combine, docs)
+    return out
+
+
+METHODS: dict[str, Method] = _methods()
+DEFAULT_METHODS = ("closed_book", "in_context", "in_context_oracle", "prag", "prag_oracle", "prag_wrong",
+                   "prag_combine", "polyprag", "polyprag_oracle", "polyprag_oracle_shuffled",
+                   "polyprag_oracle_uniform", "polyprag_wrong", "polyprag_combine")
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run: the data slice, the methods and how the parametric libraries are encoded.
+
+    Training settings left at None come from ``recipe`` (see ``polyprag.recipes``)."""
+
+    data: str = _help("folder with questions.jsonl and corpus.jsonl")
+    n: int | None = _help("evaluate the first N questions (default: all)", default=None)
+    start: int = _help("skip this many questions first (evaluate rows start .. start+N)", default=0)
+    k: int = _help("passages retrieved per question", default=3)
+    methods: tuple[str, ...] = _help("comma-separated methods (see polyprag.evaluation.METHODS)",
+                                     default=DEFAULT_METHODS)
+    model: str | None = _help("HF model folder or hub id (default: the bundled SmolLM2-135M-Instruct)",
+                              default=None)
+    recipe: str = _help("training recipe for PRAG and Poly-PRAG: 'default' (injects on the default model) "
+                        "or 'prag-paper' (PRAG's published settings)", default="default")
+    num_adapters: int | None = _help("Poly-PRAG bank size m", default=None)
+    rank: int | None = _help("LoRA rank (PRAG and Poly-PRAG)", default=None)
+    alpha: float | None = _help("LoRA alpha (scale alpha / rank)", default=None)
+    epochs: int | None = _help("Poly-PRAG training epochs", default=None)
+    lr: float | None = _help("Poly-PRAG bank learning rate", default=None)
+    routing_lr: float | None = _help("Poly-PRAG routing-logit learning rate", default=None)
+    prag_epochs: int | None = _help("PRAG training epochs", default=None)
+    prag_lr: float | None = _help("PRAG learning rate", default=None)
+    texts: str | None = _help("training texts, comma-separated from passage,rewrite,qa,qa_context",
+                              default=None)
+    lag_k: int = _help("LAG: adapters kept by the Arrow filter", default=5)
+    augment_batch_size: int = _help("passages augmented per batched generation", default=8)
+    batch_size: int = _help("Poly-PRAG training batch size", default=8)
+    max_length: int = _help("training tokens per example (longer ones are cut)", default=256)
+    max_batch_tokens: int = _help("padded tokens per training micro-batch", default=2048)
+    compute_dtype: str = _help("autocast dtype: auto (bf16 where native), float32, bfloat16", default="auto")
+    answer_batch_size: int = _help("questions answered per batched generation", default=16)
+    max_new_tokens: int = _help("answer budget in tokens (decoding stops at the first sentence's end)",
+                                default=32)
+    latency_samples: int = _help("questions answered one at a time to measure latency", default=10)
+    bootstrap: int = _help("paired bootstrap resamples for the 95% intervals", default=10_000)
+    seed: int = _help("seed of training, controls and bootstrap", default=0)
+    out: str | None = _help("folder for results.json, results.md, predictions.jsonl, libraries/", default=None)
+    cache: str | None = _help("augmentation cache folder (default: $POLYPRAG_CACHE/augment)", default=None)
+    device: str | None = _help("cpu, cuda, cuda:1 … (default: CUDA when available)", default=None)
+    progress: bool = _help("progress bars", default=True)
+
+    def __post_init__(self) -> None:
+        from ..recipes import RECIPES, check_texts
+
+        if isinstance(self.methods, str):
+            self.methods = tuple(m.strip() for m in self.methods.split(",") if m.strip())
+        self.methods = tuple(self.methods)
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise InvalidInputError(f"Unknown method(s) {unknown}; choose from {list(METHODS)}.")
+        if self.recipe not in RECIPES:
+            raise InvalidInputError(f"Unknown recipe {self.recipe!r}; choose from {list(RECIPES)}.")
+        if self.texts is not None:
+            check_texts(self.texts)
+        if self.n is not None and self.n < 1:
+            raise InvalidInputError(f"n must be >= 1, got {self.n}.")
+        if self.start < 0:
+            raise InvalidInputError(f"start must be >= 0, got {self.start}.")
+        pick_compute_dtype(self.compute_dtype, self.device or "cpu")  # fails before any model loads
+        for name in ("k", "num_adapters", "rank", "epochs", "prag_epochs", "batch_size", "answer_batch_size",
+                     "augment_batch_size", "max_new_tokens", "lag_k", "max_length", "max_batch_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}.")
+        if self.latency_samples < 0 or self.bootstrap < 100:
+            raise InvalidInputError("latency_samples must be >= 0 and bootstrap >= 100.")
+
+
+def config_fields():
+    """EvalConfig's fields with their help text (the CLI builds its options from these)."""
+    return [f for f in fields(EvalConfig)]

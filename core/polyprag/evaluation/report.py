@@ -1,0 +1,130 @@
+"""Results of an evaluation: per-method scores and costs, paired comparisons, JSON and a markdown table."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class MethodResult:
+    """Scores and costs of one method over the evaluated questions (metrics in percent)."""
+
+    method: str
+    em: float
+    f1: float
+    accuracy: float
+    recall_at_k: float | None
+    storage_bytes_per_doc: int | None = None       # saved tensor files / documents (bank amortised)
+    storage_bytes_new_doc: int | None = None       # what one more document adds (Poly-PRAG: its routing)
+    encode_s_per_doc: float | None = None          # augmentation share + training, per document
+    latency_p50_s: float | None = None             # one question alone: retrieve + mix + generate
+    batched_s_per_question: float | None = None    # answering in batches
+    predictions: list[dict] = field(default_factory=list, repr=False)
+
+    def scores(self, metric: str = "accuracy") -> list[float]:
+        """Per-question scores (0/1 or F1) in question order."""
+        return [p[metric] for p in self.predictions]
+
+
+@dataclass
+class Comparison:
+    """Method a minus method b on the same questions (percentage points) with its paired bootstrap 95% CI."""
+
+    a: str
+    b: str
+    metric: str
+    diff: float
+    low: float
+    high: float
+
+    @property
+    def beyond_noise(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def cell(self) -> str:
+        return f"{self.diff:+.1f} [{self.low:+.1f}, {self.high:+.1f}]"
+
+
+@dataclass
+class EvalReport:
+    """Everything one run measured: per-method results, comparisons and the run's facts."""
+
+    config: dict
+    results: list[MethodResult]
+    facts: dict
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    def result(self, method: str) -> MethodResult | None:
+        return next((r for r in self.results if r.method == method), None)
+
+    def comparison(self, a: str, b: str, metric: str = "accuracy") -> Comparison | None:
+        return next((c for c in self.comparisons if (c.a, c.b, c.metric) == (a, b, metric)), None)
+
+    def injection_efficiency(self, method: str) -> float | None:
+        """Parametric oracle accuracy / in-context oracle accuracy (how much of the ceiling the adapters hold)."""
+        r, ceiling = self.result(method), self.result("in_context_oracle")
+        if r is None or ceiling is None or ceiling.accuracy == 0:
+            return None
+        return r.accuracy / ceiling.accuracy
+
+    def to_json(self) -> dict:
+        results = []
+        for r in self.results:
+            row = {k: v for k, v in asdict(r).items() if k != "predictions"}
+            row["injection_efficiency"] = self.injection_efficiency(r.method) if r.method.endswith(
+                ("_oracle", "_oracle_shuffled", "_oracle_uniform", "_oracle_m1")) else None
+            results.append(row)
+        return {"config": self.config, "facts": self.facts, "results": results,
+                "comparisons": [asdict(c) | {"beyond_noise": c.beyond_noise} for c in self.comparisons]}
+
+    def markdown(self) -> str:
+        """The results as markdown tables (metrics in percent): methods, then the control comparisons."""
+        base = [b for b in ("closed_book", "in_context") if self.result(b) is not None]
+        head = ["method", "EM", "F1", "acc"] + [f"Δacc vs {b} [95% CI]" for b in base] + [
+            "inj. eff.", "recall@k", "bytes/doc", "encode s/doc", "latency p50 s"]
+        rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.results:
+            cells = [r.method, f"{r.em:.1f}", f"{r.f1:.1f}", f"{r.accuracy:.1f}"]
+            for b in base:
+                c = self.comparison(r.method, b)
+                cells.append("–" if c is None else c.cell())
+            eff = self.injection_efficiency(r.method) if "_oracle" in r.method and r.method != "in_context_oracle" \
+                else None
+            cells += [_fmt(eff, ".2f"), _fmt(r.recall_at_k, ".1f"), _fmt(r.storage_bytes_per_doc, ","),
+                      _fmt(r.encode_s_per_doc, ".2f"), _fmt(r.latency_p50_s, ".2f")]
+            rows.append("| " + " | ".join(cells) + " |")
+        controls = [c for c in self.comparisons if c.b not in base and c.metric == "accuracy"]
+        if controls:
+            rows += ["", "| control comparison (accuracy) | Δ points [95% CI] | beyond noise |", "|---|---|---|"]
+            rows += [f"| {c.a} − {c.b} | {c.cell()} | {'yes' if c.beyond_noise else 'no'} |" for c in controls]
+        f = self.facts
+        rows.append("")
+        rows.append(f"{f['questions']} questions, {f['documents']} documents encoded ({f['encoded_from']}), "
+                    f"model {f['model']} ({f.get('compute_dtype', '?')} compute on {f['device']}, "
+                    f"{f['torch_threads']} threads), recipe {f['recipe']}, wall {f['wall_s']:.0f} s; augmentation "
+                    f"{f['augment_s']:.0f} s ({f['augment']['cache_hits']} cache hits, "
+                    f"{f['augment']['qa_failures']} QA failures). Intervals: paired bootstrap over questions.")
+        if f.get("lag"):
+            g = f["lag"]
+            rows.append(f"LAG: {g['adapters']} adapters, factor library {g['library_bytes']:,} bytes, Arrow k={g['k']}, "
+                        f"routing overhead {g['routing_us_per_token']:.0f} µs per token (forward with router − bare).")
+        return "\n".join(rows)
+
+
+def _fmt(v, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def write_report(report: EvalReport, out: str | os.PathLike) -> Path:
+    """Write results.json, results.md and predictions.jsonl (every answer with its scores) into ``out``."""
+    from ..storage import atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(report.to_json(), indent=2))
+    atomic_write_text(out / "results.md", report.markdown() + "\n")
+    lines = [json.dumps({"method": r.method, **p}, ensure_ascii=False) for r in report.results for p in r.predictions]
+    atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
+    return out

@@ -1,0 +1,349 @@
+"""The evaluation runner: encode, answer every question with every method and control, score, compare.
+
+Protocol (PRAG, Su et al. 2025): the documents encoded are the union of the evaluated questions'
+top-k BM25 passages — and, when an oracle method runs, their gold passages too; PRAG and Poly-PRAG
+train on one shared augmentation; every method answers the same questions with the same prompt.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+
+from ..augment import FixedAugmenter, GeneratedQAAugmenter, PassageAugmenter
+from ..documents import Document, Question, load_corpus, load_questions
+from ..errors import InvalidInputError, PolyPRAGError
+from ..library import AdapterLibrary
+from ..parametric import ParametricRetriever
+from ..pipeline import PolyPRAG
+from ..recipes import check_texts, get_recipe
+from ..retrieval import BM25Retriever, ScoredDocument
+from .config import METHODS, EvalConfig, Method
+from .metrics import accuracy, exact_match, f1_score, mean, paired_bootstrap, recall_at_k
+from .report import Comparison, EvalReport, MethodResult, write_report
+
+if TYPE_CHECKING:
+    from ..llm import LoRAMixingLLM
+
+CONTROL_SUFFIXES = ("_shuffled", "_uniform", "_m1", "_wrong")
+
+
+def load_slice(data: str | os.PathLike, n: int | None = None, start: int = 0) -> tuple[list[Document], list[Question]]:
+    """The corpus and questions ``start .. start+n`` of a folder holding corpus.jsonl and questions.jsonl."""
+    folder = Path(data)
+    for name in ("corpus.jsonl", "questions.jsonl"):
+        if not (folder / name).is_file():
+            raise InvalidInputError(f"{folder} has no {name}; --data needs a folder with corpus.jsonl and "
+                                    "questions.jsonl (one JSON object per line).")
+    questions = load_questions(folder / "questions.jsonl")[start:]
+    if not questions:
+        raise InvalidInputError(f"{folder / 'questions.jsonl'} holds no questions (after skipping {start}).")
+    return load_corpus(folder / "corpus.jsonl"), questions[:n] if n else questions
+
+
+def settings(cfg: EvalConfig) -> dict:
+    """The training settings of the run: the recipe's, with every option the config sets on top."""
+    r = asdict(get_recipe(cfg.recipe))
+    for name in ("num_adapters", "rank", "alpha", "epochs", "lr", "routing_lr", "prag_epochs", "prag_lr"):
+        if getattr(cfg, name) is not None:
+            r[name] = getattr(cfg, name)
+    r["texts"] = check_texts(cfg.texts) if cfg.texts is not None else tuple(r["texts"])
+    return r
+
+
+class FixedRetriever:
+    """A retriever that returns, for each evaluated question, the documents chosen for it beforehand
+    (BM25's top-k, the gold passages, or wrong documents): one interface for every control."""
+
+    def __init__(self, documents: Sequence[Document], chosen: dict[str, list[str]]):
+        self.documents = list(documents)
+        self.k = max((len(v) for v in chosen.values()), default=1)
+        self._by_id = {d.id: d for d in self.documents}
+        self._chosen = chosen
+
+    def retrieve(self, query: str, k: int | None = None) -> list[ScoredDocument]:
+        ids = self._chosen.get(query, [])
+        return [ScoredDocument(self._by_id[i], 1.0 / (r + 1)) for r, i in enumerate(ids)]
+
+
+def routing_control(library: AdapterLibrary, kind: str, seed: int = 0) -> AdapterLibrary:
+    """The library with its routing replaced: ``uniform`` (every document mixes the bank equally) or
+    ``shuffled`` (each document gets another document's routing row: a seeded derangement)."""
+    logits = library.routing_logits
+    if logits is None:
+        raise InvalidInputError("Routing controls need a Poly-PRAG library (PRAG's routing is one-hot).")
+    if kind == "uniform":
+        new = torch.zeros_like(logits)  # σ(0) for every adapter: weights 1/m
+    elif kind == "shuffled":
+        n = logits.shape[0]
+        perm = list(range(n))
+        rng = random.Random(seed)
+        while n > 1 and any(i == p for i, p in enumerate(perm)):
+            rng.shuffle(perm)
+        new = logits[perm]
+    else:
+        raise InvalidInputError(f"Unknown routing control {kind!r}; use 'uniform' or 'shuffled'.")
+    return AdapterLibrary(library.llm, library.bank, library.documents, library.config, routing_logits=new)
+
+
+def choose_documents(questions: Sequence[Question], retrieved: Sequence[list[str]], encoded: Sequence[str],
+                     gold_only: bool, seed: int) -> dict[str, list[list[str]]]:
+    """Per question, the document ids of each source: retrieved, gold (those in the corpus) and wrong
+    (random encoded documents neither retrieved nor gold, as many as the method would otherwise use)."""
+    enc = set(encoded)
+    gold = [[g for g in q.gold if g in enc] for q in questions]
+    rng = random.Random(seed)
+    pool = sorted(enc)
+    wrong = []
+    for ids, g in zip(retrieved, gold):
+        n = max(1, len(g)) if gold_only else len(ids)
+        banned = set(ids) | set(g)
+        wrong.append(rng.sample([d for d in pool if d not in banned], min(n, len(pool) - len(banned))))
+    return {"retrieved": [list(r) for r in retrieved], "gold": gold, "wrong": wrong}
+
+
+def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
+                   on_method: Callable[[MethodResult], None] | None = None) -> EvalReport:
+    """Encode the slice's documents, answer its questions with each method and control, score and compare."""
+    t_start = time.perf_counter()
+    cfg = config
+    specs = {m: METHODS[m] for m in cfg.methods}
+    needs = {s.library for s in specs.values()} - {None}
+    if "lag" in needs:
+        _lag_api()  # fail now, not after an hour of encoding
+    train = settings(cfg)
+    torch.manual_seed(cfg.seed)
+    docs, questions = load_slice(cfg.data, cfg.n, cfg.start)
+    if llm is None:
+        from ..llm import LoRAMixingLLM
+
+        llm = LoRAMixingLLM.from_pretrained(cfg.model, device=cfg.device, compute_dtype=cfg.compute_dtype)
+    bm25 = BM25Retriever(docs, k=min(cfg.k, len(docs)))
+    retrieved = [[s.document.id for s in bm25.retrieve(q.question)] for q in questions]
+    recall = mean([recall_at_k(ids, q.gold) for ids, q in zip(retrieved, questions)])
+
+    # PRAG's protocol: encode the retrieved passages; with oracle methods, the gold passages too
+    lib_specs = [s for s in specs.values() if s.library is not None]
+    use_retrieved = any(s.documents in ("retrieved", "wrong") for s in lib_specs) or "lag" in needs
+    use_gold = any(s.documents == "gold" for s in specs.values())
+    corpus_ids = {d.id for d in docs}
+    wanted = set()
+    if use_retrieved or not use_gold:
+        wanted |= {i for ids in retrieved for i in ids}
+    if use_gold:
+        wanted |= {g for q in questions for g in q.gold if g in corpus_ids}
+    encoded = [d for d in docs if d.id in wanted]
+    sources = choose_documents(questions, retrieved, [d.id for d in encoded], not use_retrieved, cfg.seed)
+    by_id = {d.id: d for d in docs}
+
+    out = Path(cfg.out) if cfg.out else None
+    augmenter, fixed, augment_s = None, None, 0.0
+    if needs:
+        t0 = time.perf_counter()
+        texts = train["texts"]
+        if set(texts) == {"passage"}:
+            augmenter = PassageAugmenter()
+        else:
+            augmenter = GeneratedQAAugmenter(llm, cache=cfg.cache, batch_size=cfg.augment_batch_size,
+                                             seed=cfg.seed, progress=cfg.progress, texts=texts)
+        examples = augmenter(encoded)
+        fixed = FixedAugmenter({d.id: ex for d, ex in zip(encoded, examples)})
+        augment_s = time.perf_counter() - t0
+    n_docs = max(len(encoded), 1)
+
+    libraries: dict[str, _Encoded] = {}
+    for kind in ("prag", "poly", "poly_m1"):
+        if kind in needs or (kind == "prag" and "lag" in needs):
+            libraries[kind] = _encode(llm, encoded, kind, cfg, train, fixed, out)
+    lag_router, lag_facts = None, None
+    if "lag" in needs:
+        lag_router, lag_facts = _lag(llm, libraries, cfg, questions)
+
+    results = []
+    for method, spec in specs.items():
+        enc = libraries.get(spec.library) if spec.library else None
+        chosen = sources[spec.documents]
+        per_question = {q.question: ids for q, ids in zip(questions, chosen)}
+        if spec.mode in ("closed_book", "lag"):
+            retriever = None
+        elif spec.library in ("prag", "poly", "poly_m1"):
+            library = enc.library
+            if spec.routing != "learned":
+                library = routing_control(library, spec.routing, cfg.seed)
+            retriever = ParametricRetriever(FixedRetriever(encoded, per_question), library, combine=spec.combine)
+        else:
+            retriever = FixedRetriever(docs, per_question)
+        rag = PolyPRAG(llm, retriever, mode=spec.mode, max_new_tokens=cfg.max_new_tokens, lag=lag_router)
+        prompt_chars = [len(q.question) + (sum(len(by_id[i].full_text) for i in ids)
+                                           if spec.mode in ("in_context", "combine", "lag_in_context") else 0)
+                        for q, ids in zip(questions, chosen)]
+        res = _answer_all(rag, questions, chosen, method, cfg, prompt_chars)
+        if spec.mode not in ("closed_book", "lag"):
+            res.recall_at_k = 100.0 * recall if spec.documents == "retrieved" and recall is not None else None
+        if enc is not None:
+            res.encode_s_per_doc = (augment_s + enc.train_s) / n_docs
+            res.storage_bytes_per_doc, res.storage_bytes_new_doc = enc.bytes_per_doc, enc.bytes_new_doc
+        results.append(res)
+        if on_method:
+            on_method(res)
+
+    stats = asdict(augmenter.stats) if isinstance(augmenter, GeneratedQAAugmenter) else {
+        "cache_hits": 0, "generated": 0, "retries": 0, "qa_failures": 0, "rewrite_failures": 0}
+    encoded_from = " ∪ ".join(([f"BM25 top-{cfg.k}"] if use_retrieved or not use_gold else []) +
+                              (["gold passages"] if use_gold else []))
+    facts = {"questions": len(questions), "documents": len(encoded), "corpus": len(docs), "k": cfg.k,
+             "encoded_from": encoded_from, "model": llm.name, "recipe": cfg.recipe, "training": train,
+             "augment": stats, "augment_s": augment_s, "augment_s_per_doc": augment_s / n_docs,
+             "train_s": {k: v.train_s for k, v in libraries.items()},
+             "bm25_recall_at_k": None if recall is None else 100.0 * recall, "wall_s": time.perf_counter() - t_start,
+             "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+             "device": str(llm.device), "compute_dtype": str(llm.compute_dtype or llm.dtype).replace("torch.", "")}
+    if lag_facts:
+        facts["lag"] = lag_facts
+    report = EvalReport(config=asdict(cfg), results=results, facts=facts,
+                        comparisons=compare(results, cfg.bootstrap, cfg.seed))
+    if out is not None:
+        write_report(report, out)
+    return report
+
+
+def compare(results: Sequence[MethodResult], samples: int = 10_000, seed: int = 0) -> list[Comparison]:
+    """Paired bootstrap comparisons: every method against closed_book and in_context, and every method
+    against its controls (``X`` − ``X_shuffled`` / ``_uniform`` / ``_m1`` / ``_wrong``, oracle included)."""
+    by = {r.method: r for r in results}
+    pairs = [(m, b) for b in ("closed_book", "in_context") if b in by for m in by if m != b]
+    for m in by:
+        for suffix in CONTROL_SUFFIXES:
+            for control in (m + suffix, m.replace("_oracle", "") + suffix if suffix == "_wrong" else None):
+                if control in by and control != m and (m, control) not in pairs:
+                    pairs.append((m, control))
+    out = []
+    for a, b in pairs:
+        for metric in ("accuracy", "f1"):
+            diff, low, high = paired_bootstrap(by[a].scores(metric), by[b].scores(metric), samples, seed)
+            out.append(Comparison(a, b, metric, 100 * diff, 100 * low, 100 * high))
+    return out
+
+
+class _Encoded:
+    """A library trained for the run with its cost: seconds of training and saved bytes."""
+
+    def __init__(self, library, train_s: float, bytes_per_doc: int | None, bytes_new_doc: int | None):
+        self.library, self.train_s = library, train_s
+        self.bytes_per_doc, self.bytes_new_doc = bytes_per_doc, bytes_new_doc
+
+
+def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, train: dict, augmenter: FixedAugmenter,
+            out: Path | None) -> _Encoded:
+    """Train one library on the shared augmentation, save it, and measure its time and saved bytes."""
+    from ..encoder import PolyPRAGEncoder, PRAGEncoder
+
+    common = dict(rank=train["rank"], alpha=train["alpha"], augmenter=augmenter, seed=cfg.seed,
+                  max_length=cfg.max_length, max_batch_tokens=cfg.max_batch_tokens, progress=cfg.progress)
+    if kind == "prag":
+        encoder = PRAGEncoder(llm, lr=train["prag_lr"], epochs=train["prag_epochs"], **common)
+    else:
+        encoder = PolyPRAGEncoder(llm, num_adapters=1 if kind == "poly_m1" else train["num_adapters"],
+                                  lr=train["lr"], routing_lr=train["routing_lr"], epochs=train["epochs"],
+                                  temperature=train["temperature"], batch_size=cfg.batch_size, **common)
+    t0 = time.perf_counter()
+    library = encoder.fit(docs)
+    train_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = library.save((out / "libraries" / kind) if out else Path(tmp) / kind)
+        bank = _dir_bytes(path, ["bank.safetensors"])
+        routing = _dir_bytes(path, ["routing.safetensors"])
+    n = max(len(docs), 1)
+    per_doc = round((bank + routing) / n)
+    new_doc = round(routing / n) if kind != "prag" else per_doc
+    return _Encoded(library, train_s, per_doc, new_doc)
+
+
+def _lag_api():
+    try:
+        from ..lag import LAGLibrary, LAGRouter
+    except ImportError as e:
+        raise PolyPRAGError(f"The lag methods need polyprag.lag (LAGLibrary, LAGRouter), which is not "
+                            f"available in this install ({e}); drop lag/lag_in_context from --methods.") from None
+    return LAGLibrary, LAGRouter
+
+
+def _lag(llm, libraries: dict, cfg: EvalConfig, questions: Sequence[Question]):
+    """LAG's router over the PRAG adapters, with its library size and per-token routing overhead."""
+    LAGLibrary, LAGRouter = _lag_api()
+    t0 = time.perf_counter()
+    prag = libraries["prag"]
+    lag_library = LAGLibrary.from_adapter_library(prag.library)
+    router = LAGRouter(lag_library, k=cfg.lag_k)
+    libraries["lag"] = _Encoded(lag_library, prag.train_s + time.perf_counter() - t0,
+                                prag.bytes_per_doc, prag.bytes_new_doc)
+    facts = {"library_bytes": lag_library.storage_bytes()["factors"], "adapters": len(lag_library),
+             "k": cfg.lag_k, "routing_us_per_token": routing_overhead(
+                 llm, router, llm.question_prompt(questions[0].question))}
+    return router, facts
+
+
+def _dir_bytes(path: Path, names: Sequence[str]) -> int:
+    return sum((path / n).stat().st_size for n in names if (path / n).is_file())
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def routing_overhead(llm, mixture, prompt: str, repeats: int = 3) -> float:
+    """Microseconds per token that a mixture adds to a forward pass over ``prompt`` (best of ``repeats``)."""
+    enc = llm.encode([prompt])
+    tokens = enc["input_ids"].numel()
+
+    def best(mix) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            llm.logits(**enc, mixture=mix)
+            if llm.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    best(None)  # warm-up
+    return 1e6 * max(0.0, best(mixture) - best(None)) / tokens
+
+
+def _answer_all(rag: PolyPRAG, questions: Sequence[Question], chosen: Sequence[Sequence[str]],
+                method: str, cfg: EvalConfig, prompt_chars: Sequence[int]) -> MethodResult:
+    """Answer every question in batches of similar prompt length, score the answers, then time a few
+    questions one by one; answers are kept in question order."""
+    answers: dict[int, str] = {}
+    order = sorted(range(len(questions)), key=lambda i: prompt_chars[i])
+    t0 = time.perf_counter()
+    with _bar(len(questions), method, cfg.progress) as bar:
+        for s in range(0, len(order), cfg.answer_batch_size):
+            chunk = order[s: s + cfg.answer_batch_size]
+            for i, a in zip(chunk, rag.answer_batch([questions[i].question for i in chunk])):
+                answers[i] = a.text
+            bar.update(len(chunk))
+    preds = [answers[i] for i in range(len(questions))]
+    batched = (time.perf_counter() - t0) / max(len(questions), 1)
+    latencies = []
+    for q in questions[: cfg.latency_samples]:
+        t1 = time.perf_counter()
+        rag.answer(q.question)
+        latencies.append(time.perf_counter() - t1)
+    records = [{"id": q.id, "question": q.question, "answers": list(q.answers), "prediction": p,
+                "documents": list(ids), "em": exact_match(p, q.answers), "f1": f1_score(p, q.answers),
+                "accuracy": accuracy(p, q.answers)} for q, p, ids in zip(questions, preds, chosen)]
+    pct = lambda key: 100.0 * (mean([r[key] for r in records]) or 0.0)  # noqa: E731
+    return MethodResult(method=method, em=pct("em"), f1=pct("f1"), accuracy=pct("accuracy"), recall_at_k=None,
+                        latency_p50_s=statistics.median(latencies) if latencies else None,
+                        batched_s_per_question=batched, predictions=records)

@@ -1,0 +1,59 @@
+"""Training recipes: which texts each document is trained on, and how long and how fast.
+
+``default`` is the recipe measured to inject knowledge into the default model (see the README's
+recipe table and ``bench/results/recipes``); ``prag-paper`` is PRAG's published setting (Su et al.
+2025, oneal2000/PRAG: passage, rewrite and 3 generated QA pairs shown with the passage, with the rewrite
+and without context; rank 2, alpha 32, lr 3e-4, 1 epoch), which a 1B–8B model learns from in one pass
+and a 135M model does not.
+
+Training texts (``texts``): ``passage`` (the document itself), ``rewrite`` (the model's rewrite of it),
+``qa`` (each generated question answered with no context: what parametric answering asks of the
+adapter), ``qa_context`` (each generated QA with the passage, and with the rewrite, in the prompt).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InvalidInputError
+
+TEXT_KINDS = ("passage", "rewrite", "qa", "qa_context")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training texts and optimisation settings for PRAG and Poly-PRAG encoders."""
+
+    texts: tuple[str, ...]
+    rank: int
+    alpha: float
+    prag_lr: float        # PRAG: one LoRA per document
+    prag_epochs: int
+    lr: float             # Poly-PRAG: the shared bank
+    routing_lr: float     # Poly-PRAG: routing logits (mttl trains them ~100× faster than the adapters)
+    epochs: int
+    num_adapters: int
+    temperature: float = 1.0
+
+
+RECIPES: dict[str, Recipe] = {
+    "default": Recipe(texts=("passage", "qa"), rank=2, alpha=32.0, prag_lr=1e-3, prag_epochs=10,
+                      lr=1e-3, routing_lr=0.1, epochs=10, num_adapters=8),
+    "prag-paper": Recipe(texts=("passage", "rewrite", "qa", "qa_context"), rank=2, alpha=32.0, prag_lr=3e-4,
+                         prag_epochs=1, lr=3e-4, routing_lr=3e-4, epochs=1, num_adapters=8),
+}
+
+
+def check_texts(texts: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The training-text kinds, refused unless each is one of ``TEXT_KINDS``."""
+    kinds = tuple(t.strip() for t in texts.split(",")) if isinstance(texts, str) else tuple(texts)
+    bad = [t for t in kinds if t not in TEXT_KINDS]
+    if bad or not kinds:
+        raise InvalidInputError(f"Unknown training text kind(s) {bad or list(kinds)}; choose from {list(TEXT_KINDS)}.")
+    return kinds
+
+
+def get_recipe(name: str) -> Recipe:
+    """The named recipe, or a clear error listing the known ones."""
+    if name not in RECIPES:
+        raise InvalidInputError(f"Unknown recipe {name!r}; choose from {list(RECIPES)}.")
+    return RECIPES[name]
