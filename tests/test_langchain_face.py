@@ -10,19 +10,23 @@ from pathlib import Path
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document as LCDocument
+from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
+from langchain_core.vectorstores import InMemoryVectorStore
 
 import langchain_polyprag
-from langchain_polyprag import ChatPolyPRAG, PolyPRAGRetriever, PolyPRAGRunnable
-from polyprag import AdapterLibrary, InvalidInputError, ModelLoadError, PolyPRAG
+from langchain_polyprag import ChatPolyPRAG, PolyPRAGRetriever, PolyPRAGRunnable, to_polyprag_documents
+from polyprag import (AdapterLibrary, Document, InvalidInputError, ModelLoadError, ParametricRetriever, PolyPRAG,
+                      UnknownDocumentError, passage_id)
 from polyprag.library import LibraryConfig
 
 from conftest import random_bank
+from fakes import word_embed
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each question retrieves (k=1) a different document of the `docs` fixture: d0, d1, d4, d2, d3, ...
@@ -269,3 +273,128 @@ def test_chat_model_in_a_typical_rag_chain(llm, library):
               "question": RunnablePassthrough()} | prompt | chat | StrOutputParser())
     out = chain.batch(QUESTIONS[:2])
     assert out == [chain.invoke(q) for q in QUESTIONS[:2]] and all(isinstance(o, str) for o in out)
+
+
+# ---- bring your own retriever: a vector store's ---------------------------------------------------------
+class WordEmbeddings(Embeddings):
+    """Deterministic bag-of-words embeddings: fast, no model, and similar texts really are close."""
+
+    def embed_documents(self, texts):
+        return word_embed(texts).tolist()
+
+    def embed_query(self, text):
+        return word_embed([text])[0].tolist()
+
+
+def as_loaded(docs):
+    """The documents as a loader gives them: no ids, the title in the metadata."""
+    return [LCDocument(page_content=d.text, metadata={"title": d.title, "source": "facts.txt"}) for d in docs]
+
+
+def vector_retriever(docs, k=2):
+    store = InMemoryVectorStore(WordEmbeddings())
+    store.add_documents(as_loaded(docs))  # the store gives each document a random id
+    return store.as_retriever(search_kwargs={"k": k})
+
+
+def same_documents_by_id(library, retriever):
+    """The core pipeline fed, for each question, the library's documents with the ids the retriever matched."""
+    def by_id(query):
+        return [library.document(i) for i in [passage_to_id(library, d) for d in retriever.invoke(query)]]
+    return by_id
+
+
+def passage_to_id(library, lc):
+    return next(d.id for d in library.documents if passage_id(d.title, d.text) ==
+                passage_id(lc.metadata["title"], lc.page_content))
+
+
+@pytest.mark.parametrize("mode", ["parametric", "combine"])
+def test_vector_store_retriever_drives_the_mixtures_of_the_same_documents_by_id(library, docs, mode):
+    retriever = vector_retriever(docs, k=2)
+    rag = PolyPRAGRunnable(retriever=retriever, library=library, mode=mode, max_tokens=16, return_documents=True)
+    core = PolyPRAG(library.llm, ParametricRetriever(same_documents_by_id(library, retriever), library), mode=mode,
+                    max_new_tokens=16)
+    answers = set()
+    for q in QUESTIONS[:4]:
+        out = rag.invoke(q)
+        ids = [passage_to_id(library, d) for d in out["documents"]]
+        assert len(ids) == 2  # the user's retriever's own k
+        prepared = rag.pipeline().prepare(q)
+        assert prepared.mixture.weights.tolist() == library.mixture(ids).weights.tolist()
+        assert out["answer"] == core.answer(q).text
+        answers.add(out["answer"])
+        assert all(d.id not in library for d in out["documents"])  # the user's documents, their store's ids
+        assert [d.metadata["routing_weights"] for d in out["documents"]] == library.routing_weights(ids).tolist()
+        assert all(d.metadata["source"] == "facts.txt" for d in out["documents"])
+        assert (docs[int(ids[0][1])].text in prepared.prompt) == (mode == "combine")
+    assert len(answers) > 1
+
+
+def test_vector_store_runnable_batch_stream_and_async_equal_invoke(library, docs):
+    rag = PolyPRAGRunnable(retriever=vector_retriever(docs), library=library, max_tokens=16)
+    alone = [rag.invoke(q) for q in QUESTIONS[:4]]
+    assert rag.batch(QUESTIONS[:4]) == alone
+    assert "".join(rag.stream(QUESTIONS[0])) == alone[0]
+
+    async def run():
+        streamed = "".join([c async for c in rag.astream(QUESTIONS[1])])
+        return await asyncio.gather(*(rag.ainvoke(q) for q in QUESTIONS[:4])), await rag.abatch(QUESTIONS[:4]), streamed
+
+    concurrent, abatch, astreamed = asyncio.run(run())
+    assert concurrent == abatch == alone and astreamed == alone[1]
+
+
+def test_unknown_vector_store_documents_follow_on_unknown(library, docs):
+    stranger = Document(id="x", text="the moon lake is green", title="moon")
+    retriever = vector_retriever(docs + [stranger], k=2)
+    question = "which lake is green"
+    with pytest.raises(UnknownDocumentError, match=r"\(moon\).*on_unknown"):
+        PolyPRAGRunnable(retriever=retriever, library=library, max_tokens=8).invoke(question)
+    kept = PolyPRAGRunnable(retriever=retriever, library=library, on_unknown="in_context", max_tokens=8,
+                            return_documents=True).invoke(question)
+    assert [d.page_content for d in kept["documents"]][0] == stranger.text
+    assert "routing_weights" not in kept["documents"][0].metadata and "routing_weights" in kept["documents"][1].metadata
+    prompt = PolyPRAGRunnable(retriever=retriever, library=library, on_unknown="in_context").pipeline().prepare(
+        question).prompt
+    assert "moon lake is green" in prompt and docs[0].text not in prompt and docs[3].text not in prompt
+    skipped = PolyPRAGRunnable(retriever=retriever, library=library, on_unknown="skip", max_tokens=8,
+                               return_documents=True).invoke(question)
+    assert len(skipped["documents"]) == 1 and skipped["documents"][0].page_content != stranger.text
+
+
+class RetrieverRecorder(BaseCallbackHandler):
+    def __init__(self):
+        self.queries = []
+
+    def on_retriever_start(self, serialized, query, **kw):
+        self.queries.append((query, kw.get("parent_run_id") is not None))
+
+
+def test_the_users_retriever_runs_inside_the_runnables_callbacks(library, docs):
+    rag = PolyPRAGRunnable(retriever=vector_retriever(docs), library=library, max_tokens=4)
+    seen = RetrieverRecorder()
+    rag.invoke(QUESTIONS[0], {"callbacks": [seen]})
+    rag.batch(QUESTIONS[1:3], {"callbacks": [seen]})
+    list(rag.stream(QUESTIONS[3], {"callbacks": [seen]}))
+    assert seen.queries == [(q, True) for q in QUESTIONS[:4]]  # each a child run of the runnable's
+
+
+def test_loader_and_splitter_documents_encode_with_kept_ids_or_stable_hashes():
+    loaded = [LCDocument(page_content="quellport is a city", metadata={"title": "Quellport"}),
+              LCDocument(page_content="the velt is money", id="velt"),
+              LCDocument(page_content="a chunk", metadata={"id": "c1"}),
+              LCDocument(page_content="quellport is a city", metadata={"title": "Quellport"})]  # a repeated chunk
+    docs = to_polyprag_documents(loaded)
+    assert [d.id for d in docs] == [passage_id("Quellport", "quellport is a city"), "velt", "c1"]
+    assert to_polyprag_documents(loaded)[0].id == docs[0].id and docs[0].title == "Quellport"
+    with pytest.raises(InvalidInputError, match="id 'velt' of an earlier document"):
+        to_polyprag_documents([loaded[1], LCDocument(page_content="other", id="velt")])
+
+
+def test_runnable_needs_a_library_for_a_plain_retriever(library, docs):
+    with pytest.raises(InvalidInputError, match="library=AdapterLibrary"):
+        PolyPRAGRunnable(retriever=vector_retriever(docs))
+    in_context = PolyPRAGRunnable(retriever=vector_retriever(docs), llm=library.llm, mode="in_context",
+                                  return_documents=True, max_tokens=4).invoke(QUESTIONS[1])
+    assert in_context["documents"] and "routing_weights" not in in_context["documents"][0].metadata

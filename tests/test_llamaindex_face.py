@@ -10,20 +10,24 @@ from pathlib import Path
 
 import pytest
 from llama_index.core import Document as LIDocument
+from llama_index.core import VectorStoreIndex
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.response.schema import AsyncStreamingResponse, Response, StreamingResponse
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
 from llama_index.core.llms import ChatMessage, CustomLLM
 from llama_index.core.query_engine import CustomQueryEngine
+from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import MetadataMode, TextNode
 from llama_index.core.settings import _Settings
 
 import llamaindex_polyprag
 from conftest import random_poly_library
-from llamaindex_polyprag import PolyPRAGLLM, PolyPRAGQueryEngine, PolyPRAGRetriever
+from fakes import word_embed
+from llamaindex_polyprag import PolyPRAGLLM, PolyPRAGQueryEngine, PolyPRAGRetriever, to_documents
 from polyprag import (AdapterLibrary, BM25Retriever, Document, InvalidInputError, LoRAMixingLLM, ModelLoadError,
-                      ParametricRetriever, PolyPRAG)
+                      ParametricRetriever, PolyPRAG, UnknownDocumentError)
 from tiny import tiny_llm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,3 +274,105 @@ def test_import_needs_no_langchain():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "PolyPRAGQueryEngine" in out.stdout
+
+
+# ---- bring your own retriever: a VectorStoreIndex's -----------------------------------------------------
+class WordEmbedding(BaseEmbedding):
+    """Deterministic bag-of-words embeddings: fast, no model, and similar texts really are close."""
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return word_embed([query])[0].tolist()
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return word_embed([text])[0].tolist()
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+
+def vector_index(docs=DOCS) -> VectorStoreIndex:
+    """A VectorStoreIndex built the usual way: LlamaIndex Documents, split into nodes with new ids."""
+    documents = [LIDocument(text=d.text, id_=d.id, metadata={"title": d.title}) for d in docs]
+    return VectorStoreIndex.from_documents(documents, embed_model=WordEmbedding())
+
+
+def by_id(library, ids_of):
+    """The core pipeline's retriever, fed the library's documents by id."""
+    return ParametricRetriever(lambda q: [library.document(i) for i in ids_of(q)], library)
+
+
+@pytest.mark.parametrize("mode", ["parametric", "combine"])
+def test_vector_index_retriever_drives_the_mixtures_of_the_same_documents_by_id(library, mode):
+    index = vector_index()
+    llm = PolyPRAGLLM(llm=library.llm, max_new_tokens=N_TOKENS)
+    engine = PolyPRAGQueryEngine.from_index(index, library, k=2, llm=llm, mode=mode)
+    plain = index.as_retriever(similarity_top_k=2)
+
+    def ids_of(q):
+        return [n.node.ref_doc_id for n in plain.retrieve(q)]
+
+    core = PolyPRAG(library.llm, by_id(library, ids_of), mode=mode, max_new_tokens=N_TOKENS)
+    same = PolyPRAGQueryEngine(retriever=plain, library=library, llm=llm, mode=mode)
+    answers = set()
+    for q in QUESTIONS[:4]:
+        response = engine.query(q)
+        ids = ids_of(q)
+        assert [n.node.node_id for n in response.source_nodes] == [n.node.node_id for n in plain.retrieve(q)]
+        assert all(n.node.node_id not in library for n in response.source_nodes)  # the index's own nodes
+        assert response.metadata["mixture_weights"] == [pytest.approx(library.mixture(ids).weights[0, 0].tolist())]
+        for node, row in zip(response.source_nodes, library.routing_weights(ids).tolist()):
+            assert node.node.metadata["routing_weights"] == pytest.approx(row)
+            assert "routing_weights" not in node.node.get_content(MetadataMode.LLM)
+        assert response.response == core.answer(q).text == same.query(q).response
+        assert (TEXTS[library.document(ids[0]).title] in response.metadata["prompt"]) == (mode == "combine")
+        answers.add(response.response)
+    assert len(answers) > 1
+    assert "routing_weights" not in plain.retrieve(QUESTIONS[0])[0].node.metadata  # the user's nodes untouched
+
+
+def test_nodes_without_source_ids_match_by_content(library):
+    nodes = [TextNode(text=d.text, metadata={"title": d.title}) for d in DOCS]  # random ids, no ref_doc_id
+    index = VectorStoreIndex(nodes, embed_model=WordEmbedding())
+    engine = PolyPRAGQueryEngine.from_index(index, library, k=1, llm=PolyPRAGLLM(llm=library.llm,
+                                                                                 max_new_tokens=N_TOKENS))
+    response = engine.query(QUESTIONS[1])
+    assert response.source_nodes[0].node.text == TEXTS["krell"]
+    assert response.metadata["mixture_weights"] == [pytest.approx(library.mixture(["d1"]).weights[0, 0].tolist())]
+
+
+def test_unknown_index_nodes_follow_on_unknown(library):
+    stranger = Document(id="x", text="the moon lake is green", title="moon")
+    index = vector_index(DOCS + [stranger])
+    llm = PolyPRAGLLM(llm=library.llm, max_new_tokens=N_TOKENS)
+    question = "which lake is green"
+    with pytest.raises(UnknownDocumentError, match=r"\(moon\).*on_unknown"):
+        PolyPRAGQueryEngine.from_index(index, library, k=2, llm=llm).query(question)
+    kept = PolyPRAGQueryEngine.from_index(index, library, k=2, llm=llm, on_unknown="in_context").query(question)
+    assert kept.source_nodes[0].node.ref_doc_id == "x" and "routing_weights" not in kept.source_nodes[0].node.metadata
+    assert "moon lake is green" in kept.metadata["prompt"] and kept.metadata["mixture"] is not None
+    skipped = PolyPRAGQueryEngine.from_index(index, library, k=2, llm=llm, on_unknown="skip").query(question)
+    assert [n.node.ref_doc_id for n in skipped.source_nodes] == [kept.source_nodes[1].node.ref_doc_id]
+
+
+async def test_vector_index_engine_streams_and_awaits_the_same_answers(library):
+    index = vector_index()
+    llm = PolyPRAGLLM(llm=library.llm, max_new_tokens=N_TOKENS)
+    engine = PolyPRAGQueryEngine.from_index(index, library, k=2, llm=llm)
+    sequential = [engine.query(q).response for q in QUESTIONS[:4]]
+    concurrent = await asyncio.gather(*(engine.aquery(q) for q in QUESTIONS[:4]))
+    assert [r.response for r in concurrent] == sequential
+    streaming = PolyPRAGQueryEngine.from_index(index, library, k=2, llm=llm, streaming=True)
+    assert "".join(streaming.query(QUESTIONS[0]).response_gen) == sequential[0]
+    response = await streaming.aquery(QUESTIONS[1])
+    assert "".join([p async for p in response.async_response_gen()]) == sequential[1]
+
+
+def test_documents_and_parsed_nodes_are_ready_to_encode():
+    documents = [LIDocument(text=d.text, id_=d.id, metadata={"title": d.title}) for d in DOCS]
+    nodes = SentenceSplitter(chunk_size=64, chunk_overlap=0).get_nodes_from_documents(documents)
+    encoded = to_documents(nodes)
+    assert [d.metadata["ref_doc_id"] for d in encoded] == [d.id for d in DOCS]
+    assert [(d.title, d.text) for d in encoded] == [(d.title, d.text) for d in DOCS]
+    assert to_documents(documents) == DOCS
+    with pytest.raises(InvalidInputError, match="BaseRetriever"):
+        PolyPRAGQueryEngine(retriever=lambda q: [], library=None)
