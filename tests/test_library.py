@@ -45,11 +45,33 @@ def test_save_load_gives_identical_outputs(llm, docs, tmp_path):
         assert torch.equal(x, y)
 
 
-def test_add_documents_fits_routing_only_and_leaves_bank_bit_identical(llm, docs, tmp_path):
+def test_add_documents_grows_the_bank_and_leaves_old_answers_bit_identical(llm, docs, tmp_path):
+    """The default add trains new adapters for the new documents; old adapters and old documents' mixtures
+    do not change by a single bit, and the new documents route onto the new adapters too."""
+    lib = _poly(llm, docs[:3])
+    bank_before = {k: v.clone() for k, v in lib.bank.tensors().items()}
+    enc = llm.encode(["the capital of zorvania"])
+    before = llm.logits(**enc, mixture=lib.mixture(["d0", "d2"]))
+    lib.add_documents(docs[3:], progress=False, new_adapters=2)
+    assert lib.bank.m == 5 and lib.config.m == 5 and len(lib) == 5
+    for k, v in lib.bank.tensors().items():
+        assert torch.equal(v[:3], bank_before[k]), k           # old adapters frozen
+        assert v[3:].abs().sum() > 0 or k.endswith("lora_A")   # new B trained away from zero
+    assert torch.equal(lib.routing_weights(["d0", "d1", "d2"])[:, 3:], torch.zeros(3, 2))
+    assert torch.equal(llm.logits(**enc, mixture=lib.mixture(["d0", "d2"])), before)
+    assert (lib.routing_weights(["d3", "d4"])[:, 3:] > 0).all()
+    lib.save(tmp_path / "lib")
+    again = AdapterLibrary.load(tmp_path / "lib", llm)
+    assert again.doc_ids == lib.doc_ids and again.bank.m == 5
+    with pytest.raises(Exception, match="strategy"):
+        lib.add_documents([Document(id="d8", text="x")], strategy="magic")
+
+
+def test_add_documents_routing_only_leaves_bank_bit_identical(llm, docs, tmp_path):
     lib = _poly(llm, docs[:3])
     bank_before = {k: v.clone() for k, v in lib.bank.tensors().items()}
     routing_before = lib.routing_logits.clone()
-    lib.add_documents(docs[3:], progress=False)
+    lib.add_documents(docs[3:], progress=False, strategy="routing")
     assert len(lib) == 5 and lib.doc_ids[3:] == ["d3", "d4"]
     for k, v in lib.bank.tensors().items():
         assert torch.equal(v, bank_before[k]), k

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Sequence
@@ -186,14 +187,24 @@ def _augmenter(augmenter: Augmenter | str | None, llm: "LoRAMixingLLM",
     return augmenter
 
 
+ADD_STRATEGIES = ("grow", "routing")
+
+
 def extend_library(library: AdapterLibrary, docs: Sequence[Document], augmenter: Augmenter | str | None = None,
                    epochs: int | None = None, lr: float | None = None, progress: bool | None = None,
-                   checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 10) -> None:
-    """Encode new documents into an existing library without touching what it already holds.
+                   checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 10,
+                   strategy: str = "grow", new_adapters: int | None = None) -> None:
+    """Encode new documents into an existing library without changing what it already answers.
 
-    Poly-PRAG: the bank stays frozen and only the new documents' routing logits are fitted
-    ("Poly-z", a few hundred floats each). PRAG: each new document gets its own new adapter.
-    ``checkpoint_dir`` makes the work resumable after a crash, as in ``PolyPRAGEncoder.fit``."""
+    Poly-PRAG, ``strategy="grow"`` (default): the bank grows by ``new_adapters`` fresh LoRAs (default:
+    as many as keep the library's documents-per-adapter ratio), trained with the new documents' routing
+    over the old *and* new adapters while every old adapter stays frozen; old documents get zero weight
+    on the new adapters, so their mixtures are bit for bit what they were. ``strategy="routing"``: the
+    bank stays frozen and only the new routing logits are fitted ("Poly-z", a few hundred floats each;
+    cheap, but a frozen bank can only recombine what it already knows). PRAG: one new adapter per
+    document. ``checkpoint_dir`` makes the work resumable after a crash, as in ``PolyPRAGEncoder.fit``."""
+    if strategy not in ADD_STRATEGIES:
+        raise InvalidInputError(f"strategy must be one of {ADD_STRATEGIES}, got {strategy!r}.")
     t = dict(library.config.training)
     cfg = TrainConfig(**{k: t[k] for k in TrainConfig.__dataclass_fields__ if k in t})
     if epochs is not None:
@@ -206,19 +217,31 @@ def extend_library(library: AdapterLibrary, docs: Sequence[Document], augmenter:
                      tuple(t.get("texts", TEXT_KINDS)))
     data = aug(docs)
     start = {"library": library.doc_ids, "bank": tensor_digest(library.bank.tensors())}
+    modules = {n: library.bank.shapes[n] for n in library.bank.names}
     if library.kind == "per_document":
-        modules = {n: library.bank.shapes[n] for n in library.bank.names}
         group_size = int(t.get("group_size", 32))
         ck = _checkpoint(checkpoint_dir, checkpoint_every, "prag-add", library.llm, docs, data, cfg,
                          {**start, "group_size": group_size})
         new = train_prag_bank(library.llm, modules, data, library.bank.rank, library.bank.alpha, cfg,
                               group_size, checkpoint=ck)
-        library._append(docs, bank=new)
+        library._append(docs, bank=library.bank.extend(new))
         return
-    logits = _init_logits(len(docs), library.bank.m, cfg.seed, library.llm.device)
-    ck = _checkpoint(checkpoint_dir, checkpoint_every, "poly-add", library.llm, docs, data, cfg, start)
-    train_poly(library.llm, library.bank, logits, data, cfg, train_bank=False, checkpoint=ck)
-    library._append(docs, routing_logits=logits)
+    m_old = library.bank.m
+    grow = 0
+    if strategy == "grow":
+        ratio = max(1.0, len(library) / m_old)  # documents per adapter in the library as encoded
+        grow = new_adapters if new_adapters is not None else max(1, math.ceil(len(docs) / ratio))
+        if grow < 1:
+            raise InvalidInputError(f"new_adapters must be >= 1, got {new_adapters}.")
+    bank = library.bank
+    if grow:
+        fresh = LoRABank.initialised(modules, grow, bank.rank, bank.alpha, seed=cfg.seed + len(library))
+        bank = bank.extend(fresh).to(library.llm.device)  # a new bank object: readers keep the old one
+    logits = _init_logits(len(docs), bank.m, cfg.seed, library.llm.device)
+    ck = _checkpoint(checkpoint_dir, checkpoint_every, f"poly-add-{strategy}", library.llm, docs, data, cfg,
+                     {**start, "grow": grow})
+    train_poly(library.llm, bank, logits, data, cfg, train_bank=bool(grow), checkpoint=ck, frozen_adapters=m_old)
+    library._append(docs, routing_logits=logits, bank=bank if grow else None)
 
 
 def _checkpoint(checkpoint_dir, every: int, phase: str, llm: "LoRAMixingLLM", docs: Sequence[Document],

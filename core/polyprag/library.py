@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 KINDS = ("poly", "per_document")
 COMBINES = ("mean", "sum")
+CLOSED_LOGIT = -1e4  # a routing logit whose weight σ(z) is exactly 0: an adapter a document never uses
 
 
 @dataclass
@@ -143,7 +144,11 @@ class AdapterLibrary:
 
     # ---- growing ------------------------------------------------------------------------------
     def add_documents(self, documents: Sequence[Document], **fit_options) -> "AdapterLibrary":
-        """Encode new documents: routing-only fit with the bank frozen (poly), or new adapters (PRAG)."""
+        """Encode new documents so their facts become answerable; what the library answered stays as it was.
+
+        Poly-PRAG grows the bank by a few adapters trained on the new documents (old adapters frozen);
+        ``strategy="routing"`` fits only their routing over the frozen bank. PRAG adds one adapter each.
+        Options: ``strategy``, ``new_adapters``, ``epochs``, ``lr``, ``augmenter``, ``checkpoint_dir``."""
         from .encoder import extend_library  # the encoder owns training; the library owns storage
 
         docs = check_unique(documents)
@@ -159,13 +164,19 @@ class AdapterLibrary:
 
     def _append(self, documents: Sequence[Document], routing_logits: torch.Tensor | None = None,
                 bank: LoRABank | None = None) -> None:
-        """Adopt newly encoded documents (called by the encoder once their training finished)."""
+        """Adopt newly encoded documents (called by the encoder once their training finished).
+
+        ``bank``: the grown bank (its first adapters are this library's). Old documents get a routing
+        logit of -1e4 on each new adapter: σ(-1e4) is exactly 0 in float32, so their mixtures do not change."""
         docs = list(documents)
         if self.kind == "poly":
-            self.routing_logits = torch.cat([self.routing_logits, routing_logits.detach().float()
-                                             .to(self.llm.device)])
-        else:
-            self.bank = self.bank.extend(bank).to(self.llm.device)
+            old = self.routing_logits
+            if bank is not None and bank.m > old.shape[1]:
+                pad = old.new_full((old.shape[0], bank.m - old.shape[1]), CLOSED_LOGIT)
+                old = torch.cat([old, pad], 1)
+            self.routing_logits = torch.cat([old, routing_logits.detach().float().to(self.llm.device)])
+        if bank is not None:
+            self.bank = bank.to(self.llm.device)
             self.config.m = self.bank.m
         self.documents = self.documents + docs
         self.doc_ids = [d.id for d in self.documents]

@@ -154,9 +154,11 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
                on_step: Callable[[int, float], None] | None = None,
                shard: tuple[int, int] = (0, 1),
                sync: Callable[[list[torch.Tensor]], None] | None = None,
-               checkpoint: "Checkpoint | None" = None) -> list[float]:
+               checkpoint: "Checkpoint | None" = None, frozen_adapters: int = 0) -> list[float]:
     """Jointly train the bank (if ``train_bank``) and routing logits [N, m] on each document's texts.
 
+    ``frozen_adapters``: the bank's first adapters stay exactly as they are (their gradient is zeroed, so
+    AdamW without weight decay never moves them): a grown bank trains only its new adapters.
     Mini-batches mix documents; each row carries its own document's sampled mixture.
     Data-parallel: process ``shard = (rank, world)`` takes every world-th mini-batch of the same
     seeded order (``batch_size`` is then per process) and ``sync`` averages the gradients of the
@@ -170,10 +172,15 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
     lengths = [len(t.ids) for _, t in items]
     order = list(range(len(items)))  # drawn each epoch from the seed and the lengths (the same on every rank)
     params = [{"params": [logits], "lr": cfg.routing_lr or cfg.lr}]
+    hooks = []
     if train_bank:
         for p in bank.parameters():
             p.requires_grad_(True)
-        params.append({"params": list(bank.parameters()), "lr": cfg.lr})
+            if frozen_adapters:
+                hooks.append(p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:frozen_adapters]),
+                                                                  g[frozen_adapters:]])))
+        params.append({"params": list(bank.parameters()), "lr": cfg.lr,
+                       "weight_decay": 0.0 if frozen_adapters else cfg.weight_decay})
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
     losses: list[float] = []
     rank, world = shard
@@ -220,6 +227,8 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
     finally:
         bar.close()
+        for h in hooks:
+            h.remove()
         for p in bank.parameters():
             p.requires_grad_(False)
         logits.requires_grad_(False)
