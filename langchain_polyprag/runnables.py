@@ -108,7 +108,8 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
 
     def _core(self) -> Any:
         """The polyprag retriever the pipeline calls: the user's retriever, with the library's mixtures."""
-        own = self.retriever.core if isinstance(self.retriever, PolyPRAGRetriever) else LangChainRetrieval(self.retriever)
+        mine = isinstance(self.retriever, PolyPRAGRetriever)
+        own = self.retriever.core if mine else LangChainRetrieval(self.retriever)
         return ParametricRetriever.wrap(own, self._library(), self.combine, self.on_unknown)
 
     def _generation(self) -> dict[str, Any]:

@@ -80,7 +80,8 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
 
     def _core(self) -> Any:
         """The polyprag retriever the pipeline calls: the user's retriever, with the library's mixtures."""
-        own = self.retriever.core if isinstance(self.retriever, PolyPRAGRetriever) else LlamaIndexRetrieval(self.retriever)
+        mine = isinstance(self.retriever, PolyPRAGRetriever)
+        own = self.retriever.core if mine else LlamaIndexRetrieval(self.retriever)
         return ParametricRetriever.wrap(own, self.library, self.combine, self.on_unknown)
 
     @classmethod

@@ -86,3 +86,9 @@ def test_bundled_embedding_model_retrieves_offline(monkeypatch):
     assert retriever.embeddings.shape == (len(docs), 384)
     assert retriever.retrieve("Who constructed the lighthouse on Tamsin Island?")[0].document.id == "krell-lighthouse"
     assert retriever.retrieve("What money do people in Zorvania pay with?")[0].document.id == "zorvania"
+    from langchain_polyprag import PolyPRAGEmbeddings
+    from llamaindex_polyprag import PolyPRAGEmbedding
+
+    texts = [d.full_text for d in docs[:2]]
+    for vectors in (PolyPRAGEmbeddings().embed_documents(texts), PolyPRAGEmbedding().get_text_embedding_batch(texts)):
+        assert np.allclose(vectors, retriever.embeddings[:2], atol=1e-5)  # the faces embed with the same model

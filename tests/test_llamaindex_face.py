@@ -69,8 +69,8 @@ def test_classes_are_llamaindex_components():
 
 
 def test_all_is_pinned():
-    assert llamaindex_polyprag.__all__ == ["PolyPRAGEmbedding", "PolyPRAGLLM", "PolyPRAGQueryEngine", "PolyPRAGRetriever",
-                                           "to_documents"]
+    assert llamaindex_polyprag.__all__ == ["PolyPRAGEmbedding", "PolyPRAGLLM", "PolyPRAGQueryEngine",
+                                           "PolyPRAGRetriever", "to_documents"]
 
 
 def test_query_returns_bm25_top_nodes_with_scores_routing_and_the_parametric_answer(engine, core, library):

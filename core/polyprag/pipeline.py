@@ -132,10 +132,11 @@ class PolyPRAG:
             if over <= 0:
                 break
             keep = self._tokens(passages[-1]) - over  # tokens of the lowest-ranked passage that can stay
-            if keep < MIN_PASSAGE_TOKENS:
+            cut = _head(self.llm.tokenizer, passages[-1], keep) if keep >= MIN_PASSAGE_TOKENS else ""
+            if cut and len(cut) < len(passages[-1]):
+                passages[-1] = cut
+            else:  # too little would be left (or cutting does not shorten it): drop it
                 passages.pop()
-            else:
-                passages[-1] = _head(self.llm.tokenizer, passages[-1], keep)
         else:
             prompt = self.llm.question_prompt(question, ())
         log.warning("The passages do not fit the model's context (%d tokens) beside the question; kept %d of %d "
