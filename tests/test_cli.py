@@ -32,7 +32,7 @@ def corpus(tmp_path, docs):
 
 def test_every_registered_command_parses():
     parser = build_parser()
-    assert {"encode", "ask", "eval", "demo"} <= set(COMMANDS)
+    assert {"encode", "add", "delete", "ask", "eval", "demo"} <= set(COMMANDS)
     args = parser.parse_args(["eval", "--data", "d", "--n", "5", "--methods", "prag,polyprag_sum",
                               "--compute-dtype", "bfloat16"])
     assert args.methods == ("prag", "polyprag_sum") and args.n == 5 and args.compute_dtype == "bfloat16"
@@ -52,6 +52,34 @@ def test_encode_then_ask(method, model_dir, corpus, tmp_path, capsys):
     assert out["documents"][0]["id"] == "d0"  # BM25 puts the zorvania capital passage first
     assert main(["ask", str(lib), "who built the krell lighthouse", "--mode", "in_context", "--corpus", corpus,
                  "--max-new-tokens", "2"]) == 0
+
+
+@pytest.mark.parametrize("method", ["poly", "prag"])
+def test_add_and_delete_update_the_library_folder(method, model_dir, docs, tmp_path, capsys):
+    first, more = tmp_path / "first.jsonl", tmp_path / "more.jsonl"
+    save_jsonl([{"id": d.id, "title": d.title, "text": d.text} for d in docs[:3]], first)
+    save_jsonl([{"id": d.id, "title": d.title, "text": d.text} for d in docs[3:]], more)
+    lib = tmp_path / "lib"
+    assert main(["encode", str(first), str(lib), "--method", method, "--model", model_dir, "--augment", "passage",
+                 "--epochs", "1", "--num-adapters", "2", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["add", str(lib), str(more), "--epochs", "1", "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["added"] == ["d3", "d4"] and out["documents"] == 5 and out["new_adapters"] == 2
+    assert not (tmp_path / ".lib.checkpoints").exists()  # the default checkpoints go once the library is saved
+    assert main(["add", str(lib), str(more), "-q"]) == 2  # ids already there: refused, with the way out
+    assert "pass --replace" in capsys.readouterr().err
+    assert main(["add", str(lib), str(more), "--replace", "--epochs", "1", "-q"]) == 0
+    assert "Added 0 and replaced 2 document(s)" in capsys.readouterr().out
+    assert main(["delete", str(lib), "d1", "d3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["deleted"] == ["d1", "d3"] and out["documents"] == 3
+    assert [json.loads(line)["id"] for line in (lib / "documents.jsonl").read_text().splitlines()] == ["d0", "d2", "d4"]
+    assert main(["ask", str(lib), "who built the krell lighthouse", "--corpus", str(first), "--k", "2",
+                 "--max-new-tokens", "2", "--json"]) == 0  # the corpus still holds d1: never retrieved again
+    assert "d1" not in [d["id"] for d in json.loads(capsys.readouterr().out)["documents"]]
+    assert main(["delete", str(lib), "d1"]) == 2
+    assert "'d1' was deleted" in capsys.readouterr().err
 
 
 def test_eval_writes_table(model_dir, corpus, tmp_path, capsys):

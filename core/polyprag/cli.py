@@ -1,15 +1,18 @@
 """The `polyprag` command: one function per subcommand, registered in COMMANDS.
 
-Subcommands: ``encode`` (documents → adapter library), ``ask`` (library + question → answer),
-``eval`` (methods compared on a QA slice), ``demo`` (the quickstart). To add one, write
+Subcommands: ``encode`` (documents → adapter library), ``add`` / ``delete`` (update a library in place),
+``ask`` (library + question → answer), ``eval`` (methods compared on a QA slice), ``demo`` (the quickstart). To add one, write
 ``_configure_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add a ``Command`` to COMMANDS.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -144,14 +147,11 @@ def _configure_ask(p: argparse.ArgumentParser) -> None:
 def cmd_ask(args: argparse.Namespace) -> int:
     """Answer one question from a library and print the answer (or JSON with its documents)."""
     from .documents import load_corpus
-    from .library import AdapterLibrary
     from .parametric import ParametricRetriever
     from .pipeline import PolyPRAG
     from .retrieval import BM25Retriever
 
-    model = args.model or _library_model(args.library)
-    llm = _load_llm(model, args.device, args.compute_dtype)
-    library = AdapterLibrary.load(args.library, llm)
+    llm, library = _open_library(args)
     docs = load_corpus(args.corpus) if args.corpus else library.documents
     retriever = ParametricRetriever(BM25Retriever(docs, k=args.k), library, combine=args.combine)
     rag = PolyPRAG(llm, retriever, mode=args.mode, max_new_tokens=args.max_new_tokens)
@@ -165,6 +165,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_library(args: argparse.Namespace):
+    """(llm, library) for ``args.library`` on ``args.model`` or the model the library was encoded on."""
+    from .library import AdapterLibrary
+
+    llm = _load_llm(args.model or _library_model(args.library), args.device, args.compute_dtype)
+    return llm, AdapterLibrary.load(args.library, llm)
+
+
 def _library_model(path: str) -> str | None:
     """The model name a library records (None: the default model); the library's own load checks it."""
     cfg = Path(path) / "config.json"
@@ -172,6 +180,122 @@ def _library_model(path: str) -> str | None:
         return json.loads(cfg.read_text(encoding="utf-8")).get("model_name") or None
     except (OSError, ValueError):
         return None  # AdapterLibrary.load reports the missing or broken library precisely
+
+
+# ---- add / delete -------------------------------------------------------------------------------
+def _configure_update(p: argparse.ArgumentParser) -> None:
+    """Options ``add`` and ``delete`` share: the training settings of an update, output and resumption."""
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the library's own)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the library's own)")
+    p.add_argument("--augment", choices=("generated_qa", "passage"), default=None,
+                   help="training texts (default: the library's own)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="where training progress is saved; rerunning the same command after a crash resumes "
+                        "from it (default: .LIBRARY.checkpoints beside the library, removed once it is saved)")
+    p.add_argument("--model", default=None, help="default: the model the library was encoded on")
+    p.add_argument("--json", action="store_true", help="print what was done as JSON")
+
+
+def _configure_add(p: argparse.ArgumentParser) -> None:
+    from .encoder import ADD_STRATEGIES
+
+    p.add_argument("library", help="an adapter library folder (from `polyprag encode`); saved back atomically")
+    p.add_argument("corpus", help="corpus JSONL of the documents to add: one {\"id\", \"title\", \"text\"} per line")
+    p.add_argument("--replace", action="store_true",
+                   help="a document whose id the library holds replaces its old text (else it is refused)")
+    p.add_argument("--strategy", choices=ADD_STRATEGIES, default="grow",
+                   help="Poly-PRAG: grow = new adapters trained on the new documents, old ones frozen; "
+                        "routing = fit only their routing over the frozen bank (cheap, injects little)")
+    p.add_argument("--new-adapters", type=int, default=None,
+                   help="adapters to grow by (default: keep the library's documents per adapter)")
+    p.add_argument("--refit", action="store_true",
+                   help="with --replace: re-fit the shared adapters the old texts used most (see `delete --refit`)")
+    _configure_update(p)
+
+
+def _configure_delete(p: argparse.ArgumentParser) -> None:
+    p.add_argument("library", help="an adapter library folder; saved back atomically")
+    p.add_argument("ids", nargs="+", metavar="ID", help="ids of the documents to delete")
+    p.add_argument("--refit", action="store_true",
+                   help="Poly-PRAG: retrain the shared adapters the deleted documents used most on the remaining "
+                        "documents that use them, so the bank forgets them too (costs re-encoding those documents)")
+    _configure_update(p)
+
+
+def _fit_options(args: argparse.Namespace) -> dict:
+    options = {"progress": not args.quiet}
+    for name, key in (("epochs", "epochs"), ("lr", "lr"), ("augment", "augmenter"), ("strategy", "strategy"),
+                      ("new_adapters", "new_adapters")):
+        if getattr(args, name, None) is not None:
+            options[key] = getattr(args, name)
+    return options
+
+
+@contextlib.contextmanager
+def _checkpoints(args: argparse.Namespace):
+    """The checkpoint folder of this update; the default one is removed once the library is saved."""
+    folder = Path(args.checkpoint_dir or Path(args.library).parent / f".{Path(args.library).name}.checkpoints")
+    yield folder
+    if not args.checkpoint_dir:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _print_update(args: argparse.Namespace, library, done: dict, verb: str) -> None:
+    size = library.storage_bytes()
+    done.update(library=str(args.library), documents=len(library), adapters=library.bank.m,
+                bank_bytes=size["bank"], routing_bytes=size["routing"])
+    if args.json:
+        print(json.dumps(done, ensure_ascii=False))
+        return
+    refit = done.get("refit")
+    print(f"{verb} in {done['seconds']:.1f} s; {args.library} now holds {len(library)} documents over "
+          f"{library.bank.m} adapters (bank {size['bank']:,} bytes, routing {size['routing']:,} bytes)"
+          + (f"; re-fitted {len(refit['adapters'])} adapter(s) on {len(refit['documents'])} document(s)"
+             if refit else "") + ".")
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    """Add (or with --replace, replace) the corpus's documents in a library, then save it back atomically."""
+    from .documents import load_corpus
+    from .errors import DuplicateDocumentError
+
+    docs = load_corpus(args.corpus)
+    llm, library = _open_library(args)
+    old = [d for d in docs if d.id in library]
+    if old and not args.replace:
+        raise DuplicateDocumentError(f"{len(old)} document id(s) of {args.corpus} are already in the library, "
+                                     f"e.g. {old[0].id!r}; pass --replace to replace their text, or give new ids.")
+    new = [d for d in docs if d.id not in library]
+    options = _fit_options(args)
+    t0 = time.perf_counter()
+    done: dict = {"added": [d.id for d in new], "replaced": [d.id for d in old], "new_adapters": 0}
+    with _checkpoints(args) as folder:
+        if old:
+            library.update_documents(old, refit=args.refit, checkpoint_dir=folder, **options)
+            done["refit"] = library.last_update.get("refit")
+            done["new_adapters"] += library.last_update["new_adapters"]
+        if new:
+            library.add_documents(new, checkpoint_dir=folder, **options)
+            done["new_adapters"] += library.last_update["new_adapters"]
+        library.save(args.library)
+    done["seconds"] = time.perf_counter() - t0
+    _print_update(args, library, done, f"Added {len(new)} and replaced {len(old)} document(s)")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete documents from a library (optionally re-fitting the adapters they used), then save it back."""
+    llm, library = _open_library(args)
+    options = {k: v for k, v in _fit_options(args).items() if k not in ("strategy", "new_adapters")}
+    t0 = time.perf_counter()
+    with _checkpoints(args) as folder:
+        library.delete_documents(args.ids, refit=args.refit, checkpoint_dir=folder, **options)
+        library.save(args.library)
+    report = library.last_update
+    done = {"deleted": report["deleted"], "dropped_adapters": report["dropped_adapters"],
+            "refit": report.get("refit"), "seconds": time.perf_counter() - t0}
+    _print_update(args, library, done, f"Deleted {len(args.ids)} document(s)")
+    return 0
 
 
 # ---- demo ---------------------------------------------------------------------------------------
@@ -195,6 +319,8 @@ PASSTHROUGH = {"demo", "bench"}  # subcommands whose unknown options go on to th
 
 COMMANDS: dict[str, Command] = {
     "encode": Command("encode a corpus JSONL into an adapter library folder", _configure_encode, cmd_encode),
+    "add": Command("add (or replace) documents in an adapter library", _configure_add, cmd_add),
+    "delete": Command("delete documents from an adapter library", _configure_delete, cmd_delete),
     "ask": Command("answer a question from an adapter library", _configure_ask, cmd_ask),
     "eval": Command("compare methods on a QA slice (EM, F1, accuracy, costs)", _configure_eval, cmd_eval),
     "demo": Command("run the quickstart demo", _configure_demo, cmd_demo),

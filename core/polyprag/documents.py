@@ -15,6 +15,13 @@ def passage_id(title: str, text: str) -> str:
     return hashlib.sha1(f"{title}\n{text}".encode("utf-8")).hexdigest()[:12]
 
 
+def content_keys(document: "Document") -> set[str]:
+    """The ``passage_id``s a copy of this document may carry: of (title, text), of the text alone and of
+    "title: text", so a copy that lost its title, or carries it inside its text, is still recognised."""
+    return {passage_id(document.title, document.text), passage_id("", document.text),
+            passage_id("", document.full_text)}
+
+
 @dataclass(frozen=True)
 class Document:
     """One passage of knowledge: an id, its text, an optional title and free metadata."""

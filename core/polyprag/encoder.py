@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -13,7 +13,7 @@ from .augment import Augmenter, GeneratedQAAugmenter, PassageAugmenter, Training
 from .checkpoint import Checkpoint, run_key, tensor_digest
 from .documents import Document, check_unique
 from .errors import InvalidInputError
-from .library import AdapterLibrary, LibraryConfig
+from .library import AdapterLibrary, LibraryConfig, LibraryState, routing_weights
 from .mixing import LoRABank
 from .recipes import TEXT_KINDS, get_recipe
 from .training import TrainConfig, train_per_document, train_poly
@@ -156,16 +156,11 @@ def train_prag_bank(llm: "LoRAMixingLLM", modules: dict[str, tuple[int, int]],
             if checkpoint is not None:
                 checkpoint.write(group.tensors(), {"documents": idx}, name=f"group-{s}")
         for j, i in enumerate(idx):
-            parts[i] = _slice(group, j)
+            parts[i] = group.select([j])
     docs = [parts[i] for i in range(len(data))]  # one concatenation per module, in document order
     return LoRABank(modules, len(docs), rank, alpha,
                     A=[torch.cat([p.A[k] for p in docs]) for k in range(len(modules))],
                     B=[torch.cat([p.B[k] for p in docs]) for k in range(len(modules))])
-
-
-def _slice(bank: LoRABank, j: int) -> LoRABank:
-    return LoRABank(bank.shapes, 1, bank.rank, bank.alpha, A=[a.detach()[j: j + 1].clone() for a in bank.A],
-                    B=[b.detach()[j: j + 1].clone() for b in bank.B])
 
 
 def _init_logits(n: int, m: int, seed: int, device) -> torch.Tensor:
@@ -190,11 +185,12 @@ def _augmenter(augmenter: Augmenter | str | None, llm: "LoRAMixingLLM",
 ADD_STRATEGIES = ("grow", "routing")
 
 
-def extend_library(library: AdapterLibrary, docs: Sequence[Document], augmenter: Augmenter | str | None = None,
-                   epochs: int | None = None, lr: float | None = None, progress: bool | None = None,
-                   checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 10,
-                   strategy: str = "grow", new_adapters: int | None = None) -> None:
-    """Encode new documents into an existing library without changing what it already answers.
+def extend_library(llm: "LoRAMixingLLM", state: LibraryState, docs: Sequence[Document],
+                   augmenter: Augmenter | str | None = None, epochs: int | None = None, lr: float | None = None,
+                   progress: bool | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                   checkpoint_every: int = 10, strategy: str = "grow",
+                   new_adapters: int | None = None) -> LibraryState:
+    """The library state with new documents encoded in, without changing what it already answers.
 
     Poly-PRAG, ``strategy="grow"`` (default): the bank grows by ``new_adapters`` fresh LoRAs (default:
     as many as keep the library's documents-per-adapter ratio), trained with the new documents' routing
@@ -202,10 +198,86 @@ def extend_library(library: AdapterLibrary, docs: Sequence[Document], augmenter:
     on the new adapters, so their mixtures are bit for bit what they were. ``strategy="routing"``: the
     bank stays frozen and only the new routing logits are fitted ("Poly-z", a few hundred floats each;
     cheap, but a frozen bank can only recombine what it already knows). PRAG: one new adapter per
-    document. ``checkpoint_dir`` makes the work resumable after a crash, as in ``PolyPRAGEncoder.fit``."""
+    document. Training works on copies: ``state`` stays as it is. ``checkpoint_dir`` makes the work
+    resumable after a crash, as in ``PolyPRAGEncoder.fit``."""
     if strategy not in ADD_STRATEGIES:
         raise InvalidInputError(f"strategy must be one of {ADD_STRATEGIES}, got {strategy!r}.")
-    t = dict(library.config.training)
+    cfg, aug = _update_settings(llm, state, augmenter, epochs, lr, progress)
+    data = aug(docs)
+    start = {"library": state.doc_ids, "bank": tensor_digest(state.bank.tensors())}
+    modules = {n: state.bank.shapes[n] for n in state.bank.names}
+    if state.kind == "per_document":
+        group_size = int(state.config.training.get("group_size", 32))
+        ck = _checkpoint(checkpoint_dir, checkpoint_every, "prag-add", llm, docs, data, cfg,
+                         {**start, "group_size": group_size})
+        new = train_prag_bank(llm, modules, data, state.bank.rank, state.bank.alpha, cfg, group_size, checkpoint=ck)
+        return state.with_added(docs, bank=state.bank.extend(new))
+    m_old = state.bank.m
+    grow = 0
+    if strategy == "grow":
+        ratio = max(1.0, len(state) / m_old)  # documents per adapter in the library as encoded
+        grow = new_adapters if new_adapters is not None else max(1, math.ceil(len(docs) / ratio))
+        if grow < 1:
+            raise InvalidInputError(f"new_adapters must be >= 1, got {new_adapters}.")
+    bank = state.bank
+    if grow:
+        fresh = LoRABank.initialised(modules, grow, bank.rank, bank.alpha, seed=cfg.seed + len(state))
+        bank = bank.extend(fresh).to(llm.device)  # a new bank object: readers keep the old one
+    logits = _init_logits(len(docs), bank.m, cfg.seed, llm.device)
+    ck = _checkpoint(checkpoint_dir, checkpoint_every, f"poly-add-{strategy}", llm, docs, data, cfg,
+                     {**start, "grow": grow})
+    train_poly(llm, bank, logits, data, cfg, train_bank=bool(grow), checkpoint=ck, frozen_adapters=m_old)
+    return state.with_added(docs, routing_logits=logits, bank=bank if grow else None)
+
+
+def refit_adapters(llm: "LoRAMixingLLM", state: LibraryState, deleted: Sequence[str],
+                   augmenter: Augmenter | str | None = None, epochs: int | None = None, lr: float | None = None,
+                   progress: bool | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                   checkpoint_every: int = 10) -> tuple[LibraryState, dict]:
+    """Remove what documents about to be deleted taught the shared bank: the state with the adapters they
+    weight above uniform started afresh and trained again, and what was re-fitted.
+
+    Uniform is 1 / (the number of adapters a document can mix). The re-fitted adapters train, with the
+    library's own settings and every other adapter frozen, on the remaining documents that weight one of
+    them above uniform; those documents' routing trains too (a re-fitted adapter no remaining document
+    weights above uniform starts afresh and stays so: B = 0, it adds nothing). Cost: encoding those
+    documents again. PRAG has nothing to re-fit: a document's knowledge lives in its own adapter, which deletion drops."""
+    if state.kind == "per_document":
+        return state, {"adapters": [], "documents": [], "steps": 0}
+    gone = torch.zeros(len(state), dtype=torch.bool)
+    gone[state.rows(deleted)] = True
+    w = routing_weights(state.routing_logits).cpu()                 # [N, m]
+    above = w > 1.0 / (w > 0).sum(1, keepdim=True)                 # [N, m]: weighted above uniform
+    adapters = above[gone].any(0).nonzero().flatten().tolist()
+    users = (above[:, adapters].any(1) & ~gone).nonzero().flatten().tolist()
+    report = {"adapters": adapters, "documents": [state.doc_ids[i] for i in users], "steps": 0}
+    if not adapters:
+        return state, report
+    cfg, aug = _update_settings(llm, state, augmenter, epochs, lr, progress)
+    bank = state.bank.select(range(state.bank.m))  # a copy: readers keep the old bank
+    fresh = LoRABank.initialised(bank.shapes, len(adapters), bank.rank, bank.alpha, seed=cfg.seed + len(state))
+    with torch.no_grad():
+        for k in range(len(bank.names)):
+            bank.A[k][adapters] = fresh.A[k].to(bank.A[k].device)
+            bank.B[k][adapters] = 0.0
+    z = state.routing_logits.clone()
+    if users:
+        docs = [state.documents[i] for i in users]
+        data = aug(docs)
+        logits = z[users].clone().requires_grad_(True)
+        ck = _checkpoint(checkpoint_dir, checkpoint_every, "poly-refit", llm, docs, data, cfg,
+                         {"library": state.doc_ids, "bank": tensor_digest(state.bank.tensors()),
+                          "deleted": list(deleted), "adapters": adapters})
+        report["steps"] = len(train_poly(llm, bank, logits, data, cfg, train_bank=True, checkpoint=ck,
+                                         trainable_adapters=adapters))
+        z[users] = logits.detach()
+    return replace(state, bank=bank, routing_logits=z), report
+
+
+def _update_settings(llm: "LoRAMixingLLM", state: LibraryState, augmenter: Augmenter | str | None,
+                     epochs: int | None, lr: float | None, progress: bool | None) -> tuple[TrainConfig, Augmenter]:
+    """The training settings and augmenter the library was encoded with, with the given overrides."""
+    t = dict(state.config.training)
     cfg = TrainConfig(**{k: t[k] for k in TrainConfig.__dataclass_fields__ if k in t})
     if epochs is not None:
         cfg.epochs = epochs
@@ -213,35 +285,11 @@ def extend_library(library: AdapterLibrary, docs: Sequence[Document], augmenter:
         cfg.lr = cfg.routing_lr = lr
     if progress is not None:
         cfg.progress = progress
-    aug = _augmenter(augmenter or ("passage" if t.get("augmenter") == "PassageAugmenter" else None), library.llm,
+    aug = _augmenter(augmenter or ("passage" if t.get("augmenter") == "PassageAugmenter" else None), llm,
                      tuple(t.get("texts", TEXT_KINDS)))
-    data = aug(docs)
-    start = {"library": library.doc_ids, "bank": tensor_digest(library.bank.tensors())}
-    modules = {n: library.bank.shapes[n] for n in library.bank.names}
-    if library.kind == "per_document":
-        group_size = int(t.get("group_size", 32))
-        ck = _checkpoint(checkpoint_dir, checkpoint_every, "prag-add", library.llm, docs, data, cfg,
-                         {**start, "group_size": group_size})
-        new = train_prag_bank(library.llm, modules, data, library.bank.rank, library.bank.alpha, cfg,
-                              group_size, checkpoint=ck)
-        library._append(docs, bank=library.bank.extend(new))
-        return
-    m_old = library.bank.m
-    grow = 0
-    if strategy == "grow":
-        ratio = max(1.0, len(library) / m_old)  # documents per adapter in the library as encoded
-        grow = new_adapters if new_adapters is not None else max(1, math.ceil(len(docs) / ratio))
-        if grow < 1:
-            raise InvalidInputError(f"new_adapters must be >= 1, got {new_adapters}.")
-    bank = library.bank
-    if grow:
-        fresh = LoRABank.initialised(modules, grow, bank.rank, bank.alpha, seed=cfg.seed + len(library))
-        bank = bank.extend(fresh).to(library.llm.device)  # a new bank object: readers keep the old one
-    logits = _init_logits(len(docs), bank.m, cfg.seed, library.llm.device)
-    ck = _checkpoint(checkpoint_dir, checkpoint_every, f"poly-add-{strategy}", library.llm, docs, data, cfg,
-                     {**start, "grow": grow})
-    train_poly(library.llm, bank, logits, data, cfg, train_bank=bool(grow), checkpoint=ck, frozen_adapters=m_old)
-    library._append(docs, routing_logits=logits, bank=bank if grow else None)
+    if isinstance(aug, GeneratedQAAugmenter) and not isinstance(augmenter, GeneratedQAAugmenter):
+        aug.progress = cfg.progress  # one we made: its bar shows when training's does
+    return cfg, aug
 
 
 def _checkpoint(checkpoint_dir, every: int, phase: str, llm: "LoRAMixingLLM", docs: Sequence[Document],

@@ -4,19 +4,24 @@ Two kinds share one format and one mixing engine:
 - ``poly`` (Poly-PRAG): m shared adapters, routing logits z_d ∈ R^m per document,
   weights w_d = σ(z_d) / Σ_j σ(z_dj);
 - ``per_document`` (PRAG): one adapter per document, routing one-hot (adapter i = document i).
+
+A library's contents live in one immutable ``LibraryState``; adding, replacing and deleting documents
+builds the next state aside and swaps it in with one assignment, so readers never see half an update.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 
-from .documents import Document, check_unique
+from .documents import Document, check_unique, content_keys
 from .errors import (DuplicateDocumentError, IncompatibleModelError, InvalidInputError, LibraryError,
                      UnknownDocumentError)
 from .mixing import BankMixture, LoRABank
@@ -46,6 +51,8 @@ class LibraryConfig:
     training: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     files: dict = field(default_factory=dict)  # file name -> sha256
+    deleted_ids: list = field(default_factory=list)      # ids of deleted documents: refused, never retrieved
+    deleted_content: list = field(default_factory=list)  # content keys (passage_id) of deleted texts
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or self.kind not in KINDS:
@@ -57,44 +64,51 @@ class LibraryConfig:
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
             raise LibraryError(f"Library config field 'alpha' must be a finite number, got {self.alpha!r}.")
         types = {"target_modules": list, "base_model": dict, "model_name": str, "dtype": str, "training": dict,
-                 "files": dict}
+                 "files": dict, "deleted_ids": list, "deleted_content": list}
         for name, kind in types.items():
             if not isinstance(getattr(self, name), kind):
                 raise LibraryError(f"Library config field {name!r} must be a {kind.__name__}, "
                                    f"got {getattr(self, name)!r}.")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items()):
             raise LibraryError("Library config field 'files' must map file names to sha256 strings.")
+        if not all(isinstance(v, str) for v in self.deleted_ids + self.deleted_content):
+            raise LibraryError("Library config fields 'deleted_ids' and 'deleted_content' must list strings.")
 
 
-class AdapterLibrary:
-    """The knowledge of a set of documents as LoRA adapters and how each document mixes them."""
+@dataclass(frozen=True, eq=False)
+class LibraryState:
+    """One whole state of a library: its bank, routing table, documents and deletions, never changed once made.
 
-    def __init__(self, llm: "LoRAMixingLLM", bank: LoRABank, documents: Sequence[Document],
-                 config: LibraryConfig, routing_logits: torch.Tensor | None = None):
-        self.llm = llm
-        self.config = config
-        _check_bank(bank, llm)
-        self.bank = bank.to(llm.device)
-        self.documents = check_unique(documents)
-        self.doc_ids = [d.id for d in self.documents]
-        self._row = {d: i for i, d in enumerate(self.doc_ids)}
-        if config.kind == "poly":
-            if routing_logits is None or tuple(routing_logits.shape) != (len(self.documents), bank.m):
-                raise LibraryError(
-                    f"Routing table shape {None if routing_logits is None else tuple(routing_logits.shape)} "
-                    f"does not match {len(self.documents)} documents × {bank.m} adapters."
-                )
-            if not torch.isfinite(routing_logits).all():
+    An update builds the next state aside and the library swaps it in with one assignment, so whoever holds
+    a state (a question being answered, a save) sees all of an update or none of it."""
+
+    config: LibraryConfig
+    bank: LoRABank
+    documents: list[Document]
+    routing_logits: torch.Tensor | None = None  # [N, m] (poly); None for PRAG, where adapter i is document i
+    version: int = 0                            # how many updates the library had when this state was made
+    doc_ids: list[str] = field(init=False, repr=False)
+    _row: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        docs = check_unique(self.documents)
+        object.__setattr__(self, "documents", docs)  # a frozen dataclass sets its fields once, here
+        object.__setattr__(self, "doc_ids", [d.id for d in docs])
+        object.__setattr__(self, "_row", {d: i for i, d in enumerate(self.doc_ids)})
+        if self.config.m != self.bank.m:
+            object.__setattr__(self, "config", replace(self.config, m=self.bank.m))
+        z = self.routing_logits
+        if self.kind == "poly":
+            if z is None or tuple(z.shape) != (len(docs), self.bank.m):
+                raise LibraryError(f"Routing table shape {None if z is None else tuple(z.shape)} "
+                                   f"does not match {len(docs)} documents × {self.bank.m} adapters.")
+            if not torch.isfinite(z).all():
                 raise InvalidInputError("The routing logits contain NaN or inf (training diverged or the table "
                                         "was altered); re-encode the documents, with a lower lr if it diverged.")
-            self.routing_logits = routing_logits.detach().float().to(llm.device)  # [N, m]
-        else:
-            if bank.m != len(self.documents):
-                raise LibraryError(f"A per-document library needs one adapter per document "
-                                   f"({bank.m} adapters, {len(self.documents)} documents).")
-            self.routing_logits = None
+        elif self.bank.m != len(docs):
+            raise LibraryError(f"A per-document library needs one adapter per document "
+                               f"({self.bank.m} adapters, {len(docs)} documents).")
 
-    # ---- what is inside ----------------------------------------------------------------------
     @property
     def kind(self) -> str:
         return self.config.kind
@@ -107,27 +121,30 @@ class AdapterLibrary:
 
     def document(self, doc_id: str) -> Document:
         """The stored document with this id."""
-        return self.documents[self._rows([doc_id])[0]]
+        return self.documents[self.rows([doc_id])[0]]
 
-    def _rows(self, doc_ids: Iterable[str]) -> list[int]:
+    def rows(self, doc_ids: Iterable[str]) -> list[int]:
+        """Row of each document in the routing table (and, for PRAG, in the bank); unknown ids are refused."""
         if isinstance(doc_ids, str):
             raise InvalidInputError(f"Pass a list of document ids, e.g. [{doc_ids!r}], not a single string.")
         rows = []
         for d in doc_ids:
             if not isinstance(d, str) or d not in self._row:
+                if d in self.config.deleted_ids:
+                    raise UnknownDocumentError(f"Document {d!r} was deleted from this library; it is no longer "
+                                               "mixed or retrieved. Add it again with library.add_documents([...]).")
                 raise UnknownDocumentError(
                     f"Document {d!r} is not in this library ({len(self)} documents); "
-                    "encode it first with library.add_documents([...])."
-                )
+                    "encode it first with library.add_documents([...]).")
             rows.append(self._row[d])
         return rows
 
     def routing_weights(self, doc_ids: Sequence[str]) -> torch.Tensor:
         """Mixing weights over the bank per document [k, m]: σ(z)/Σσ(z) (poly) or one-hot (PRAG)."""
-        rows = self._rows(doc_ids)
+        rows = self.rows(doc_ids)
         if self.kind == "poly":
             return routing_weights(self.routing_logits[rows])
-        w = torch.zeros(len(rows), self.bank.m, device=self.llm.device)
+        w = torch.zeros(len(rows), self.bank.m, device=self.bank.A[0].device)
         w[torch.arange(len(rows)), torch.tensor(rows, dtype=torch.long)] = 1.0
         return w
 
@@ -142,68 +159,218 @@ class AdapterLibrary:
         terms = w.mean(0, keepdim=True) if combine == "mean" else w
         return BankMixture(self.bank, terms[None])  # [1, T, m]
 
-    # ---- growing ------------------------------------------------------------------------------
+    # ---- the next state (pure: this state is left as it is) -----------------------------------
+    def with_added(self, documents: Sequence[Document], routing_logits: torch.Tensor | None = None,
+                   bank: LoRABank | None = None) -> "LibraryState":
+        """This state with newly encoded documents: their routing rows (poly), the grown bank if any.
+
+        ``bank``: the grown bank (its first adapters are this state's). Old documents get a routing logit of
+        -1e4 on each new adapter: σ(-1e4) is exactly 0 in float32, so their mixtures do not change."""
+        docs = list(documents)
+        bank = self.bank if bank is None else bank
+        z = self.routing_logits
+        if self.kind == "poly":
+            if bank.m > z.shape[1]:
+                z = torch.cat([z, z.new_full((z.shape[0], bank.m - z.shape[1]), CLOSED_LOGIT)], 1)
+            z = torch.cat([z, routing_logits.detach().float().to(z.device)])
+        back = {d.id for d in docs}  # ids and texts that come back are deleted no longer
+        keys = set().union(*(content_keys(d) for d in docs))
+        config = replace(self.config, deleted_ids=[i for i in self.config.deleted_ids if i not in back],
+                         deleted_content=[k for k in self.config.deleted_content if k not in keys])
+        return LibraryState(config, bank, self.documents + docs, z, self.version)
+
+    def without(self, doc_ids: Sequence[str]) -> "LibraryState":
+        """This state with the documents deleted: their routing rows dropped, the adapters no remaining
+        document uses dropped (PRAG: their own adapters), their ids and content keys remembered as deleted."""
+        gone = set(self.rows(doc_ids))
+        if len(gone) == len(self):
+            raise InvalidInputError(f"This would delete or replace all {len(gone)} documents of the library, and "
+                                    "an adapter library holds at least one; encode a new library instead "
+                                    "(PolyPRAGEncoder(llm).fit(docs)).")
+        keep = [i for i in range(len(self)) if i not in gone]
+        if self.kind == "poly":
+            z = self.routing_logits[keep]
+            used = (torch.sigmoid(z) > 0).any(0).nonzero().flatten().tolist()  # weight exactly 0: never mixed
+            bank = self.bank if len(used) == self.bank.m else self.bank.select(used)
+            z = z if len(used) == self.bank.m else z[:, used]
+        else:
+            bank, z = self.bank.select(keep), None
+        removed = [self.documents[i] for i in sorted(gone)]
+        config = replace(self.config,
+                         deleted_ids=list(dict.fromkeys(self.config.deleted_ids + [d.id for d in removed])),
+                         deleted_content=sorted(set(self.config.deleted_content).union(
+                             *(content_keys(d) for d in removed))))
+        return LibraryState(config, bank, [self.documents[i] for i in keep], z, self.version)
+
+
+class AdapterLibrary:
+    """The knowledge of a set of documents as LoRA adapters and how each document mixes them.
+
+    It can be updated while other threads answer from it (``add_documents``, ``update_documents``,
+    ``delete_documents``): each reader works on one whole ``snapshot()``, before or after an update."""
+
+    def __init__(self, llm: "LoRAMixingLLM", bank: LoRABank, documents: Sequence[Document],
+                 config: LibraryConfig, routing_logits: torch.Tensor | None = None):
+        self.llm = llm
+        _check_bank(bank, llm)
+        if config.kind == "poly" and routing_logits is not None:
+            routing_logits = routing_logits.detach().float().to(llm.device)  # [N, m]
+        self._state = LibraryState(config, bank.to(llm.device), documents,
+                                   routing_logits if config.kind == "poly" else None)
+        self._writer = threading.Lock()  # one update at a time; readers never wait
+        self._saver = threading.Lock()
+        self.last_update: dict | None = None  # what the last update did and what it cost
+
+    # ---- what is inside (each read takes the current state once) -------------------------------
+    def snapshot(self) -> LibraryState:
+        """The library's current state; it never changes, so several reads of it always agree."""
+        return self._state
+
+    @property
+    def config(self) -> LibraryConfig:
+        return self._state.config
+
+    @property
+    def bank(self) -> LoRABank:
+        return self._state.bank
+
+    @property
+    def documents(self) -> list[Document]:
+        return self._state.documents
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return self._state.doc_ids
+
+    @property
+    def routing_logits(self) -> torch.Tensor | None:
+        """Routing logits [N, m] (poly), None for PRAG."""
+        return self._state.routing_logits
+
+    @property
+    def version(self) -> int:
+        """How many updates this library object has published (0 as encoded or loaded)."""
+        return self._state.version
+
+    @property
+    def kind(self) -> str:
+        return self._state.kind
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._state
+
+    def document(self, doc_id: str) -> Document:
+        """The stored document with this id."""
+        return self._state.document(doc_id)
+
+    def routing_weights(self, doc_ids: Sequence[str]) -> torch.Tensor:
+        """Mixing weights over the bank per document [k, m]: σ(z)/Σσ(z) (poly) or one-hot (PRAG)."""
+        return self._state.routing_weights(doc_ids)
+
+    def mixture(self, doc_ids: Sequence[str], combine: str | None = None) -> BankMixture | None:
+        """The one-row mixture for these documents: mean of routing weights, or sum of their deltas."""
+        return self._state.mixture(doc_ids, combine)
+
+    # ---- updates ------------------------------------------------------------------------------
     def add_documents(self, documents: Sequence[Document], **fit_options) -> "AdapterLibrary":
         """Encode new documents so their facts become answerable; what the library answered stays as it was.
 
         Poly-PRAG grows the bank by a few adapters trained on the new documents (old adapters frozen);
         ``strategy="routing"`` fits only their routing over the frozen bank. PRAG adds one adapter each.
         Options: ``strategy``, ``new_adapters``, ``epochs``, ``lr``, ``augmenter``, ``checkpoint_dir``."""
-        from .encoder import extend_library  # the encoder owns training; the library owns storage
-
         docs = check_unique(documents)
-        clash = [d.id for d in docs if d.id in self._row]
-        if clash:
-            raise DuplicateDocumentError(
-                f"{len(clash)} document id(s) already in the library, e.g. {clash[0]!r}; "
-                "give new documents new ids.")
-        if not docs:
-            return self
-        extend_library(self, docs, **fit_options)
+        with self._writer:
+            state = self._state
+            clash = [d.id for d in docs if d.id in state]
+            if clash:
+                raise DuplicateDocumentError(
+                    f"{len(clash)} document id(s) already in the library, e.g. {clash[0]!r}; give new documents "
+                    "new ids, or replace their text with library.update_documents([...]).")
+            if docs:
+                self._update(state, added=docs, fit_options=fit_options)
         return self
 
-    def _append(self, documents: Sequence[Document], routing_logits: torch.Tensor | None = None,
-                bank: LoRABank | None = None) -> None:
-        """Adopt newly encoded documents (called by the encoder once their training finished).
+    def update_documents(self, documents: Sequence[Document], refit: bool = False,
+                         **fit_options) -> "AdapterLibrary":
+        """Replace the text of documents the library holds (same ids): the old text is deleted as
+        ``delete_documents`` deletes (with ``refit``, as far as a re-fit removes it), the new one added as
+        ``add_documents`` adds, and both become visible to readers at once. Options: as ``add_documents``."""
+        docs = check_unique(documents)
+        with self._writer:
+            state = self._state
+            state.rows([d.id for d in docs])  # refuses ids the library does not hold
+            if docs:
+                self._update(state, deleted=[d.id for d in docs], added=docs, refit=refit, fit_options=fit_options)
+        return self
 
-        ``bank``: the grown bank (its first adapters are this library's). Old documents get a routing
-        logit of -1e4 on each new adapter: σ(-1e4) is exactly 0 in float32, so their mixtures do not change."""
-        docs = list(documents)
-        if self.kind == "poly":
-            old = self.routing_logits
-            if bank is not None and bank.m > old.shape[1]:
-                pad = old.new_full((old.shape[0], bank.m - old.shape[1]), CLOSED_LOGIT)
-                old = torch.cat([old, pad], 1)
-            self.routing_logits = torch.cat([old, routing_logits.detach().float().to(self.llm.device)])
-        if bank is not None:
-            self.bank = bank.to(self.llm.device)
-            self.config.m = self.bank.m
-        self.documents = self.documents + docs
-        self.doc_ids = [d.id for d in self.documents]
-        self._row = {d: i for i, d in enumerate(self.doc_ids)}
+    def delete_documents(self, doc_ids: Sequence[str], refit: bool = False,
+                         **fit_options) -> "AdapterLibrary":
+        """Delete documents: they are never mixed or retrieved again and their ids are refused.
+
+        PRAG drops their adapters: their knowledge is gone. Poly-PRAG drops their routing rows (and any adapter
+        only they used), but the shared adapters they trained still hold some of their knowledge;
+        ``refit=True`` removes it: the adapters the deleted documents weighted above uniform start afresh and
+        are trained again on the remaining documents that weight them above uniform (the other adapters
+        frozen), at the cost of encoding those documents again. Options: ``epochs``, ``lr``, ``augmenter``,
+        ``checkpoint_dir``."""
+        if isinstance(doc_ids, str):
+            raise InvalidInputError(f"Pass a list of document ids, e.g. [{doc_ids!r}], not a single string.")
+        ids = list(dict.fromkeys(doc_ids))
+        with self._writer:
+            state = self._state
+            state.rows(ids)
+            if ids:
+                self._update(state, deleted=ids, refit=refit, fit_options=fit_options)
+        return self
+
+    def _update(self, state: LibraryState, deleted: Sequence[str] = (), added: Sequence[Document] = (),
+                refit: bool = False, fit_options: dict | None = None) -> None:
+        """Build the next state from ``state`` aside (training on copies), then publish it in one assignment."""
+        from .encoder import extend_library, refit_adapters  # the encoder owns training; the library, storage
+
+        fit_options = dict(fit_options or {})
+        t0 = time.perf_counter()
+        report: dict = {"deleted": list(deleted), "added": [d.id for d in added]}
+        if refit and deleted:
+            state, report["refit"] = refit_adapters(self.llm, state, deleted, **{
+                k: v for k, v in fit_options.items() if k not in ("strategy", "new_adapters")})
+        if deleted:
+            m = state.bank.m
+            state = state.without(deleted)
+            report["dropped_adapters"] = m - state.bank.m
+        if added:
+            m = state.bank.m
+            state = extend_library(self.llm, state, added, **fit_options)
+            report["new_adapters"] = state.bank.m - m
+        report["seconds"] = time.perf_counter() - t0
+        self._state = replace(state, version=self._state.version + 1)  # the one write readers can observe
+        self.last_update = report
 
     # ---- disk ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the library as a folder, atomically: a crash leaves the old folder or the new one."""
         from safetensors.torch import save_file
 
+        state = self._state  # one whole state, even while an update runs
         path = Path(path)
-        with storage.staged_folder(path) as tmp:
-            files = {"bank.safetensors": self.bank.tensors()}
-            if self.routing_logits is not None:
-                files["routing.safetensors"] = {"routing_logits": self.routing_logits.detach().contiguous()}
+        with self._saver, storage.staged_folder(path) as tmp:
+            files = {"bank.safetensors": state.bank.tensors()}
+            if state.routing_logits is not None:
+                files["routing.safetensors"] = {"routing_logits": state.routing_logits.detach().contiguous()}
             checks = {}
             for name, tensors in files.items():
                 save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / name))
                 checks[name] = storage.sha256_file(tmp / name)
             with open(tmp / "documents.jsonl", "w", encoding="utf-8") as fh:
-                for d in self.documents:
+                for d in state.documents:
                     fh.write(json.dumps({"id": d.id, "title": d.title, "text": d.text,
                                          "metadata": d.metadata}, ensure_ascii=False) + "\n")
             checks["documents.jsonl"] = storage.sha256_file(tmp / "documents.jsonl")
-            self.config.files = checks
-            self.config.m = self.bank.m
-            (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2), encoding="utf-8")
+            config = replace(state.config, files=checks, m=state.bank.m)
+            (tmp / "config.json").write_text(json.dumps(asdict(config), indent=2), encoding="utf-8")
         return path
 
     @classmethod
@@ -269,10 +436,11 @@ class AdapterLibrary:
 
     def storage_bytes(self) -> dict[str, int]:
         """Bytes of the saved tensors: the shared bank, the routing table, and their per-document share."""
-        bank = sum(t.numel() * t.element_size() for t in self.bank.tensors().values())
-        routing = 0 if self.routing_logits is None else self.routing_logits.numel() * 4
-        n = max(len(self), 1)
-        per_doc = routing / n if self.kind == "poly" else bank / n
+        state = self._state
+        bank = sum(t.numel() * t.element_size() for t in state.bank.tensors().values())
+        routing = 0 if state.routing_logits is None else state.routing_logits.numel() * 4
+        n = max(len(state), 1)
+        per_doc = routing / n if state.kind == "poly" else bank / n
         return {"bank": bank, "routing": routing, "per_document": int(round(per_doc))}
 
 

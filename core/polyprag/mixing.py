@@ -108,6 +108,12 @@ class LoRABank(nn.Module):
         B = [torch.cat([a.detach(), b.detach().to(a.device)]) for a, b in zip(self.B, other.B)]
         return LoRABank(self.shapes, self.m + other.m, self.rank, self.alpha, A=A, B=B)
 
+    def select(self, adapters: Sequence[int]) -> "LoRABank":
+        """A new bank holding copies of the given adapters, in the given order."""
+        idx = torch.as_tensor(list(adapters), dtype=torch.long, device=self.A[0].device)
+        return LoRABank(self.shapes, len(idx), self.rank, self.alpha, A=[a.detach()[idx] for a in self.A],
+                        B=[b.detach()[idx] for b in self.B])
+
 
 class Mixture:
     """What the hooked layers add for each batch row; subclasses compute ``delta``."""
@@ -152,20 +158,29 @@ class BankMixture(Mixture):
 
     @classmethod
     def stack(cls, mixtures: Sequence["BankMixture | None"]) -> "BankMixture | None":
-        """One mixture whose rows are the given one-row mixtures (None: that row runs the bare model)."""
+        """One mixture whose rows are the given one-row mixtures (None: that row runs the bare model).
+
+        Rows over different banks (e.g. prepared while a library was updated) mix one bank joining theirs."""
         real = [m for m in mixtures if m is not None]
         if not real:
             return None
-        bank = real[0].bank
-        if any(not isinstance(m, BankMixture) or m.bank is not bank for m in real):
-            raise InvalidInputError("Rows of one batch must mix the same adapter bank.")
+        if any(not isinstance(m, BankMixture) for m in real):
+            raise InvalidInputError("Rows of one batch must all be BankMixtures.")
         if any(m.rows != 1 for m in real):
             raise InvalidInputError("stack() takes one-row mixtures.")
+        banks = list({id(m.bank): m.bank for m in real}.values())
+        bank = banks[0]
+        for other in banks[1:]:  # rows prepared before and after a library update: one bank holding both
+            bank = bank.extend(other)
+        offset, at = {}, 0
+        for b in banks:
+            offset[id(b)], at = at, at + b.m
         T = max(m.weights.shape[1] for m in real)
         W = real[0].weights.new_zeros(len(mixtures), T, bank.m)  # zero weights: zero delta, exactly
         for i, m in enumerate(mixtures):
             if m is not None:
-                W[i, : m.weights.shape[1]] = m.weights[0]
+                j = offset[id(m.bank)]
+                W[i, : m.weights.shape[1], j: j + m.bank.m] = m.weights[0]
         return cls(bank, W)
 
     def _factors(self, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -154,11 +154,13 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
                on_step: Callable[[int, float], None] | None = None,
                shard: tuple[int, int] = (0, 1),
                sync: Callable[[list[torch.Tensor]], None] | None = None,
-               checkpoint: "Checkpoint | None" = None, frozen_adapters: int = 0) -> list[float]:
+               checkpoint: "Checkpoint | None" = None, frozen_adapters: int = 0,
+               trainable_adapters: Sequence[int] | None = None) -> list[float]:
     """Jointly train the bank (if ``train_bank``) and routing logits [N, m] on each document's texts.
 
-    ``frozen_adapters``: the bank's first adapters stay exactly as they are (their gradient is zeroed, so
-    AdamW without weight decay never moves them): a grown bank trains only its new adapters.
+    ``trainable_adapters``: only these adapters of the bank train; every other one stays exactly as it is
+    (its gradient is zeroed, so AdamW without weight decay never moves it). ``frozen_adapters=k`` is short
+    for ``trainable_adapters=range(k, m)``: a grown bank trains only its new adapters.
     Mini-batches mix documents; each row carries its own document's sampled mixture.
     Data-parallel: process ``shard = (rank, world)`` takes every world-th mini-batch of the same
     seeded order (``batch_size`` is then per process) and ``sync`` averages the gradients of the
@@ -174,13 +176,18 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
     params = [{"params": [logits], "lr": cfg.routing_lr or cfg.lr}]
     hooks = []
     if train_bank:
+        if trainable_adapters is None and frozen_adapters:
+            trainable_adapters = range(frozen_adapters, bank.m)
+        trains = None  # [m, 1, 1]: True where an adapter trains
+        if trainable_adapters is not None:
+            trains = torch.zeros(bank.m, 1, 1, dtype=torch.bool, device=bank.A[0].device)
+            trains[list(trainable_adapters)] = True
         for p in bank.parameters():
             p.requires_grad_(True)
-            if frozen_adapters:
-                hooks.append(p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:frozen_adapters]),
-                                                                  g[frozen_adapters:]])))
+            if trains is not None:
+                hooks.append(p.register_hook(lambda g: torch.where(trains, g, torch.zeros_like(g))))
         params.append({"params": list(bank.parameters()), "lr": cfg.lr,
-                       "weight_decay": 0.0 if frozen_adapters else cfg.weight_decay})
+                       "weight_decay": cfg.weight_decay if trains is None else 0.0})
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
     losses: list[float] = []
     rank, world = shard
