@@ -5,7 +5,8 @@ retrievers, an object with ``.retrieve(query, k=None)``, or a plain callable ``q
 (the faces wrap LangChain and LlamaIndex retrievers this way). A retrieved document is matched to
 its library entry by id, else by content (``passage_id(title, text)``, the id ``load_corpus`` and the
 faces give documents that come without one); a document the library does not hold follows
-``on_unknown``.
+``on_unknown``, and one the library deleted is always left out. Each retrieval reads one snapshot of the
+library, so a library updated meanwhile gives it the whole state before or after the update.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .documents import Document, check_text, passage_id
+from .documents import Document, check_text, content_keys, passage_id
 from .errors import InvalidInputError, UnknownDocumentError
-from .library import COMBINES, AdapterLibrary
+from .library import COMBINES, AdapterLibrary, LibraryState
 from .mixing import BankMixture
 from .retrieval import ScoredDocument, check_query
 
@@ -36,7 +37,7 @@ class Retrieval:
     mixture: BankMixture | None
     weights: torch.Tensor | None = field(default=None, repr=False)  # [encoded, m] routing weights, in rank order
     library_ids: list[str | None] = field(default_factory=list)
-    skipped: list[ScoredDocument] = field(default_factory=list)     # unknown documents left out (on_unknown="skip")
+    skipped: list[ScoredDocument] = field(default_factory=list)     # deleted, or unknown under on_unknown="skip"
 
     def __post_init__(self) -> None:
         if not self.library_ids:  # a retrieval over library documents only: each id is its own entry
@@ -70,7 +71,8 @@ class ParametricRetriever:
     ``combine="mean"`` averages the documents' routing weights into one mixed adapter (Poly-PRAG);
     ``combine="sum"`` adds the documents' deltas (PRAG's way; the default for per-document libraries).
     ``on_unknown``: what a retrieved document the library does not hold does: ``"error"`` (refused, naming it),
-    ``"in_context"`` (its passage goes into the prompt) or ``"skip"`` (left out).
+    ``"in_context"`` (its passage goes into the prompt) or ``"skip"`` (left out). A document the library
+    deleted (by id or by its text) is always left out: never mixed, never put in the prompt.
 
     Example:
         retriever = ParametricRetriever(DenseRetriever(docs, k=3), library, on_unknown="in_context")
@@ -94,7 +96,8 @@ class ParametricRetriever:
         self._matcher: LibraryMatcher | None = None
         fixed = self.documents
         if fixed is not None and on_unknown == "error":  # a fixed corpus: refuse what cannot be answered now
-            missing = [d.id for d in fixed if self.matcher.match(d) is None]
+            matcher = self.matcher
+            missing = [d.id for d in fixed if matcher.match(d) is None and not matcher.deleted(d)]
             if missing:
                 raise InvalidInputError(
                     f"{len(missing)} retriever document(s) are not encoded in the library, e.g. {missing[0]!r}; "
@@ -127,10 +130,12 @@ class ParametricRetriever:
 
     @property
     def matcher(self) -> "LibraryMatcher":
-        """The id and content index of the library's documents, rebuilt when the library grows or changes."""
-        if self._matcher is None or not self._matcher.is_for(self.library):
-            self._matcher = LibraryMatcher(self.library)
-        return self._matcher
+        """The id and content index of the library's current state, rebuilt when the library is updated."""
+        state = self.library.snapshot()
+        matcher = self._matcher
+        if matcher is None or not matcher.is_for(state):
+            matcher = self._matcher = LibraryMatcher(state)
+        return matcher
 
     def retrieve(self, query: str, k: int | None = None) -> Retrieval:
         """Top-k documents for the query and the mixture that applies their knowledge."""
@@ -142,18 +147,19 @@ class ParametricRetriever:
 
     def routing_rows(self, documents: Sequence[ScoredDocument]) -> list[list[float] | None]:
         """Each document's routing weights over the bank ([m] floats), None for one the library does not hold."""
-        ids = [self.matcher.match(s.document) for s in documents]
+        matcher = self.matcher
+        ids = [matcher.match(s.document) for s in documents]
         known = [i for i in ids if i is not None]
-        rows = iter(self.library.routing_weights(known).tolist() if known else [])
+        rows = iter(matcher.state.routing_weights(known).tolist() if known else [])
         return [None if i is None else next(rows) for i in ids]
 
     def resolve(self, found: Sequence[ScoredDocument]) -> Retrieval:
         """Match retrieved documents to the library, apply ``on_unknown``, and mix the known ones."""
-        matcher = self.matcher
+        matcher = self.matcher  # one state of the library for the whole retrieval
         documents, ids, skipped = [], [], []
         for s in found:
             match = matcher.match(s.document)
-            if match is None and self.on_unknown == "skip":
+            if match is None and (self.on_unknown == "skip" or matcher.deleted(s.document)):
                 skipped.append(s)
                 continue
             documents.append(s)
@@ -166,42 +172,55 @@ class ParametricRetriever:
                 "Encode them with library.add_documents([...]), or pass on_unknown='in_context' (their passages "
                 "go into the prompt) or on_unknown='skip'.")
         if skipped:
-            log.info("Skipped %d retrieved document(s) the library does not hold: %s", len(skipped),
+            log.info("Skipped %d retrieved document(s) the library does not hold or deleted: %s", len(skipped),
                      ", ".join(describe(s.document) for s in skipped))
         known = [i for i in ids if i is not None]
-        weights = self.library.routing_weights(known) if known else None
-        return Retrieval(documents, self.library.mixture(known, self.combine), weights, library_ids=ids,
+        weights = matcher.state.routing_weights(known) if known else None
+        return Retrieval(documents, matcher.state.mixture(known, self.combine), weights, library_ids=ids,
                          skipped=skipped)
 
 
 class LibraryMatcher:
-    """Finds a document's library entry: by id (``id``, metadata ``id`` or ``ref_doc_id``), else by content.
+    """Finds a document's entry in one library state: by id (``id``, metadata ``id`` or ``ref_doc_id``), else
+    by content (``content_keys``; a key two entries share is not used); and tells documents it deleted."""
 
-    Content keys are ``passage_id`` of (title, text), of the text alone and of "title: text", so a copy
-    that lost its title, or carries it inside its text, still matches; a key two entries share is not used."""
-
-    def __init__(self, library: AdapterLibrary):
-        self._documents, self._n = library.documents, len(library.documents)
-        self._ids = set(library.doc_ids)
+    def __init__(self, state: LibraryState):
+        self.state = state
+        self._ids = set(state.doc_ids)
         by_content: dict[str, str | None] = {}
-        for d in library.documents:
-            for key in {passage_id(d.title, d.text), passage_id("", d.text), passage_id("", d.full_text)}:
+        for d in state.documents:
+            for key in content_keys(d):
                 by_content[key] = d.id if by_content.get(key, d.id) == d.id else None  # None: ambiguous
         self._by_content = {k: v for k, v in by_content.items() if v is not None}
+        self._deleted_ids = set(state.config.deleted_ids)
+        self._deleted_content = set(state.config.deleted_content)
 
-    def is_for(self, library: AdapterLibrary) -> bool:
-        return library.documents is self._documents and len(library.documents) == self._n  # grown in place: stale
+    def is_for(self, state: LibraryState) -> bool:
+        return state is self.state
+
+    @staticmethod
+    def _ids_of(document: Document) -> list[str]:
+        meta = document.metadata
+        return [c for c in (document.id, meta.get("id"), meta.get("ref_doc_id")) if isinstance(c, str)]
+
+    @staticmethod
+    def _keys_of(document: Document) -> tuple[str, str]:
+        return passage_id(document.title, document.text), passage_id("", document.text)
 
     def match(self, document: Document) -> str | None:
         """The library id of this document, or None when the library does not hold it."""
-        meta = document.metadata
-        for candidate in (document.id, meta.get("id"), meta.get("ref_doc_id")):
-            if isinstance(candidate, str) and candidate in self._ids:
+        for candidate in self._ids_of(document):
+            if candidate in self._ids:
                 return candidate
-        for key in (passage_id(document.title, document.text), passage_id("", document.text)):
+        for key in self._keys_of(document):
             if key in self._by_content:
                 return self._by_content[key]
         return None
+
+    def deleted(self, document: Document) -> bool:
+        """Whether this document (one ``match`` does not find) was deleted from the library, by id or by text."""
+        return (any(i in self._deleted_ids for i in self._ids_of(document))
+                or any(k in self._deleted_content for k in self._keys_of(document)))
 
 
 def check_retriever(retriever: Any) -> Any:
