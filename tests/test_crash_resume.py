@@ -1,8 +1,9 @@
 """Durable encoding: an encoding process SIGKILLed at several points resumes and ends with the same library.
 
 The encoding job (``encode``) runs in a child process forked from a forkserver that imported torch once:
-Poly-PRAG ``fit`` → save → ``add_documents`` → save, then PRAG ``fit`` → save, each step skipped when its
-library is already on disk, checkpoints under WORK/ckpt. ``kill`` = ``phase:n:when`` makes the child
+Poly-PRAG ``fit`` → save → ``add_documents`` → save, then PRAG ``fit`` → save, then the Poly-PRAG library's
+``update_documents`` → save → ``delete_documents(refit=True)`` → save, each step skipped when its result is
+already on disk, checkpoints under WORK/ckpt. ``kill`` = ``phase:n:when`` makes the child
 SIGKILL itself at the n-th checkpoint write of ``phase`` (``before`` it, or ``during`` it: temp file
 written, not yet renamed in), or ``save:n`` inside the n-th library save, before its folder swap.
 """
@@ -21,6 +22,7 @@ TEXTS = ["the capital of zorvania is quellport", "the krell lighthouse was built
          "the lighthouse on tamsin island is painted purple", "the king of krell founded quellport in 1873",
          "the moon lake is in the green mountain", "tamsin painted the red vase in 1911"]
 QUESTIONS = ["what is the capital of zorvania", "who built the krell lighthouse", "where is the moon lake"]
+NEW_D0 = "the capital of zorvania is krell"  # the update's new text for d0; then d3 is deleted with a re-fit
 
 
 def _threads() -> int:
@@ -54,6 +56,12 @@ def encode(work: Path, kill: str | None = None) -> dict:
         lib.save(poly)
     if not (prag / "config.json").is_file():
         PRAGEncoder(llm, augmenter="passage", group_size=2, progress=False).fit(docs, checkpoint_dir=ck).save(prag)
+    if lib.document("d0").text != NEW_D0:
+        lib.update_documents([Document(id="d0", text=NEW_D0)], checkpoint_dir=ck, checkpoint_every=1, progress=False)
+        lib.save(poly)
+    if "d3" in lib:
+        lib.delete_documents(["d3"], refit=True, checkpoint_dir=ck, checkpoint_every=1, progress=False)
+        lib.save(poly)
     out = {}
     for name in ("poly", "prag"):
         lib = AdapterLibrary.load(work / name, llm)
@@ -124,8 +132,10 @@ def test_sigkilled_encoding_resumes_to_the_uninterrupted_result(tmp_path):
     kills = ["poly-fit:4:before",   # mid-training (3 steps saved)
              "poly-fit:2:during",   # inside a checkpoint write of the resumed run
              "save:1",              # training done, killed inside the library's folder swap
-             "poly-add:2:before",   # routing-only fit of the new documents
-             "prag-fit:3:before"]   # PRAG: two groups finished, the third trained but not saved
+             "poly-add:2:before",   # the new documents' adapters
+             "prag-fit:3:before",   # PRAG: two groups finished, the third trained but not saved
+             "poly-add:2:before",   # the update: its new text's adapter
+             "poly-refit:2:before"]  # the deletion's re-fit of the adapters the deleted document used most
     work.mkdir()
     for kill in kills:
         assert _run(work, kill) == -signal.SIGKILL, kill
@@ -136,7 +146,8 @@ def test_sigkilled_encoding_resumes_to_the_uninterrupted_result(tmp_path):
     llm = tiny_llm()
     for name in ("poly", "prag"):
         clean, crashy = AdapterLibrary.load(tmp_path / "clean" / name, llm), AdapterLibrary.load(work / name, llm)
-        assert crashy.doc_ids == [f"d{i}" for i in range(8)]  # every document, exactly once, in order
+        assert crashy.doc_ids == clean.doc_ids == ([f"d{i}" for i in range(8)] if name == "prag" else
+                                                   ["d1", "d2", "d4", "d5", "d6", "d7", "d0"])  # once each, in order
         for key, t in clean.bank.tensors().items():
             assert torch.equal(t, crashy.bank.tensors()[key]), (name, key)
         if name == "poly":
