@@ -73,7 +73,7 @@ def test_eval_controls_apply_the_mixtures_they_claim(llm, docs, tmp_path):
         assert by["in_context_oracle"].predictions[i]["documents"] == gold
         wrong = by["polyprag_wrong"].predictions[i]["documents"]
         assert not set(wrong) & (set(gold) | set(by["polyprag"].predictions[i]["documents"]))
-    assert report.facts["encoded_from"] == "BM25 top-2 ∪ gold passages"
+    assert report.facts["encoded_from"] == "bm25 top-2 ∪ gold passages"
     assert report.comparison("polyprag_oracle", "polyprag_oracle_shuffled") is not None
     assert report.comparison("polyprag", "polyprag_wrong") is not None
     c = report.comparison("polyprag_oracle", "closed_book")

@@ -66,7 +66,7 @@ def test_huge_query_is_truncated_with_a_warning(docs, caplog):
     prompt = llm.tokenizer(answer.prompt, add_special_tokens=False)["input_ids"]
     assert len(prompt) == 512 - 3  # the question was cut to fit; nothing else had to be
     assert "Passage 1: krell: the krell lighthouse was built by farrant" in answer.prompt  # passages kept
-    assert answer.prompt.rstrip().endswith("assistant")  # and the turn that asks for the answer
+    assert answer.prompt.rstrip().endswith("assistant\nThe answer is")  # the answer turn, pre-filled
 
 
 def test_k_larger_than_the_corpus_or_not_positive(llm, docs, rag, lib):

@@ -69,6 +69,8 @@ class EvalConfig:
     n: int | None = _help("evaluate the first N questions (default: all)", default=None)
     start: int = _help("skip this many questions first (evaluate rows start .. start+N)", default=0)
     k: int = _help("passages retrieved per question", default=3)
+    retriever: str = _help("retrieval over the whole corpus: bm25, dense (offline all-MiniLM-L6-v2) or hybrid "
+                           "(BM25 + dense, reciprocal-rank fusion)", default="bm25")
     methods: tuple[str, ...] = _help("comma-separated methods (see polyprag.evaluation.METHODS)",
                                      default=DEFAULT_METHODS)
     model: str | None = _help("HF model folder or hub id (default: the bundled SmolLM2-135M-Instruct)",
@@ -111,6 +113,8 @@ class EvalConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise InvalidInputError(f"Unknown method(s) {unknown}; choose from {list(METHODS)}.")
+        if self.retriever not in ("bm25", "dense", "hybrid"):
+            raise InvalidInputError(f"Unknown retriever {self.retriever!r}; use bm25, dense or hybrid.")
         if self.recipe not in RECIPES:
             raise InvalidInputError(f"Unknown recipe {self.recipe!r}; choose from {list(RECIPES)}.")
         if self.texts is not None:

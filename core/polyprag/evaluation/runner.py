@@ -25,7 +25,8 @@ from ..library import AdapterLibrary
 from ..parametric import ParametricRetriever
 from ..pipeline import PolyPRAG
 from ..recipes import check_texts, get_recipe
-from ..retrieval import BM25Retriever, ScoredDocument
+from ..dense import build_retriever
+from ..retrieval import ScoredDocument
 from .config import METHODS, EvalConfig, Method
 from .metrics import accuracy, exact_match, f1_score, mean, paired_bootstrap, recall_at_k
 from .report import Comparison, EvalReport, MethodResult, write_report
@@ -126,8 +127,8 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
         from ..llm import LoRAMixingLLM
 
         llm = LoRAMixingLLM.from_pretrained(cfg.model, device=cfg.device, compute_dtype=cfg.compute_dtype)
-    bm25 = BM25Retriever(docs, k=min(cfg.k, len(docs)))
-    retrieved = [[s.document.id for s in bm25.retrieve(q.question)] for q in questions]
+    index = build_retriever(cfg.retriever, docs, k=min(cfg.k, len(docs)))  # over the whole corpus
+    retrieved = [[s.document.id for s in index.retrieve(q.question)] for q in questions]
     recall = mean([recall_at_k(ids, q.gold) for ids, q in zip(retrieved, questions)])
 
     # PRAG's protocol: encode the retrieved passages; with oracle methods, the gold passages too
@@ -197,13 +198,13 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
 
     stats = asdict(augmenter.stats) if isinstance(augmenter, GeneratedQAAugmenter) else {
         "cache_hits": 0, "generated": 0, "retries": 0, "qa_failures": 0, "rewrite_failures": 0}
-    encoded_from = " ∪ ".join(([f"BM25 top-{cfg.k}"] if use_retrieved or not use_gold else []) +
+    encoded_from = " ∪ ".join(([f"{cfg.retriever} top-{cfg.k}"] if use_retrieved or not use_gold else []) +
                               (["gold passages"] if use_gold else []))
     facts = {"questions": len(questions), "documents": len(encoded), "corpus": len(docs), "k": cfg.k,
              "encoded_from": encoded_from, "model": llm.name, "recipe": cfg.recipe, "training": train,
              "augment": stats, "augment_s": augment_s, "augment_s_per_doc": augment_s / n_docs,
              "train_s": {k: v.train_s for k, v in libraries.items()},
-             "bm25_recall_at_k": None if recall is None else 100.0 * recall, "wall_s": time.perf_counter() - t_start,
+             "retriever": cfg.retriever, "recall_at_k": None if recall is None else 100.0 * recall, "wall_s": time.perf_counter() - t_start,
              "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
              "device": str(llm.device), "compute_dtype": str(llm.compute_dtype or llm.dtype).replace("torch.", "")}
     if lag_facts:

@@ -1,0 +1,45 @@
+"""Knowledge injection on real questions, default model, default recipe: real PopQA passages encoded with
+no recipe arguments make their questions answerable in parametric mode, with no passage in the prompt.
+
+The six questions are a fixed rule, not a pick: the first PopQA place-of-birth questions (rows 457+ of
+../shared/data/popqa) whose gold passages are at most 120 words (to keep the test short).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from polyprag import Document, PolyPRAGEncoder, PRAGEncoder
+from polyprag.evaluation import accuracy
+
+pytestmark = pytest.mark.model
+SAMPLE = Path(__file__).parent / "data" / "popqa_birthplaces.jsonl"
+
+
+@pytest.fixture(scope="module")
+def sample():
+    rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    docs = {p["id"]: Document(id=p["id"], title=p["title"], text=p["text"]) for r in rows for p in r["passages"]}
+    return rows, list(docs.values())
+
+
+@pytest.fixture(scope="module")
+def fast_llm():
+    from polyprag import LoRAMixingLLM
+
+    return LoRAMixingLLM.from_pretrained(device="cpu", compute_dtype="auto")
+
+
+@pytest.mark.parametrize("encoder", [PRAGEncoder, PolyPRAGEncoder])
+def test_default_recipe_injects_real_passages(fast_llm, sample, encoder):
+    rows, docs = sample
+    library = encoder(fast_llm, progress=False).fit(docs)
+    prompts = [fast_llm.question_prompt(r["question"]) for r in rows]
+    closed = fast_llm.generate(prompts)
+    param = fast_llm.generate(prompts, [library.mixture([p["id"] for p in r["passages"]]) for r in rows])
+    n_closed = sum(accuracy(a, r["answers"]) for a, r in zip(closed, rows))
+    n_param = sum(accuracy(a, r["answers"]) for a, r in zip(param, rows))
+    print(f"{encoder.__name__}: closed-book {n_closed:.0f}/6, parametric {n_param:.0f}/6: {param}")
+    assert n_param > len(rows) / 2 and n_param > n_closed
