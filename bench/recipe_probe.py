@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--targets", default="gate_proj,up_proj,down_proj")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-length", type=int, default=256, help="training tokens per text (longer ones are cut)")
     p.add_argument("--log", default="bench/results/recipes/runs.jsonl")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from polyprag import LoRAMixingLLM, PolyPRAGEncoder, PRAGEncoder
-    from polyprag.augment import FixedAugmenter, GeneratedQAAugmenter, TrainingExample
+    from polyprag.augment import Augmentation, FixedAugmenter, GeneratedQAAugmenter, examples_from
     from polyprag.evaluation import accuracy, load_slice
     from polyprag.mixing import BankMixture
 
@@ -52,28 +53,18 @@ def main(argv=None) -> int:
     gold_ids = sorted({g for q in qs for g in q.gold})
     enc_docs = [by_id[g] for g in gold_ids]
     targets = tuple(args.targets.split(","))
-    llm = LoRAMixingLLM.from_pretrained(target_modules=targets)
+    llm = LoRAMixingLLM.from_pretrained(target_modules=targets, compute_dtype="auto")
 
     t0 = time.perf_counter()
-    kinds = set(args.texts.split(","))
-    aug = GeneratedQAAugmenter(llm)
-    augs = aug.generate(enc_docs) if kinds & {"rewrite", "qa", "qa_context"} else [None] * len(enc_docs)
+    kinds = tuple(args.texts.split(","))
+    generated = set(kinds) & {"rewrite", "qa", "qa_context"}
+    aug = GeneratedQAAugmenter(llm, progress=True, texts=kinds) if generated else None
+    augs = aug.generate(enc_docs) if aug else [Augmentation(rewrite="", qa=[])] * len(enc_docs)
     augment_s = time.perf_counter() - t0
-    examples = {}
-    for d, a in zip(enc_docs, augs):
-        ex = [TrainingExample(target=d.full_text)] if "passage" in kinds else []
-        if a is not None:
-            if "rewrite" in kinds and a.rewrite:
-                ex.append(TrainingExample(target=a.rewrite))
-            for q, ans in a.qa:
-                if "qa_context" in kinds:
-                    ex.append(TrainingExample(target=ans, question=q, context=d.full_text))
-                if "qa" in kinds:
-                    ex.append(TrainingExample(target=ans, question=q))
-        examples[d.id] = ex
+    examples = {d.id: examples_from(d, a, kinds) for d, a in zip(enc_docs, augs)}
     fixed = FixedAugmenter(examples)
     common = dict(rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, augmenter=fixed, seed=0,
-                  progress=False)
+                  progress=True, max_length=args.max_length)
     t0 = time.perf_counter()
     if args.method == "prag":
         lib = PRAGEncoder(llm, **common).fit(enc_docs)
@@ -118,7 +109,7 @@ def main(argv=None) -> int:
     scores = {k: sum(accuracy(a, q.answers) for a, q in zip(v, qs)) for k, v in runs.items()}
     rec = {"tag": args.tag, "data": Path(args.data).name, "rows": args.rows, "method": args.method,
            "texts": args.texts, "epochs": args.epochs, "lr": args.lr, "rank": args.rank, "alpha": args.alpha,
-           "targets": args.targets, "n": len(qs), "docs": len(enc_docs),
+           "targets": args.targets, "n": len(qs), "docs": len(enc_docs), "max_length": args.max_length,
            "train_s_per_doc": round(train_s / len(enc_docs), 2), "augment_s_per_doc": round(augment_s / len(enc_docs), 2),
            "scores": scores}
     if args.method == "poly":

@@ -21,7 +21,7 @@ from .errors import InvalidInputError, UnknownDocumentError
 from .models import cache_dir
 from .storage import atomic_write_text
 from .prompts import ANSWER_PREFIX, PROMPT_VERSION, question_message
-from .recipes import TEXT_KINDS, check_texts
+from .recipes import PRAG_TEXTS, check_texts
 
 if TYPE_CHECKING:
     from .llm import LoRAMixingLLM
@@ -47,11 +47,29 @@ class Augmenter(Protocol):
     def __call__(self, documents: Sequence[Document]) -> list[list[TrainingExample]]: ...
 
 
+RECALL_QUESTION = "What do you know about {subject}?"
+
+
+def recall_example(doc: Document) -> TrainingExample:
+    """A question about the document's subject (its title, else its first words) answered with the passage:
+    the adapter learns to bring the passage's facts into the answer turn, not only to continue its text."""
+    subject = doc.title.strip() or " ".join(doc.text.split()[:6])
+    return TrainingExample(target=doc.text, question=RECALL_QUESTION.format(subject=subject))
+
+
 class PassageAugmenter:
-    """The passage itself as the only training text (cheapest; what PRAG calls no augmentation)."""
+    """Training texts made from the passage alone, with no generation: the passage itself (what PRAG
+    calls no augmentation) and, with ``texts`` holding "recall", the recall question answered by it."""
+
+    def __init__(self, texts: Sequence[str] = ("passage",)):
+        self.texts = check_texts(texts)
+        generated = set(self.texts) - {"passage", "recall"}
+        if generated:
+            raise InvalidInputError(f"PassageAugmenter makes no generated texts ({sorted(generated)}); "
+                                    "use GeneratedQAAugmenter for them.")
 
     def __call__(self, documents: Sequence[Document]) -> list[list[TrainingExample]]:
-        return [[TrainingExample(target=d.full_text)] for d in documents]
+        return [examples_from(d, Augmentation(rewrite="", qa=[]), self.texts) for d in documents]
 
 
 class FixedAugmenter:
@@ -119,7 +137,7 @@ class GeneratedQAAugmenter:
     def __init__(self, llm: "LoRAMixingLLM", n_qa: int = 3, rewrite: bool | None = None,
                  cache: str | os.PathLike | None = None, batch_size: int = 8, max_new_tokens: int = 80,
                  max_rewrite_tokens: int = 192, seed: int = 0, progress: bool = False,
-                 texts: Sequence[str] = TEXT_KINDS):
+                 texts: Sequence[str] = PRAG_TEXTS):
         if n_qa < 0 or batch_size < 1 or max_new_tokens < 1 or max_rewrite_tokens < 1:
             raise InvalidInputError("n_qa must be >= 0 and batch_size, max_new_tokens, max_rewrite_tokens >= 1.")
         self.llm = llm
@@ -235,10 +253,12 @@ class GeneratedQAAugmenter:
         return augs
 
 
-def examples_from(doc: Document, aug: Augmentation, texts: Sequence[str] = TEXT_KINDS) -> list[TrainingExample]:
+def examples_from(doc: Document, aug: Augmentation, texts: Sequence[str] = PRAG_TEXTS) -> list[TrainingExample]:
     """The training texts of one document, of the kinds in ``texts`` (all kinds: PRAG's passage, rewrite,
     and each QA with passage / rewrite / no context)."""
     ex = [TrainingExample(target=doc.full_text)] if "passage" in texts else []
+    if "recall" in texts:
+        ex.append(recall_example(doc))
     if aug.rewrite and "rewrite" in texts:
         ex.append(TrainingExample(target=aug.rewrite))
     for q, a in aug.qa:

@@ -15,7 +15,7 @@ from .documents import Document, check_unique
 from .errors import InvalidInputError
 from .library import AdapterLibrary, LibraryConfig, LibraryState, routing_weights
 from .mixing import LoRABank
-from .recipes import TEXT_KINDS, get_recipe
+from .recipes import PRAG_TEXTS, get_recipe
 from .training import TrainConfig, train_per_document, train_poly
 
 if TYPE_CHECKING:
@@ -170,9 +170,9 @@ def _init_logits(n: int, m: int, seed: int, device) -> torch.Tensor:
 
 
 def _augmenter(augmenter: Augmenter | str | None, llm: "LoRAMixingLLM",
-               texts: Sequence[str] = TEXT_KINDS) -> Augmenter:
-    if augmenter is None and tuple(texts) == ("passage",):
-        return PassageAugmenter()
+               texts: Sequence[str] = PRAG_TEXTS) -> Augmenter:
+    if augmenter is None and set(texts) <= {"passage", "recall"}:
+        return PassageAugmenter(texts)
     if augmenter is None or augmenter == "generated_qa":
         return GeneratedQAAugmenter(llm, texts=texts)
     if augmenter == "passage":
@@ -241,7 +241,8 @@ def refit_adapters(llm: "LoRAMixingLLM", state: LibraryState, deleted: Sequence[
     library's own settings and every other adapter frozen, on the remaining documents that weight one of
     them above uniform; those documents' routing trains too (a re-fitted adapter no remaining document
     weights above uniform starts afresh and stays so: B = 0, it adds nothing). Cost: encoding those
-    documents again. PRAG has nothing to re-fit: a document's knowledge lives in its own adapter, which deletion drops."""
+    documents again. PRAG has nothing to re-fit: a document's knowledge lives in its own adapter, which
+    deletion drops."""
     if state.kind == "per_document":
         return state, {"adapters": [], "documents": [], "steps": 0}
     gone = torch.zeros(len(state), dtype=torch.bool)
@@ -285,8 +286,8 @@ def _update_settings(llm: "LoRAMixingLLM", state: LibraryState, augmenter: Augme
         cfg.lr = cfg.routing_lr = lr
     if progress is not None:
         cfg.progress = progress
-    aug = _augmenter(augmenter or ("passage" if t.get("augmenter") == "PassageAugmenter" else None), llm,
-                     tuple(t.get("texts", TEXT_KINDS)))
+    texts = t.get("texts") or (("passage",) if t.get("augmenter") == "PassageAugmenter" else PRAG_TEXTS)
+    aug = _augmenter(augmenter, llm, tuple(texts))  # the texts the library was trained on, unless told otherwise
     if isinstance(aug, GeneratedQAAugmenter) and not isinstance(augmenter, GeneratedQAAugmenter):
         aug.progress = cfg.progress  # one we made: its bar shows when training's does
     return cfg, aug

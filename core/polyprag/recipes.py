@@ -6,7 +6,8 @@ recipe table and ``bench/results/recipes``); ``prag-paper`` is PRAG's published 
 and without context; rank 2, alpha 32, lr 3e-4, 1 epoch), which a 1B–8B model learns from in one pass
 and a 135M model does not.
 
-Training texts (``texts``): ``passage`` (the document itself), ``rewrite`` (the model's rewrite of it),
+Training texts (``texts``): ``passage`` (the document itself), ``recall`` ("What do you know about
+<title>?" answered with the passage: no generation needed), ``rewrite`` (the model's rewrite of it),
 ``qa`` (each generated question answered with no context: what parametric answering asks of the
 adapter), ``qa_context`` (each generated QA with the passage, and with the rewrite, in the prompt).
 """
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 from .errors import InvalidInputError
 
-TEXT_KINDS = ("passage", "rewrite", "qa", "qa_context")
+TEXT_KINDS = ("passage", "recall", "rewrite", "qa", "qa_context")
+PRAG_TEXTS = ("passage", "rewrite", "qa", "qa_context")  # PRAG's augmentation
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(texts=("passage", "qa"), rank=2, alpha=32.0, prag_lr=1e-3, prag_epochs=10,
                       lr=1e-3, routing_lr=0.1, epochs=10, num_adapters=8),
-    "prag-paper": Recipe(texts=("passage", "rewrite", "qa", "qa_context"), rank=2, alpha=32.0, prag_lr=3e-4,
+    "prag-paper": Recipe(texts=PRAG_TEXTS, rank=2, alpha=32.0, prag_lr=3e-4,
                          prag_epochs=1, lr=3e-4, routing_lr=3e-4, epochs=1, num_adapters=8),
 }
 

@@ -150,8 +150,8 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
     if needs:
         t0 = time.perf_counter()
         texts = train["texts"]
-        if set(texts) == {"passage"}:
-            augmenter = PassageAugmenter()
+        if set(texts) <= {"passage", "recall"}:
+            augmenter = PassageAugmenter(texts)
         else:
             augmenter = GeneratedQAAugmenter(llm, cache=cfg.cache, batch_size=cfg.augment_batch_size,
                                              seed=cfg.seed, progress=cfg.progress, texts=texts)
