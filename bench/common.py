@@ -152,6 +152,13 @@ def synthetic_docs(n: int, prefix: str = "doc") -> list[Document]:
     return [Document(id=f"{prefix}-{i}", text=f"Passage number {i} about topic {i % 97}.") for i in range(n)]
 
 
+def at_least(docs: Sequence[Document], n: int) -> list[Document]:
+    """The first n documents, completed with synthetic ones when the corpus is smaller (a clone without
+    ../shared has only the 8 bundled facts)."""
+    docs = list(docs[:n])
+    return docs + synthetic_docs(n - len(docs), prefix="filler") if len(docs) < n else docs
+
+
 def save_peft_adapter(bank: LoRABank, j: int, folder: Path) -> Path:
     """Adapter j of the bank as a real peft LoRA folder (adapter_config.json + adapter_model.safetensors)."""
     from peft import LoraConfig

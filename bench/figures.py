@@ -1,4 +1,4 @@
-"""The six figures of the performance issue plus memory, each a ratio of two things measured in one run.
+"""The figures of the performance and update issues plus memory, each a ratio of two things measured in one run.
 
 Every function takes what it needs, measures, and returns a dict with ``ratio``, ``target``, ``met``
 and the absolute numbers behind the ratio (seconds, bytes, tokens).
@@ -6,6 +6,7 @@ and the absolute numbers behind the ratio (seconds, bytes, tokens).
 from __future__ import annotations
 
 import copy
+import shutil
 import statistics
 import tempfile
 from dataclasses import asdict
@@ -14,10 +15,12 @@ from typing import Sequence
 
 import torch
 
-from polyprag import (AdapterLibrary, BM25Retriever, Document, LoRAMixingLLM, ParametricRetriever, PolyPRAG,
-                      PolyPRAGEncoder, PRAGEncoder)
+from polyprag import (AdapterLibrary, BM25Retriever, Document, GeneratedQAAugmenter, LoRAMixingLLM,
+                      ParametricRetriever, PolyPRAG, PolyPRAGEncoder, PRAGEncoder)
+from polyprag.augment import FixedAugmenter
+from polyprag.recipes import get_recipe
 
-from .common import (folder_bytes, paired, random_bank, random_library, rss_mb, save_peft_adapter,
+from .common import (at_least, folder_bytes, paired, random_bank, random_library, rss_mb, save_peft_adapter,
                      synthetic_docs, sync, timed)
 
 
@@ -174,25 +177,50 @@ def storage(llm: LoRAMixingLLM, documents: int, m: int, prag_samples: int) -> tu
                    documents_jsonl_bytes_both_methods=folder_bytes(tmp / "poly", ["documents.jsonl"])), lib, tmp
 
 
-def add_document_vs_prag(llm: LoRAMixingLLM, docs: Sequence[Document], base_docs: int) -> dict:
-    """6. Adding one document (routing-only fit, bank frozen) / training one PRAG adapter, same texts.
+def add_document(llm: LoRAMixingLLM, docs: Sequence[Document], reencode_docs: int,
+                 library_docs: int = 100) -> tuple[dict, dict]:
+    """6. Adding one document with the default add / training one PRAG adapter, and 7. the same add /
+    re-encoding a library of ``library_docs`` documents, with what the add costs on disk.
 
-    Both use the encoders' default settings (Poly-z: PolyPRAGEncoder's epochs and routing lr; PRAG:
-    rank 2, 1 epoch, lr 3e-4) and the passage as the training text."""
-    encoder = PolyPRAGEncoder(llm, num_adapters=16, rank=2, augmenter="passage", progress=False)
-    library = random_library(llm, docs[:base_docs], m=16, training={**asdict(encoder.train),
-                                                                    "augmenter": "PassageAugmenter"})
-    first, second, third = docs[base_docs: base_docs + 3]
-    library.add_documents([first], epochs=1, progress=False)  # warm-up: first backward pass allocations
-    routing = timed(lambda: library.add_documents([second], progress=False), llm.device)
-    one_epoch = timed(lambda: library.add_documents([third], epochs=1, progress=False), llm.device)
-    prag = timed(lambda: PRAGEncoder(llm, augmenter="passage", progress=False).fit([second]), llm.device)
-    return _result(routing / prag, 0.1, True, routing_fit_s=routing, routing_fit_epochs=encoder.train.epochs,
-                   routing_fit_1_epoch_s=one_epoch, ratio_at_equal_epochs=one_epoch / prag,
-                   prag_adapter_s=prag, prag_epochs=1, augmenter="passage",
-                   trainable_floats_routing=library.bank.m,
-                   trainable_floats_prag=sum(a[0].numel() + b[0].numel()
-                                             for a, b in zip(library.bank.A, library.bank.B)))
+    Both trainings use the default recipe's texts (generated once beforehand, not timed) and epochs. The add
+    goes into a ``library_docs``-document library of the recipe's bank size (the bank grows by one adapter,
+    old adapters frozen). Re-encoding is timed on ``reencode_docs`` documents and scaled linearly to
+    ``library_docs`` (every epoch visits every document's texts once, so its cost grows linearly)."""
+    recipe = get_recipe("default")
+    docs = at_least(docs, reencode_docs + 3)
+    texts = GeneratedQAAugmenter(llm, texts=recipe.texts)(docs)
+    fixed = FixedAugmenter({d.id: t for d, t in zip(docs, texts)})
+    encoder = PolyPRAGEncoder(llm, augmenter=fixed, progress=False)
+    library = random_library(llm, synthetic_docs(library_docs), m=recipe.num_adapters, rank=recipe.rank,
+                             training={**asdict(encoder.train), "augmenter": "FixedAugmenter",
+                                       "texts": list(recipe.texts)})
+    warm, one, other = docs[-3:]
+    library.add_documents([warm], augmenter=fixed, epochs=1, progress=False)  # first backward pass allocations
+    tmp = Path(tempfile.mkdtemp(prefix="polyprag-bench-add-"))
+    library.save(tmp / "before")
+    add = timed(lambda: library.add_documents([one], augmenter=fixed, progress=False), llm.device)
+    library.save(tmp / "after")
+    grown = library.last_update["new_adapters"]
+    routing = timed(lambda: library.add_documents([other], augmenter=fixed, strategy="routing", progress=False),
+                    llm.device)
+    prag = timed(lambda: PRAGEncoder(llm, augmenter=fixed, progress=False).fit([one]), llm.device)
+    reencode = timed(lambda: encoder.fit(docs[:reencode_docs]), llm.device)
+    scaled = reencode * library_docs / reencode_docs
+    tensors = ["bank.safetensors", "routing.safetensors"]
+    added_bytes = folder_bytes(tmp / "after", tensors) - folder_bytes(tmp / "before", tensors)
+    text_bytes = folder_bytes(tmp / "after", ["documents.jsonl"]) - folder_bytes(tmp / "before", ["documents.jsonl"])
+    shutil.rmtree(tmp, ignore_errors=True)
+    common = dict(add_s=add, epochs=encoder.train.epochs, texts=list(recipe.texts),
+                  training_examples=len(fixed.examples[one.id]), library_documents=library_docs,
+                  adapters_added=grown, bytes_per_added_document=added_bytes,
+                  text_bytes_per_added_document=text_bytes)
+    vs_prag = _result(add / prag, 0.5, True, prag_adapter_s=prag, prag_epochs=recipe.prag_epochs,
+                      routing_only_add_s=routing, routing_only_ratio=routing / prag, **common)
+    vs_reencode = _result(add / scaled, 0.1, True, reencode_s=scaled, reencode_measured_s=reencode,
+                          reencode_measured_documents=reencode_docs,
+                          note=f"re-encoding timed on {reencode_docs} documents, x{library_docs / reencode_docs:g} "
+                               f"(linear); one added document adds {added_bytes:,} bytes of tensors", **common)
+    return vs_prag, vs_reencode
 
 
 def memory(llm: LoRAMixingLLM, library: AdapterLibrary, folder: Path) -> dict:

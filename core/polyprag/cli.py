@@ -1,8 +1,8 @@
 """The `polyprag` command: one function per subcommand, registered in COMMANDS.
 
 Subcommands: ``encode`` (documents → adapter library), ``add`` / ``delete`` (update a library in place),
-``ask`` (library + question → answer), ``eval`` (methods compared on a QA slice), ``demo`` (the quickstart). To add one, write
-``_configure_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add a ``Command`` to COMMANDS.
+``ask`` (library + question → answer), ``eval`` (methods compared on a QA slice), ``demo`` (the quickstart).
+To add one, write ``_configure_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add a ``Command`` to COMMANDS.
 """
 from __future__ import annotations
 
