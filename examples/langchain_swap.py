@@ -44,7 +44,7 @@ def library_for(chat: ChatPolyPRAG, docs, path: Path, epochs: int) -> AdapterLib
     except LibraryError:
         pass
     t0 = time.time()
-    library = demo_encoder(llm, epochs=epochs).fit(docs)  # the quickstart's settings
+    library = demo_encoder(llm, epochs=epochs).fit(docs)  # the library's default recipe
     library.save(path)
     print(f"encoded {len(docs)} documents into 8 shared adapters in {time.time() - t0:.0f}s -> {path}")
     return library
@@ -52,7 +52,7 @@ def library_for(chat: ChatPolyPRAG, docs, path: Path, epochs: int) -> AdapterLib
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=40, help="training epochs over the passages")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
     p.add_argument("--library", default=str(cache_dir() / "langchain-swap-library"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)

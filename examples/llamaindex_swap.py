@@ -31,8 +31,8 @@ def read_documents(path: Path) -> list[Document]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="HF folder or hub id (default: bundled SmolLM2-135M-Instruct)")
-    p.add_argument("--augmenter", default="passage", help="'passage' (fast) or 'generated_qa' (PRAG's, slower)")
-    p.add_argument("--epochs", type=int, default=40, help="training epochs for the adapter library")
+    p.add_argument("--recipe", default="default", help="training recipe: default or prag-paper")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. The swap: encode the same documents into a Poly-PRAG library once, then change one object.
     t0 = time.time()
-    encoder = demo_encoder(llm.mixing_llm, epochs=args.epochs, augmenter=args.augmenter)  # the quickstart's settings
+    encoder = demo_encoder(llm.mixing_llm, epochs=args.epochs, recipe=args.recipe)  # the library's default recipe
     encoder.train.progress = False
     library = encoder.fit(load_corpus(DATA / "invented_facts.jsonl"))
-    print(f"encoded {len(library)} documents into 8 shared adapters in {time.time() - t0:.0f}s")
+    print(f"encoded {len(library)} documents into {library.bank.m} shared adapters in {time.time() - t0:.0f}s")
     parametric = PolyPRAGQueryEngine.from_documents(documents, library, k=1, llm=llm)  # mode="parametric"
 
     for q in questions:

@@ -87,7 +87,7 @@ def write_slice(folder, docs):
 
 def test_end_to_end_on_tiny_slice(llm, docs, tmp_path):
     data = write_slice(tmp_path / "data", docs)
-    cfg = EvalConfig(data=str(data), n=10, k=2, num_adapters=3, epochs=1, prag_epochs=1,
+    cfg = EvalConfig(data=str(data), n=10, k=2, num_adapters=3, epochs=1, prag_epochs=1, texts="passage,rewrite,qa",
                      cache=str(tmp_path / "cache"), answer_batch_size=4, max_new_tokens=4, latency_samples=2,
                      out=str(tmp_path / "out"), progress=False)
     report = run_evaluation(cfg, llm=llm)

@@ -18,15 +18,11 @@ def contains_answer(text: str, answers) -> bool:
     return any(a.lower() in text.lower() for a in answers)
 
 
-def demo_encoder(llm, adapters: int = 8, epochs: int = 40, augmenter: str = "passage"):
-    """The demo's Poly-PRAG settings: short invented passages, many epochs, fast routing.
-
-    Measured (8 invented facts, SmolLM2-135M): passage-only texts for 40 epochs answered 8/8 on two
-    seeds, PRAG's generated-QA augmentation for 8 epochs 6/8 — a 135M model writes poor questions."""
+def demo_encoder(llm, adapters: int | None = None, epochs: int | None = None, recipe: str = "default"):
+    """The library's own Poly-PRAG encoder with its default recipe (nothing hand-picked for the demo)."""
     from polyprag import PolyPRAGEncoder
 
-    return PolyPRAGEncoder(llm, num_adapters=adapters, rank=2, alpha=32, augmenter=augmenter, epochs=epochs,
-                           lr=1e-3, routing_lr=0.1, batch_size=8, seed=0)
+    return PolyPRAGEncoder(llm, num_adapters=adapters, epochs=epochs, recipe=recipe, seed=0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +32,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="HF folder or hub id (default: bundled SmolLM2-135M-Instruct)")
-    p.add_argument("--adapters", type=int, default=8, help="LoRA adapters in the shared bank (m)")
-    p.add_argument("--epochs", type=int, default=40, help="training epochs over the training texts")
-    p.add_argument("--augmenter", default="passage", choices=["passage", "generated_qa"],
-                   help="training texts: the passage itself (default), or PRAG's rewrite + generated QA")
+    p.add_argument("--adapters", type=int, default=None, help="LoRA adapters in the shared bank (m; default: the recipe's)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
+    p.add_argument("--recipe", default="default", help="training recipe: default or prag-paper")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--library", default=str(cache_dir() / "demo-library"), help="where the library is saved")
     args = p.parse_args(argv)
@@ -50,15 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.time()
-    llm = LoRAMixingLLM.from_pretrained(args.model)
+    llm = LoRAMixingLLM.from_pretrained(args.model, compute_dtype="auto")  # bf16 where the CPU/GPU has it
     print(f"model {llm.name} on {llm.device} loaded in {time.time() - t0:.1f}s")
     docs = load_corpus(DATA / "invented_facts.jsonl")
     questions = load_questions(DATA / "invented_questions.jsonl")
 
     t0 = time.time()
-    library = demo_encoder(llm, args.adapters, args.epochs, args.augmenter).fit(docs)
+    library = demo_encoder(llm, args.adapters, args.epochs, args.recipe).fit(docs)
     library.save(args.library)
-    print(f"encoded {len(docs)} documents into {args.adapters} shared adapters in {time.time() - t0:.0f}s "
+    print(f"encoded {len(docs)} documents into {library.bank.m} shared adapters in {time.time() - t0:.0f}s "
           f"-> {args.library} ({library.storage_bytes()['per_document']} bytes of routing per document)")
 
     retriever = ParametricRetriever(BM25Retriever(docs, k=1), library)
