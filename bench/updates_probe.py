@@ -5,10 +5,11 @@ Encodes the 8 bundled invented facts, adds the 6 of tests/data/added_facts.jsonl
 no passage in the prompt: closed-book, with uniform routing over the whole bank, and with the deleted document's
 own routing row (as someone who kept it could) — before the deletion, after ``delete_documents(ids)`` and after
 ``delete_documents(ids, refit=True)``. Every question is asked with its own document's mixture (oracle
-retrieval). ``--recipe demo`` (default) encodes with the quickstart's settings (passages, 40 epochs), measured to
-inject these facts; ``--recipe default`` with ``PolyPRAGEncoder(llm)``'s. Prints and writes one JSON object.
+retrieval). For comparison, the 14 documents are also encoded together from scratch. ``--recipe default`` encodes with ``PolyPRAGEncoder(llm)``'s settings; ``--recipe passage40`` with
+the earlier quickstart's (the passage alone, 40 epochs, lr 1e-3, routing lr 0.1). Prints and writes one JSON
+object.
 
-    python -m bench.forget_probe --threads 1 --out bench/results/updates.json
+    python -m bench.updates_probe --threads 1 --recipe default     # writes bench/results/updates_default.json
 """
 from __future__ import annotations
 
@@ -25,15 +26,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--every", type=int, default=4, help="delete documents 0, every, 2·every, …")
-    p.add_argument("--recipe", choices=("demo", "default"), default="demo")
-    p.add_argument("--out", default=str(HERE / "results" / "updates.json"))
+    p.add_argument("--recipe", choices=("default", "passage40"), default="default")
+    p.add_argument("--out", default=None, help="default: bench/results/updates_<recipe>.json")
     args = p.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
     from polyprag import AdapterLibrary, BankMixture, LoRAMixingLLM, PolyPRAGEncoder, load_corpus, load_questions
-    from polyprag.demo import DATA, contains_answer, demo_encoder
+    from polyprag.demo import DATA, contains_answer
 
     added = HERE.parent / "tests" / "data"
     old, new = load_corpus(DATA / "invented_facts.jsonl"), load_corpus(added / "added_facts.jsonl")
@@ -61,8 +62,9 @@ def main(argv=None) -> int:
         return [library.mixture([i]) for i in ids]
 
     t0 = time.perf_counter()
-    encoder = demo_encoder(llm) if args.recipe == "demo" else PolyPRAGEncoder(llm)
-    encoder.train.progress = False
+    settings = {"default": {}, "passage40": dict(augmenter="passage", epochs=40, lr=1e-3, routing_lr=0.1,
+                                                 num_adapters=8, rank=2, alpha=32)}[args.recipe]
+    encoder = PolyPRAGEncoder(llm, progress=False, seed=0, **settings)
     library = encoder.fit(old)
     encode_s = time.perf_counter() - t0
     old_ids, new_ids = [d.id for d in old], [d.id for d in new]
@@ -73,6 +75,11 @@ def main(argv=None) -> int:
     out["add"] = {"added_answered": answered(new_ids, own(library, new_ids)), "old_answered_before": before_add,
                   "old_answered_after": answered(old_ids, own(library, old_ids)),
                   "add_s": library.last_update["seconds"], "new_adapters": library.last_update["new_adapters"]}
+    t0 = time.perf_counter()
+    joint = PolyPRAGEncoder(llm, progress=False, seed=0, **settings).fit(docs)  # the alternative: encode all 14
+    out["joint_fit"] = {"added_answered": answered(new_ids, own(joint, new_ids)),
+                        "old_answered": answered(old_ids, own(joint, old_ids)), "encode_s": time.perf_counter() - t0}
+    del joint
     rows = library.routing_weights(gone)  # [deleted, m]
     out.update(documents=len(docs), deleted=gone, adapters=library.bank.m)
     out["before"] = {"own_routing": answered(gone, saved_rows(library, rows)),
@@ -95,8 +102,9 @@ def main(argv=None) -> int:
                     "refit_steps": report["refit"]["steps"], "refit_s": report["seconds"],
                     "refit_s_over_reencoding_the_rest": report["seconds"] / (encode_s / len(old) * len(kept))}
     print(json.dumps(out, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2), encoding="utf-8")
+    path = Path(args.out or HERE / "results" / f"updates_{args.recipe}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2), encoding="utf-8")
     return 0
 
 
