@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from conftest import DATA
 
-from polyprag import GeneratedQAAugmenter, PolyPRAG, PRAGEncoder, load_corpus, load_questions
+from polyprag import PolyPRAG, PRAGEncoder, load_corpus, load_questions
 from polyprag.lag import LAGLibrary, LAGRouter
 
 
@@ -18,9 +18,8 @@ def test_lag_without_retriever_beats_closed_book(real_llm):
     questions = load_questions(DATA / "invented_questions.jsonl")
     assert len(docs) >= 6
     # One LoRA per document, the LAG paper's knowledge-adapter shape (rank 6, alpha 2·rank) on
-    # gate/up/down; PRAG's generated QA augmentation, cached on disk after the first run.
-    library = PRAGEncoder(real_llm, rank=6, alpha=12, lr=1e-3, epochs=4, augmenter=GeneratedQAAugmenter(real_llm),
-                          progress=False).fit(docs)
+    # gate/up/down, trained with the default recipe's texts and schedule (passage + recall question).
+    library = PRAGEncoder(real_llm, rank=6, alpha=12, progress=False).fit(docs)
     router = LAGRouter(LAGLibrary.from_adapter_library(library), k=3)
     asked = [q.question for q in questions]
     closed = PolyPRAG(real_llm, None, mode="closed_book", max_new_tokens=16).answer_batch(asked)
