@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--routing-lr", type=float, default=0.1)
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--routing-active", type=int, default=0, help="Poly-PRAG: adapters each routing row starts on (0: all)")
     p.add_argument("--rank", type=int, default=2)
     p.add_argument("--alpha", type=float, default=32.0)
     p.add_argument("--m", type=int, default=8)
@@ -34,6 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default="gate_proj,up_proj,down_proj")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-length", type=int, default=256, help="training tokens per text (longer ones are cut)")
+    p.add_argument("--combine", action="store_true", help="also answer with the gold passages and their mixture")
     p.add_argument("--log", default="bench/results/recipes/runs.jsonl")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
         lib = PRAGEncoder(llm, **common).fit(enc_docs)
     else:
         lib = PolyPRAGEncoder(llm, num_adapters=args.m, routing_lr=args.routing_lr, batch_size=args.batch_size,
-                              temperature=args.temperature, **common).fit(enc_docs)
+                              temperature=args.temperature, routing_active=args.routing_active, **common).fit(enc_docs)
     train_s = time.perf_counter() - t0
 
     rng = random.Random(0)
@@ -102,10 +104,13 @@ def main(argv=None) -> int:
             return BankMixture(lib.bank, w.mean(0)[None, None])
 
         runs["parametric_shuffled"] = answer(plain, [shuffled(q.gold) for q in qs])
+        runs["parametric_oracle_sum"] = answer(plain, [lib.mixture(q.gold, combine="sum") for q in qs])
         uni = torch.full((1, 1, lib.bank.m), 1.0 / lib.bank.m)
         runs["parametric_uniform"] = answer(plain, [BankMixture(lib.bank, uni) for _ in qs])
         ent = -(lib.routing_weights(lib.doc_ids).clamp_min(1e-9).log() * lib.routing_weights(lib.doc_ids)).sum(-1)
     runs["in_context_oracle"] = answer(ctx, [None] * len(qs))
+    if args.combine:
+        runs["combine_oracle"] = answer(ctx, [lib.mixture(q.gold) for q in qs])
     scores = {k: sum(accuracy(a, q.answers) for a, q in zip(v, qs)) for k, v in runs.items()}
     rec = {"tag": args.tag, "data": Path(args.data).name, "rows": args.rows, "method": args.method,
            "texts": args.texts, "epochs": args.epochs, "lr": args.lr, "rank": args.rank, "alpha": args.alpha,
@@ -114,6 +119,7 @@ def main(argv=None) -> int:
            "scores": scores}
     if args.method == "poly":
         rec.update(m=args.m, routing_lr=args.routing_lr, temperature=args.temperature,
+                   routing_active=args.routing_active,
                    routing_entropy=round(float(ent.mean()), 3))
     rec["examples"] = [{"q": q.question, "gold": q.answers[0], **{k: v[i] for k, v in runs.items()}}
                        for i, q in enumerate(qs[:: max(1, len(qs) // 6)])]

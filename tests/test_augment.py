@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from polyprag import Document, GeneratedQAAugmenter, UnknownDocumentError
-from polyprag.augment import FixedAugmenter, clean_answer, clean_rewrite, examples_from, parse_questions, Augmentation
+from polyprag.augment import (Augmentation, FixedAugmenter, PassageAugmenter, clean_answer, clean_rewrite, examples_from,
+                              parse_questions)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 
@@ -112,3 +113,13 @@ def test_fixed_augmenter_refuses_unknown_document(docs):
     assert fixed(docs[:1]) == [[]]
     with pytest.raises(UnknownDocumentError, match="augment them first"):
         fixed([Document(id="new", text="a new passage")])
+
+
+def test_sentences_answer_the_recall_question_one_sentence_each():
+    doc = Document(id="e", title="Izhar Elias",
+                   text="Izhar Elias is a Dutch guitarist. He studied with J. Smith in St. Louis.\nHe won prizes!")
+    ex = examples_from(doc, Augmentation(rewrite="", qa=[]), ("sentences",))
+    assert [e.target for e in ex] == ["Izhar Elias is a Dutch guitarist.", "He studied with J. Smith in St. Louis.",
+                                      "He won prizes!"]
+    assert {e.question for e in ex} == {"What do you know about Izhar Elias?"} and not any(e.context for e in ex)
+    assert PassageAugmenter(("passage", "sentences"))([doc])[0][1:] == ex  # no generation needed

@@ -5,11 +5,10 @@ import json
 
 import pytest
 
-from test_augment import one_thread  # noqa: F401  (autouse: one torch thread)
-
 from polyprag.cli import COMMANDS, build_parser, main
 from polyprag.documents import save_jsonl
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import random_poly_library
-from test_augment import one_thread  # noqa: F401  (autouse: one torch thread)
 from test_evaluation import QUESTIONS, write_slice
 
 from polyprag import Question
@@ -14,6 +13,8 @@ from polyprag.evaluation import (EvalConfig, FixedRetriever, compare, paired_boo
                                  run_evaluation)
 from polyprag.evaluation.runner import choose_documents
 from polyprag.prompts import ANSWER_PREFIX, answer_target, first_sentence, sentence_end
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 
 
 def test_bootstrap_hand_computed():

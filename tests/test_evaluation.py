@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from test_augment import one_thread  # noqa: F401  (autouse: one torch thread)
-
 from polyprag import InvalidInputError
 from polyprag.documents import save_jsonl
 from polyprag.evaluation import (EvalConfig, accuracy, exact_match, f1_score, normalize_answer, recall_at_k,
                                  run_evaluation)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 
 
 def test_normalize_answer_as_squad():

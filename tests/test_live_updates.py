@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import torch
-
-from test_augment import one_thread  # noqa: F401  (autouse: one torch thread)
-
 from conftest import random_poly_library
-from polyprag import AdapterLibrary, BM25Retriever, Document, ParametricRetriever, PolyPRAG
 from tiny import tiny_llm
+
+from polyprag import AdapterLibrary, BM25Retriever, Document, ParametricRetriever, PolyPRAG
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 
 WORDS = ["zorvania", "krell", "marisol", "velt", "tamsin", "quellport", "farrant", "moon", "lake", "river",
          "mountain", "island"]

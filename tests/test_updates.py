@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_augment import one_thread  # noqa: F401  (autouse: one torch thread)
-
 from polyprag import (AdapterLibrary, BankMixture, BM25Retriever, Document, DuplicateDocumentError,
                       InvalidInputError, ParametricRetriever, PolyPRAG, PolyPRAGEncoder, PRAGEncoder,
                       UnknownDocumentError)
+from polyprag.encoder import init_routing_logits
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 
 QUESTION = "the capital of zorvania"
 
@@ -158,3 +159,15 @@ def test_rows_prepared_before_and_after_an_update_share_one_batch(llm, docs):
     for row, mix in enumerate((first, second)):
         alone = llm.logits(**llm.encode([questions[row]]), mixture=mix)
         torch.testing.assert_close(both[row], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_routing_starts_each_document_on_its_own_adapters(llm, docs):
+    """routing_active=a: every row starts +3 on a adapters, -3 elsewhere; added documents start on new adapters."""
+    lib = _poly(llm, docs[:3], num_adapters=4, routing_active=1, epochs=1)
+    start = init_routing_logits(3, 4, 0, "cpu", active=1).detach()
+    assert ((start > 0).sum(1) == 1).all() and set(start.abs().flatten().tolist()) == {3.0}
+    assert (lib.routing_logits.argmax(1) == start.argmax(1)).all()  # one epoch does not undo the start
+    lib.add_documents(docs[3:], new_adapters=2, progress=False)
+    assert (lib.routing_logits[3:].argmax(1) >= 4).all()  # old adapters are frozen: new facts go to new ones
+    with pytest.raises(InvalidInputError, match="routing_active"):
+        PolyPRAGEncoder(llm, num_adapters=2, routing_active=3)

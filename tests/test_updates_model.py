@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from test_augment import one_thread  # noqa: F401  (autouse: one torch thread)
-
 from polyprag import (BM25Retriever, ParametricRetriever, PolyPRAG, PolyPRAGEncoder, UnknownDocumentError,
                       load_corpus, load_questions)
 from polyprag.demo import DATA, contains_answer
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_thread")]  # one torch thread
 ADDED = Path(__file__).parent / "data"
 
 

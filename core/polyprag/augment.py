@@ -20,8 +20,8 @@ from .documents import Document
 from .errors import InvalidInputError, UnknownDocumentError
 from .models import cache_dir
 from .storage import atomic_write_text
-from .prompts import ANSWER_PREFIX, PROMPT_VERSION, question_message
-from .recipes import PRAG_TEXTS, check_texts
+from .prompts import ANSWER_PREFIX, PROMPT_VERSION, question_message, split_sentences
+from .recipes import FREE_TEXTS, PRAG_TEXTS, check_texts
 
 if TYPE_CHECKING:
     from .llm import LoRAMixingLLM
@@ -50,11 +50,21 @@ class Augmenter(Protocol):
 RECALL_QUESTION = "What do you know about {subject}?"
 
 
+def recall_question(doc: Document) -> str:
+    """The question about the document's subject: its title, else its first words."""
+    return RECALL_QUESTION.format(subject=doc.title.strip() or " ".join(doc.text.split()[:6]))
+
+
 def recall_example(doc: Document) -> TrainingExample:
-    """A question about the document's subject (its title, else its first words) answered with the passage:
-    the adapter learns to bring the passage's facts into the answer turn, not only to continue its text."""
-    subject = doc.title.strip() or " ".join(doc.text.split()[:6])
-    return TrainingExample(target=doc.text, question=RECALL_QUESTION.format(subject=subject))
+    """The recall question answered with the passage: the adapter learns to bring the passage's facts into
+    the answer turn, not only to continue its text."""
+    return TrainingExample(target=doc.text, question=recall_question(doc))
+
+
+def sentence_examples(doc: Document) -> list[TrainingExample]:
+    """The recall question answered by each sentence of the passage alone: every fact learns to start an
+    answer, not only the passage's first one."""
+    return [TrainingExample(target=s, question=recall_question(doc)) for s in split_sentences(doc.text)]
 
 
 class PassageAugmenter:
@@ -63,7 +73,7 @@ class PassageAugmenter:
 
     def __init__(self, texts: Sequence[str] = ("passage",)):
         self.texts = check_texts(texts)
-        generated = set(self.texts) - {"passage", "recall"}
+        generated = set(self.texts) - FREE_TEXTS
         if generated:
             raise InvalidInputError(f"PassageAugmenter makes no generated texts ({sorted(generated)}); "
                                     "use GeneratedQAAugmenter for them.")
@@ -259,6 +269,8 @@ def examples_from(doc: Document, aug: Augmentation, texts: Sequence[str] = PRAG_
     ex = [TrainingExample(target=doc.full_text)] if "passage" in texts else []
     if "recall" in texts:
         ex.append(recall_example(doc))
+    if "sentences" in texts:
+        ex.extend(sentence_examples(doc))
     if aug.rewrite and "rewrite" in texts:
         ex.append(TrainingExample(target=aug.rewrite))
     for q, a in aug.qa:

@@ -135,7 +135,7 @@ def fit(encoder: "PolyPRAGEncoder", documents: Sequence[Document]) -> "AdapterLi
     cfg = encoder.train
     bank = LoRABank.initialised(encoder._modules(), encoder.num_adapters, encoder.rank, encoder.alpha,
                                 seed=cfg.seed).to(encoder.llm.device)
-    logits = init_routing_logits(len(docs), encoder.num_adapters, cfg.seed, encoder.llm.device)  # [N, m]
+    logits = init_routing_logits(len(docs), encoder.num_adapters, cfg.seed, encoder.llm.device, active=cfg.routing_active)  # [N, m]
     broadcast_(list(bank.parameters()) + [logits])
     progress = cfg.progress
     cfg.progress = progress and rank == 0  # one progress bar, not one per process

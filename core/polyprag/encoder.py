@@ -15,7 +15,7 @@ from .documents import Document, check_unique
 from .errors import InvalidInputError
 from .library import AdapterLibrary, LibraryConfig, LibraryState, routing_weights
 from .mixing import LoRABank
-from .recipes import PRAG_TEXTS, get_recipe
+from .recipes import FREE_TEXTS, PRAG_TEXTS, get_recipe
 from .training import TrainConfig, train_per_document, train_poly
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class PolyPRAGEncoder:
                  routing_lr: float | None = None, epochs: int | None = None, batch_size: int = 8,
                  temperature: float | None = None, max_length: int = 256, seed: int = 0,
                  per_document: bool = False, group_size: int = 32, max_batch_tokens: int = 2048,
-                 progress: bool = True, recipe: str = "default"):
+                 progress: bool = True, recipe: str = "default", routing_active: int | None = None):
         r = get_recipe(recipe)
         self.recipe = recipe
         num_adapters = r.num_adapters if num_adapters is None else num_adapters
@@ -51,6 +51,10 @@ class PolyPRAGEncoder:
         routing_lr = (None if per_document else r.routing_lr) if routing_lr is None else routing_lr
         epochs = (r.prag_epochs if per_document else r.epochs) if epochs is None else epochs
         temperature = r.temperature if temperature is None else temperature
+        routing_active = r.routing_active if routing_active is None else routing_active
+        if not 0 <= routing_active <= max(num_adapters, 0) and not per_document:
+            raise InvalidInputError(f"routing_active must be between 0 and num_adapters ({num_adapters}), "
+                                    f"got {routing_active}.")
         if num_adapters < 1 and not per_document:
             raise InvalidInputError(f"num_adapters must be >= 1, got {num_adapters}.")
         if rank < 1:
@@ -72,6 +76,7 @@ class PolyPRAGEncoder:
         self.augmenter = _augmenter(augmenter, llm, r.texts)
         self.train = TrainConfig(lr=lr, routing_lr=routing_lr, epochs=epochs, batch_size=batch_size,
                                  max_length=max_length, temperature=temperature, seed=seed, progress=progress,
+                                 routing_active=0 if per_document else routing_active,
                                  max_batch_tokens=max_batch_tokens)
 
     def _modules(self) -> dict[str, tuple[int, int]]:
@@ -109,7 +114,8 @@ class PolyPRAGEncoder:
             return AdapterLibrary(self.llm, bank, docs, self._config(bank.m))
         bank = LoRABank.initialised(modules, self.num_adapters, self.rank, self.alpha,
                                     seed=self.train.seed).to(self.llm.device)
-        logits = init_routing_logits(len(docs), self.num_adapters, self.train.seed, self.llm.device)
+        logits = init_routing_logits(len(docs), self.num_adapters, self.train.seed, self.llm.device,
+                                     active=self.train.routing_active)
         ck = _checkpoint(checkpoint_dir, checkpoint_every, "poly-fit", self.llm, docs, data, self.train,
                          {"m": self.num_adapters, "rank": self.rank, "alpha": self.alpha, "modules": modules})
         train_poly(self.llm, bank, logits, data, self.train, train_bank=True, checkpoint=ck)
@@ -163,15 +169,29 @@ def train_prag_bank(llm: "LoRAMixingLLM", modules: dict[str, tuple[int, int]],
                     B=[torch.cat([p.B[k] for p in docs]) for k in range(len(modules))])
 
 
-def init_routing_logits(n: int, m: int, seed: int, device) -> torch.Tensor:
+SPARSE_LOGIT = 3.0  # σ(±3) = 0.95 / 0.05: a sparse start the routing can still move away from
+
+
+def init_routing_logits(n: int, m: int, seed: int, device, active: int = 0,
+                        among: Sequence[int] | None = None) -> torch.Tensor:
+    """Routing logits [n, m] to train: near zero (``active=0``, Polytropon: every adapter equally likely),
+    or each row +3 on ``active`` adapters drawn at random from ``among`` (default: all) and −3 elsewhere,
+    so that documents start on different subsets of the bank and the adapters specialise."""
     gen = torch.Generator().manual_seed(seed + 1)
-    # Polytropon initialises routing logits near zero: every adapter starts equally likely.
-    return (torch.rand(n, m, generator=gen) * 2e-3 - 1e-3).to(device).requires_grad_(True)
+    z = torch.rand(n, m, generator=gen) * 2e-3 - 1e-3
+    if active > 0:
+        pool = torch.tensor(list(range(m)) if among is None else list(among), dtype=torch.long)
+        if active > len(pool):
+            raise InvalidInputError(f"routing_active={active} exceeds the {len(pool)} adapters a document can start on.")
+        z.fill_(-SPARSE_LOGIT)
+        for i in range(n):
+            z[i, pool[torch.randperm(len(pool), generator=gen)[:active]]] = SPARSE_LOGIT
+    return z.to(device).requires_grad_(True)
 
 
 def _augmenter(augmenter: Augmenter | str | None, llm: "LoRAMixingLLM",
                texts: Sequence[str] = PRAG_TEXTS) -> Augmenter:
-    if augmenter is None and set(texts) <= {"passage", "recall"}:
+    if augmenter is None and set(texts) <= FREE_TEXTS:
         return PassageAugmenter(texts)
     if augmenter is None or augmenter == "generated_qa":
         return GeneratedQAAugmenter(llm, texts=texts)
@@ -223,7 +243,10 @@ def extend_library(llm: "LoRAMixingLLM", state: LibraryState, docs: Sequence[Doc
     if grow:
         fresh = LoRABank.initialised(modules, grow, bank.rank, bank.alpha, seed=cfg.seed + len(state))
         bank = bank.extend(fresh).to(llm.device)  # a new bank object: readers keep the old one
-    logits = init_routing_logits(len(docs), bank.m, cfg.seed, llm.device)
+    # sparse routing starts new documents on new adapters (old ones are frozen and cannot learn them)
+    logits = init_routing_logits(len(docs), bank.m, cfg.seed, llm.device,
+                                 active=min(cfg.routing_active, grow or bank.m),
+                                 among=range(m_old, bank.m) if grow else None)
     ck = _checkpoint(checkpoint_dir, checkpoint_every, f"poly-add-{strategy}", llm, docs, data, cfg,
                      {**start, "grow": grow})
     train_poly(llm, bank, logits, data, cfg, train_bank=bool(grow), checkpoint=ck, frozen_adapters=m_old)

@@ -50,6 +50,17 @@ def sentence_end(text: str) -> int | None:
     return None
 
 
+def split_sentences(text: str) -> list[str]:
+    """The sentences (and lines) of a passage, in order, each stripped; abbreviations do not split."""
+    out, rest = [], text.strip()
+    while rest:
+        end = sentence_end(rest + " ") or len(rest)
+        if rest[:end].strip():
+            out.append(rest[:end].strip())
+        rest = rest[end:].strip()
+    return out
+
+
 def first_sentence(text: str) -> str:
     """The answer in a decoded continuation: its first sentence or line, without the final period."""
     end = sentence_end(text + " ")

@@ -7,7 +7,8 @@ and without context; rank 2, alpha 32, lr 3e-4, 1 epoch), which a 1B–8B model 
 and a 135M model does not.
 
 Training texts (``texts``): ``passage`` (the document itself), ``recall`` ("What do you know about
-<title>?" answered with the passage: no generation needed), ``rewrite`` (the model's rewrite of it),
+<title>?" answered with the passage: no generation needed), ``sentences`` (the recall question answered by
+each sentence of the passage on its own, so that any one fact can start an answer), ``rewrite`` (the model's rewrite of it),
 ``qa`` (each generated question answered with no context: what parametric answering asks of the
 adapter), ``qa_context`` (each generated QA with the passage, and with the rewrite, in the prompt).
 """
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 
 from .errors import InvalidInputError
 
-TEXT_KINDS = ("passage", "recall", "rewrite", "qa", "qa_context")
+TEXT_KINDS = ("passage", "recall", "sentences", "rewrite", "qa", "qa_context")
+FREE_TEXTS = frozenset({"passage", "recall", "sentences"})  # made from the passage alone, no generation
 PRAG_TEXTS = ("passage", "rewrite", "qa", "qa_context")  # PRAG's augmentation
 
 
@@ -35,6 +37,7 @@ class Recipe:
     epochs: int
     num_adapters: int
     temperature: float = 1.0
+    routing_active: int = 0  # Poly-PRAG: adapters each document's routing starts on (0: all, near uniform)
 
 
 RECIPES: dict[str, Recipe] = {

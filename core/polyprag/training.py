@@ -37,6 +37,8 @@ class TrainConfig:
     max_batch_tokens: int = 2048  # a step's rows run in length-sorted micro-batches of at most this many
     #                               padded tokens, gradients accumulated: the same update, less padding
     temperature: float = 1.0  # relaxed-Bernoulli temperature τ
+    routing_active: int = 0  # Poly-PRAG routing init: 0 = every adapter equally likely (Polytropon);
+    #                          a > 0 = each document starts on `a` random adapters (sparse, specialising)
     weight_decay: float = 0.0
     seed: int = 0
     progress: bool = True

@@ -83,6 +83,8 @@ class EvalConfig:
     epochs: int | None = _help("Poly-PRAG training epochs", default=None)
     lr: float | None = _help("Poly-PRAG bank learning rate", default=None)
     routing_lr: float | None = _help("Poly-PRAG routing-logit learning rate", default=None)
+    routing_active: int | None = _help("Poly-PRAG: adapters each document's routing starts on (0: all, near "
+                                       "uniform)", default=None)
     prag_epochs: int | None = _help("PRAG training epochs", default=None)
     prag_lr: float | None = _help("PRAG learning rate", default=None)
     texts: str | None = _help("training texts, comma-separated from passage,rewrite,qa,qa_context",

@@ -24,7 +24,7 @@ from ..errors import InvalidInputError, PolyPRAGError
 from ..library import AdapterLibrary
 from ..parametric import ParametricRetriever
 from ..pipeline import PolyPRAG
-from ..recipes import check_texts, get_recipe
+from ..recipes import FREE_TEXTS, check_texts, get_recipe
 from ..dense import build_retriever
 from ..retrieval import ScoredDocument
 from .config import METHODS, EvalConfig, Method
@@ -53,7 +53,8 @@ def load_slice(data: str | os.PathLike, n: int | None = None, start: int = 0) ->
 def settings(cfg: EvalConfig) -> dict:
     """The training settings of the run: the recipe's, with every option the config sets on top."""
     r = asdict(get_recipe(cfg.recipe))
-    for name in ("num_adapters", "rank", "alpha", "epochs", "lr", "routing_lr", "prag_epochs", "prag_lr"):
+    for name in ("num_adapters", "rank", "alpha", "epochs", "lr", "routing_lr", "routing_active", "prag_epochs",
+                 "prag_lr"):
         if getattr(cfg, name) is not None:
             r[name] = getattr(cfg, name)
     r["texts"] = check_texts(cfg.texts) if cfg.texts is not None else tuple(r["texts"])
@@ -150,7 +151,7 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
     if needs:
         t0 = time.perf_counter()
         texts = train["texts"]
-        if set(texts) <= {"passage", "recall"}:
+        if set(texts) <= FREE_TEXTS:
             augmenter = PassageAugmenter(texts)
         else:
             augmenter = GeneratedQAAugmenter(llm, cache=cfg.cache, batch_size=cfg.augment_batch_size,
@@ -254,7 +255,8 @@ def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, train: dict, 
     else:
         encoder = PolyPRAGEncoder(llm, num_adapters=1 if kind == "poly_m1" else train["num_adapters"],
                                   lr=train["lr"], routing_lr=train["routing_lr"], epochs=train["epochs"],
-                                  temperature=train["temperature"], batch_size=cfg.batch_size, **common)
+                                  temperature=train["temperature"], batch_size=cfg.batch_size,
+                                  routing_active=0 if kind == "poly_m1" else train["routing_active"], **common)
     t0 = time.perf_counter()
     library = encoder.fit(docs)
     train_s = time.perf_counter() - t0
