@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import random_poly_library
 from tiny import tiny_llm
 
@@ -83,3 +84,19 @@ def test_batch_limits_are_checked():
     with pytest.raises(Exception, match="max_batch_rows"):
         tiny_llm(max_batch_rows=0)
     assert isinstance(tiny_llm(batch_memory=10**9), LoRAMixingLLM)
+
+
+def test_min_new_tokens_fixes_the_length_of_a_question_answer_that_ends_early():
+    from polyprag.llm import GenerationConfig
+
+    llm = tiny_llm(spaced=True)
+    with torch.no_grad():  # every token is "." (decoded ". . ."): the answer's sentence ends at its second token
+        llm.model.lm_head.weight.zero_()
+        llm.model.lm_head.bias = torch.nn.Parameter(torch.zeros(llm.model.lm_head.out_features))
+        llm.model.lm_head.bias[llm.tokenizer.convert_tokens_to_ids(".")] = 10.0
+    enc = llm.encode([llm.question_prompt("who built the krell lighthouse")])
+    width = enc["input_ids"].shape[1]
+    for least, expected in ((0, 2), (6, 6)):
+        cfg = GenerationConfig(max_new_tokens=8, min_new_tokens=least)
+        out = llm.model.generate(**enc, **llm._generate_kwargs(cfg, width, [True]))
+        assert out.shape[1] - width == expected

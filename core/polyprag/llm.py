@@ -316,7 +316,8 @@ class LoRAMixingLLM:
         kw = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                   eos_token_id=self._stop_ids())  # a chat model's answer ends at its end-of-turn token
         if any(short) or cfg.stop:  # rows stop as they end, not at max_new_tokens
-            kw["stopping_criteria"] = [_SentenceStop(self.tokenizer, width, short, cfg.stop, every_row=every_row)]
+            kw["stopping_criteria"] = [_SentenceStop(self.tokenizer, width, short, cfg.stop, every_row=every_row,
+                                                     min_tokens=cfg.min_new_tokens)]
         if cfg.min_new_tokens:
             kw["min_new_tokens"] = min(cfg.min_new_tokens, cfg.max_new_tokens)
         if cfg.temperature and cfg.temperature > 0:
@@ -341,16 +342,19 @@ def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfi
 
 class _SentenceStop(StoppingCriteria):
     """Stopping criterion: a short-answer row is done once its first sentence or line (or a stop string)
-    has ended; other rows run on to their end-of-sequence token."""
+    has ended, and not before ``min_tokens`` new tokens; other rows run on to their end-of-sequence token."""
 
     def __init__(self, tokenizer, prompt_len: int, rows: Sequence[bool], stop: Sequence[str],
-                 every_row: bool = False):
+                 every_row: bool = False, min_tokens: int = 0):
         self.tokenizer, self.prompt_len, self.stop = tokenizer, prompt_len, tuple(stop)
+        self.min_tokens = min_tokens
         self.short = list(rows)
         self.check = [i for i, s in enumerate(self.short) if s or every_row]
         self.done = torch.zeros(len(self.short), dtype=torch.bool)
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        if input_ids.shape[1] - self.prompt_len < self.min_tokens:  # a fixed-length (timing) run goes on
+            return self.done.to(input_ids.device)
         for i in self.check:
             if self.done[i]:  # a finished row only gathers padding
                 continue
