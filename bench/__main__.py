@@ -4,6 +4,10 @@ Examples:
     python -m bench --quick                                  # small config, a few minutes on a CPU
     python -m bench                                          # the full suite, default model
     python -m bench --device cuda --random-llama 1b          # GPU, a randomly initialised 1.1B Llama
+    python -m bench --quick --random-llama tiny              # seconds: checks that every figure runs
+
+Without ../shared/data beside the clone (and no --data) the figures use the invented facts that ship with
+polyprag, completed with synthetic documents where a figure needs more.
 """
 from __future__ import annotations
 
@@ -15,21 +19,24 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from polyprag import BM25Retriever, ParametricRetriever
 
-from . import common, figures
+from . import common, figures, generation
 
 FULL = dict(questions=16, tokens=32, repeats=5, switch_queries=10, switch_adapters=32, batch=16,
-            storage_docs=1000, fit_docs=16)
+            storage_docs=1000, fit_docs=16, rows=(1, 16, 128))
 QUICK = dict(questions=4, tokens=12, repeats=3, switch_queries=3, switch_adapters=8, batch=16,
-             storage_docs=1000, fit_docs=8)
+             storage_docs=1000, fit_docs=8, rows=(1, 16))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, section: str | None = None, names: Sequence[str] = ()) -> int:
+    """Run the suite (or a ``section`` of it: only the figures ``names``, written to <machine>-<section>.json)."""
+    ap = argparse.ArgumentParser(prog=f"python -m bench{'.' + section if section else ''}",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small config (fewer questions, tokens, repeats)")
     ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--model", help="a local HF causal-LM folder (default: bundled SmolLM2-135M-Instruct)")
@@ -37,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="a randomly initialised Llama of this size instead of --model")
     ap.add_argument("--tokenizer", help="tokenizer folder for --random-llama (default: the default model's)")
     ap.add_argument("--dtype", help="float32, bfloat16, ... (default: float32 on CPU, bfloat16 on CUDA)")
-    ap.add_argument("--data", help="folder with corpus.jsonl + questions.jsonl (default: shared/data/popqa)")
+    ap.add_argument("--data", help="folder with corpus.jsonl + questions.jsonl (default: ../shared/data/popqa "
+                                       "beside the clone, else the facts that ship with polyprag)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--only", help="comma-separated figure names to run (default: all)")
+    ap.add_argument("--only", help=f"comma-separated figure names to run (default: {'all' if not names else ','.join(names)})")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the JSON")
     args = ap.parse_args(argv)
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -52,10 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     llm = common.load_llm(args.model, args.random_llama, args.device, dtype, args.tokenizer)
     info = common.machine(llm)
     print(_machine_line(info), flush=True)
-    docs, questions = common.corpus_and_questions(max(cfg["questions"], cfg["batch"]), args.data)
+    docs, questions, info["data"] = common.corpus_and_questions(max(cfg["questions"], cfg["batch"]), args.data)
+    print(f"data: {info['data']}", flush=True)
     library = common.random_library(llm, docs, m=16)
-    only = set(args.only.split(",")) if args.only else None
+    only = set(args.only.split(",")) if args.only else set(names) or None
     results: dict[str, dict] = {}
+    baselines: list[generation.Baselines] = []
+
+    def base() -> generation.Baselines:  # peft and bare copies of the model, built once when first needed
+        if not baselines:
+            baselines.append(generation.Baselines(llm))
+        return baselines[0]
 
     def run(name: str, fn) -> None:
         if only and name not in only:
@@ -67,8 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         print(_line(name, results[name]), flush=True)
         common.free(llm.device)
 
-    run("1_parametric_vs_in_context", lambda: figures.parametric_vs_in_context(
-        llm, docs, questions[: cfg["questions"]], library, cfg["tokens"]))
+    run("1_parametric_vs_in_context", lambda: generation.parametric_vs_in_context(
+        llm, docs, questions[: cfg["questions"]], library, cfg["tokens"], base()))
+    run("G1_tokens_per_s", lambda: generation.tokens_per_s(llm, library, base(), questions, cfg["tokens"],
+                                                           cfg["rows"], max(1, cfg["repeats"] // 2)))
+    run("G2_mixtures_16_vs_1", lambda: generation.mixtures_16_vs_1(llm, library, base(), questions, cfg["tokens"],
+                                                                   max(1, cfg["repeats"] // 2)))
+    baselines.clear()
+    common.free(llm.device)
     run("2_mixture_vs_bare", lambda: figures.mixture_vs_bare(llm, library, questions[0], cfg["tokens"],
                                                                cfg["repeats"]))
     run("3_switch_vs_peft", lambda: figures.switch_vs_peft(llm, library, cfg["switch_queries"],
@@ -103,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         info["peak_gpu_mb"] = torch.cuda.max_memory_allocated(llm.device) / 2**20
     info["suite_s"] = time.perf_counter() - start
     info["config"] = {**cfg, "quick": args.quick}
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{info['device']}-{llm.name}{'-quick' if args.quick else ''}")
+    tags = f"{'-' + section if section else ''}{'-quick' if args.quick else ''}"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{info['device']}-{llm.name}{tags}")
     path = common.write_json(Path(args.out) / f"{slug}.json", {"machine": info, "figures": results})
     print(f"peak RSS {info['peak_rss_mb']:.0f} MiB"
           + (f", peak GPU {info['peak_gpu_mb']:.0f} MiB" if "peak_gpu_mb" in info else "")
@@ -119,6 +141,8 @@ def _machine_line(info: dict) -> str:
 
 
 _SHOWN = {"1_parametric_vs_in_context": ("parametric_s_per_answer", "in_context_s_per_answer"),
+          "G1_tokens_per_s": ("polyprag_tokens_per_s", "peft_tokens_per_s"),
+          "G2_mixtures_16_vs_1": ("many_mixtures_tokens_per_s", "one_mixture_tokens_per_s"),
           "2_mixture_vs_bare": ("mixture_mean_s", "bare_s"),
           "3_switch_vs_peft": ("polyprag_poly_switch_s", "peft_switch_s"),
           "4_batched_vs_one_by_one": ("one_by_one_s", "batched_s"),

@@ -1,15 +1,17 @@
 """``python -m bench.bench_bm25``: BM25 query latency, rank-bm25 vs bm25s, at 10k and 100k documents.
 
 Corpora this large do not ship here, so they are synthesised from the shared QA passages
-(/work/shared/data/*/corpus.jsonl): each document is a real title plus 2–4 sentences drawn
-from random passages, so the vocabulary and length statistics are those of Wikipedia text.
-Queries are the shared questions. Both backends run in this one process, on the same corpus and
+(../shared/data/*/corpus.jsonl beside the clone, or ``--data``): each document is a real title plus
+2–4 sentences drawn from random passages, so the vocabulary and length statistics are those of
+Wikipedia text. Queries are the shared questions. A clone without them draws its passages and
+questions from a Zipf vocabulary instead (word frequency ∝ 1/rank, as in natural text). Both backends run in this one process, on the same corpus and
 queries, so the ratio (rank-bm25 seconds / bm25s seconds per query) is measured in one run; the
 top-k ids of both are compared on every query as well (they must agree: same Okapi scores).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import random
@@ -20,17 +22,34 @@ from pathlib import Path
 
 from polyprag import BM25Retriever, Document, load_corpus, load_questions
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def shared_passages(data: Path = DATA) -> tuple[list[Document], list[str]]:
-    """Every passage and every question text in the shared QA folders."""
+    """Every passage and every question text in the shared QA folders (none when there are none)."""
     docs, questions = [], []
-    for folder in sorted(p for p in data.iterdir() if (p / "corpus.jsonl").is_file()):
+    folders = sorted(p for p in data.iterdir() if (p / "corpus.jsonl").is_file()) if data.is_dir() else []
+    for folder in folders:
         docs += load_corpus(folder / "corpus.jsonl")
         if (folder / "questions.jsonl").is_file():
             questions += [q.question for q in load_questions(folder / "questions.jsonl")]
+    return docs, questions
+
+
+def zipf_passages(n: int = 2000, vocabulary: int = 30000, seed: int = 0) -> tuple[list[Document], list[str]]:
+    """n passages of 3–5 sentences of 8–20 words from a Zipf vocabulary, and one 6-word question per passage
+    drawn from its own words (what a clone without the shared QA folders measures on)."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(vocabulary)]
+    cum = list(itertools.accumulate(1 / (rank + 1) ** 1.07 for rank in range(vocabulary)))  # Zipf, s ≈ 1.07
+
+    def sentence() -> str:
+        return " ".join(rng.choices(words, cum_weights=cum, k=rng.randint(8, 20))) + "."
+
+    docs = [Document(id=f"z{i}", title=" ".join(rng.choices(words, cum_weights=cum, k=2)),
+                     text=" ".join(sentence() for _ in range(rng.randint(3, 5)))) for i in range(n)]
+    questions = [" ".join(rng.sample(d.text.rstrip(".").replace(".", "").split(), 6)) for d in docs]
     return docs, questions
 
 
@@ -82,8 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bm25.json"))
     args = ap.parse_args(argv)
     passages, questions = shared_passages(Path(args.data))
+    source = "shared"
+    if not passages:
+        print(f"no QA folders with corpus.jsonl in {args.data}: passages and questions from a Zipf vocabulary "
+              "(pass --data for real text)", flush=True)
+        passages, questions = zipf_passages()
+        source = "zipf"
     queries = random.Random(1).sample(questions, min(args.queries, len(questions)))
-    print(f"{len(passages)} shared passages recombined; {len(queries)} questions; k={args.k}; "
+    print(f"{len(passages)} {source} passages recombined; {len(queries)} questions; k={args.k}; "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}", flush=True)
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -98,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"machine": {"processor": platform.processor(), "machine": platform.machine(),
                                            "python": platform.python_version(),
                                            "date": time.strftime("%Y-%m-%d")},
-                               "sizes": rows}, indent=2))
+                               "passages": source, "sizes": rows}, indent=2))
     print(f"wrote {out}")
     return 0
 

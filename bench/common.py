@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,11 +17,14 @@ import torch
 from polyprag import AdapterLibrary, Document, LoRABank, LoRAMixingLLM, load_corpus, load_questions
 from polyprag.library import LibraryConfig
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "popqa"
-PACKAGED_DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "popqa"
+PACKAGED_DATA = ROOT / "core" / "polyprag" / "data"
 
-# Randomly initialised Llama sizes for the GPU run (TinyLlama-1.1B's shape for "1b").
+# Randomly initialised Llama sizes for the GPU run (TinyLlama-1.1B's shape for "1b"); "tiny" is the test
+# suite's two-layer model with its word-level tokenizer: seconds, to check that a suite runs.
 RANDOM_LLAMAS = {
+    "tiny": {},
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                num_key_value_heads=4),
     "350m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
@@ -49,6 +53,12 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def result(ratio: float, target: float, at_most: bool, **numbers) -> dict:
+    """A figure: its ratio, the target it is held to (at most or at least), whether it met it, the numbers behind."""
+    met = ratio <= target if at_most else ratio >= target
+    return {"ratio": ratio, "target": f"{'<=' if at_most else '>='} {target:g}", "met": bool(met), **numbers}
 
 
 def sync(device: torch.device) -> None:
@@ -94,6 +104,8 @@ def load_llm(model: str | None, random_llama: str | None, device: str | None, dt
     """The model under test: the default SmolLM2, any HF folder, or a randomly initialised Llama."""
     if not random_llama:
         return LoRAMixingLLM.from_pretrained(model, device=device, dtype=dtype)
+    if random_llama == "tiny":
+        return tiny_llm()
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from polyprag.models import default_model_path, pick_device
@@ -111,19 +123,34 @@ def load_llm(model: str | None, random_llama: str | None, device: str | None, dt
     return LoRAMixingLLM(lm, tok, name=f"random-llama-{random_llama}")
 
 
-def corpus_and_questions(n_questions: int, folder: str | Path | None = None) -> tuple[list[Document], list[str]]:
-    """Real PopQA passages and questions (``folder`` or shared/data), else the packaged invented facts."""
+def tiny_llm() -> LoRAMixingLLM:
+    """The test suite's tiny random model (tests/tiny.py of the clone)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny import tiny_llm as tiny
+
+    return tiny()
+
+
+def corpus_and_questions(n_questions: int, folder: str | Path | None = None
+                         ) -> tuple[list[Document], list[str], str]:
+    """PopQA passages and questions (``folder``, else ../shared/data/popqa beside the clone), else the facts
+    that ship with polyprag; and where they came from."""
+    if folder and not (Path(folder) / "corpus.jsonl").is_file():
+        raise FileNotFoundError(f"{folder} has no corpus.jsonl; give a folder with corpus.jsonl and "
+                                "questions.jsonl, or leave --data out to use the facts that ship with polyprag.")
     data = Path(folder) if folder else SHARED_DATA
     if (data / "corpus.jsonl").is_file():
         docs = load_corpus(data / "corpus.jsonl")
         qs = load_questions(data / "questions.jsonl")
+        source = str(data)
     else:
         docs = load_corpus(PACKAGED_DATA / "invented_facts.jsonl")
         qs = load_questions(PACKAGED_DATA / "invented_questions.jsonl")
+        source = "the 8 invented facts that ship with polyprag (no ../shared/data/popqa)"
     questions = [q.question for q in qs]
     while len(questions) < n_questions:
         questions = questions + questions
-    return docs, questions[:n_questions]
+    return docs, questions[:n_questions], source
 
 
 def random_bank(llm: LoRAMixingLLM, m: int, rank: int = 2, alpha: float = 32.0, seed: int = 0) -> LoRABank:

@@ -1,4 +1,5 @@
-"""The figures of the performance and update issues plus memory, each a ratio of two things measured in one run.
+"""The figures of the performance and update issues plus memory, each a ratio of two things measured in one run
+(figure 1 and the other generation figures are in generation.py).
 
 Every function takes what it needs, measures, and returns a dict with ``ratio``, ``target``, ``met``
 and the absolute numbers behind the ratio (seconds, bytes, tokens).
@@ -15,52 +16,13 @@ from typing import Sequence
 
 import torch
 
-from polyprag import (AdapterLibrary, BM25Retriever, Document, GeneratedQAAugmenter, LoRAMixingLLM,
-                      ParametricRetriever, PolyPRAG, PolyPRAGEncoder, PRAGEncoder)
+from polyprag import (AdapterLibrary, Document, GeneratedQAAugmenter, LoRAMixingLLM, ParametricRetriever,
+                      PolyPRAGEncoder, PRAGEncoder)
 from polyprag.augment import FixedAugmenter
 from polyprag.recipes import get_recipe
 
-from .common import (at_least, folder_bytes, paired, random_bank, random_library, rss_mb, save_peft_adapter,
-                     synthetic_docs, sync, timed)
-
-
-def _result(ratio: float, target: float, at_most: bool, **numbers) -> dict:
-    met = ratio <= target if at_most else ratio >= target
-    return {"ratio": ratio, "target": f"{'<=' if at_most else '>='} {target:g}", "met": bool(met), **numbers}
-
-
-def parametric_vs_in_context(llm: LoRAMixingLLM, docs: Sequence[Document], questions: Sequence[str],
-                             library: AdapterLibrary, tokens: int) -> dict:
-    """1. Answer latency, parametric (mixture, short prompt) / in-context (k=3 passages), same questions.
-
-    The ratio uses answers of exactly ``tokens`` tokens in both modes (same decode work, so only the
-    prompt differs); answers that stop at end-of-sequence as usual are timed too (``natural_*``)."""
-    retriever = ParametricRetriever(BM25Retriever(docs, k=3), library)
-    modes = {m: PolyPRAG(llm, retriever, mode=m, max_new_tokens=tokens) for m in ("parametric", "in_context")}
-    for rag in modes.values():  # warm-up: first-call allocations and lazy imports
-        rag.answer(questions[0], min_new_tokens=tokens)
-    fixed: dict[str, list[float]] = {m: [] for m in modes}
-    natural: dict[str, list[float]] = {m: [] for m in modes}
-    answer_tokens: dict[str, list[int]] = {m: [] for m in modes}
-    prompt_tokens: dict[str, list[int]] = {m: [] for m in modes}
-    for q in questions:  # alternate the modes question by question
-        for m, rag in modes.items():
-            fixed[m].append(timed(lambda: rag.answer(q, min_new_tokens=tokens), llm.device))
-            out: list = []
-            natural[m].append(timed(lambda: out.append(rag.answer(q)), llm.device))
-            answer_tokens[m].append(len(llm.tokenizer(out[0].text, add_special_tokens=False)["input_ids"]))
-            prompt_tokens[m].append(len(llm.tokenizer(out[0].prompt, add_special_tokens=False)["input_ids"]))
-    n = len(questions)
-    p, c = sum(fixed["parametric"]), sum(fixed["in_context"])
-    return _result(p / c, 0.5, True, questions=n, new_tokens=tokens,
-                   parametric_s_per_answer=p / n, in_context_s_per_answer=c / n,
-                   parametric_prompt_tokens=statistics.mean(prompt_tokens["parametric"]),
-                   in_context_prompt_tokens=statistics.mean(prompt_tokens["in_context"]),
-                   natural_ratio=sum(natural["parametric"]) / sum(natural["in_context"]),
-                   natural_parametric_s_per_answer=sum(natural["parametric"]) / n,
-                   natural_in_context_s_per_answer=sum(natural["in_context"]) / n,
-                   natural_parametric_answer_tokens=statistics.mean(answer_tokens["parametric"]),
-                   natural_in_context_answer_tokens=statistics.mean(answer_tokens["in_context"]))
+from .common import (at_least, folder_bytes, paired, random_bank, random_library, result, rss_mb,
+                     save_peft_adapter, synthetic_docs, sync, timed)
 
 
 def mixture_vs_bare(llm: LoRAMixingLLM, library: AdapterLibrary, question: str, tokens: int,
@@ -74,7 +36,7 @@ def mixture_vs_bare(llm: LoRAMixingLLM, library: AdapterLibrary, question: str, 
 
     bare, mean = paired(run(lambda: None), run(lambda: library.mixture(ids, "mean")), repeats, llm.device)
     bare2, total = paired(run(lambda: None), run(lambda: library.mixture(ids, "sum")), repeats, llm.device)
-    return _result(mean / bare, 1.15, True, new_tokens=tokens, repeats=repeats, bare_s=bare, mixture_mean_s=mean,
+    return result(mean / bare, 1.15, True, new_tokens=tokens, repeats=repeats, bare_s=bare, mixture_mean_s=mean,
                    ratio_sum_of_3_deltas=total / bare2, mixture_sum_s=total, bare_s_second_pairing=bare2)
 
 
@@ -112,7 +74,7 @@ def switch_vs_peft(llm: LoRAMixingLLM, library: AdapterLibrary, queries: int, ad
         error = _peft_agreement(llm, pm, prag, folders, triples[0])
         del pm, base
     ours, peft_s = statistics.median(ours_poly), statistics.median(theirs)
-    return _result(ours / peft_s, 0.05, True, queries=queries, adapters_on_disk=adapters,
+    return result(ours / peft_s, 0.05, True, queries=queries, adapters_on_disk=adapters,
                    polyprag_poly_switch_s=ours, polyprag_prag_sum_switch_s=statistics.median(ours_prag),
                    ratio_prag_sum=statistics.median(ours_prag) / peft_s, peft_switch_s=peft_s,
                    peft_vs_polyprag_max_abs_logit_diff=error)
@@ -151,7 +113,7 @@ def batched_vs_one_by_one(llm: LoRAMixingLLM, retriever: ParametricRetriever, qu
 
     single, batch = paired(one_by_one, batched, repeats, llm.device, warmup=0)
     widths = llm.encode(prompts)["attention_mask"]
-    return _result(single / batch, 4.0, False, questions=len(questions), distinct_mixtures=distinct,
+    return result(single / batch, 4.0, False, questions=len(questions), distinct_mixtures=distinct,
                    new_tokens=tokens, repeats=repeats, one_by_one_s=single, batched_s=batch,
                    batched_tokens_per_s=len(questions) * tokens / batch,
                    one_by_one_tokens_per_s=len(questions) * tokens / single,
@@ -170,7 +132,7 @@ def storage(llm: LoRAMixingLLM, documents: int, m: int, prag_samples: int) -> tu
                                for j in range(prag_samples))
     marginal = routing_b / documents
     amortised = (bank_b + routing_b) / documents
-    return _result(marginal / per_prag, 1 / 1000, True, documents=documents, adapters=m, rank=lib.bank.rank,
+    return result(marginal / per_prag, 1 / 1000, True, documents=documents, adapters=m, rank=lib.bank.rank,
                    poly_bank_bytes=bank_b, poly_routing_bytes=routing_b,
                    poly_bytes_per_document_marginal=marginal, poly_bytes_per_document_amortised=amortised,
                    ratio_amortised_with_bank=amortised / per_prag, prag_bytes_per_document=per_prag,
@@ -214,9 +176,9 @@ def add_document(llm: LoRAMixingLLM, docs: Sequence[Document], reencode_docs: in
                   training_examples=len(fixed.examples[one.id]), library_documents=library_docs,
                   adapters_added=grown, bytes_per_added_document=added_bytes,
                   text_bytes_per_added_document=text_bytes)
-    vs_prag = _result(add / prag, 0.5, True, prag_adapter_s=prag, prag_epochs=recipe.prag_epochs,
+    vs_prag = result(add / prag, 0.5, True, prag_adapter_s=prag, prag_epochs=recipe.prag_epochs,
                       routing_only_add_s=routing, routing_only_ratio=routing / prag, **common)
-    vs_reencode = _result(add / scaled, 0.1, True, reencode_s=scaled, reencode_measured_s=reencode,
+    vs_reencode = result(add / scaled, 0.1, True, reencode_s=scaled, reencode_measured_s=reencode,
                           reencode_measured_documents=reencode_docs,
                           note=f"re-encoding timed on {reencode_docs} documents, x{library_docs / reencode_docs:g} "
                                f"(linear); one added document adds {added_bytes:,} bytes of tensors", **common)
@@ -235,5 +197,5 @@ def memory(llm: LoRAMixingLLM, library: AdapterLibrary, folder: Path) -> dict:
     if llm.device.type == "cuda":
         measured["library_load_gpu_delta_mb"] = (torch.cuda.memory_allocated(llm.device) - before_gpu) / 2**20
     del loaded
-    return _result(lib_b / model_b, 0.10, True, documents=len(library), adapters=library.bank.m,
+    return result(lib_b / model_b, 0.10, True, documents=len(library), adapters=library.bank.m,
                    library_tensor_bytes=lib_b, model_bytes=model_b, **measured)

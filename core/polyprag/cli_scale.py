@@ -113,25 +113,30 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # ---- bench --------------------------------------------------------------------------------------
-SUITES = {"engine": "bench", "bm25": "bench.bench_bm25", "lag": "bench.bench_lag"}
+SUITES = {"engine": "bench", "generation": "bench.generation", "bm25": "bench.bench_bm25", "lag": "bench.bench_lag"}
 
 
 def configure_bench(p: argparse.ArgumentParser) -> None:
     p.epilog = "Other options go to the suite, e.g. `polyprag bench --quick`, `polyprag bench bm25 --sizes 10000`."
     p.add_argument("suite", nargs="?", choices=sorted(SUITES), default="engine",
-                   help="engine: python -m bench (latency, storage, switching); bm25: rank-bm25 vs bm25s "
-                        "query latency; lag: LAG routing cost")
+                   help="engine: python -m bench (latency, storage, switching, generation); generation: its "
+                        "generation figures alone (tokens/s, mixture batching, answer latency); bm25: rank-bm25 vs "
+                        "bm25s query latency; lag: LAG routing cost")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run a benchmark module from the source checkout; its exit status is ours."""
-    if not (REPO / "bench" / "__init__.py").is_file():
+    """Run a benchmark module from the source checkout (the package's own, else the working folder's);
+    its exit status is ours."""
+    found = [root for root in (REPO, Path.cwd()) if (root / "bench" / "generation.py").is_file()]
+    if not found:
         print("polyprag bench runs the benchmarks of a source checkout (bench/ is not installed with the "
-              "package); clone the repository and run it there.", file=sys.stderr)
+              "package): clone the repository, `pip install -e '.[dev]'` in it and run `polyprag bench` there. "
+              "The clone is enough: without ../shared/data beside it the benchmarks use the facts that ship with "
+              "polyprag.", file=sys.stderr)
         return 1
     extra = list(getattr(args, "passthrough", []) or [])
     cmd = [sys.executable, "-m", SUITES[args.suite], *extra]
-    return subprocess.call(cmd, cwd=REPO)
+    return subprocess.call(cmd, cwd=found[0])
 
 
 SCALE_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
