@@ -51,7 +51,7 @@ class PolyPRAGEncoder:
         routing_lr = (None if per_document else r.routing_lr) if routing_lr is None else routing_lr
         epochs = (r.prag_epochs if per_document else r.epochs) if epochs is None else epochs
         temperature = r.temperature if temperature is None else temperature
-        routing_active = r.routing_active if routing_active is None else routing_active
+        routing_active = min(r.routing_active, max(num_adapters, 0)) if routing_active is None else routing_active
         if not 0 <= routing_active <= max(num_adapters, 0) and not per_document:
             raise InvalidInputError(f"routing_active must be between 0 and num_adapters ({num_adapters}), "
                                     f"got {routing_active}.")

@@ -43,9 +43,11 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     # measured on PopQA dev questions with oracle retrieval (bench/results/recipes/runs.jsonl): the
     # passage plus its recall question, 15 epochs at lr 2e-3, no generated text (a 135M model's own
-    # questions are mostly about something else: "What is the capital of France?" from a biography)
+    # questions are mostly about something else: "What is the capital of France?" from a biography).
+    # Poly-PRAG starts each document on 2 of the 8 adapters: from a near-uniform start the routing stayed
+    # near uniform and the bank acted as one shared LoRA (shuffled routing answered as well as learned)
     "default": Recipe(texts=("passage", "recall"), rank=2, alpha=32.0, prag_lr=2e-3, prag_epochs=15,
-                      lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=8),
+                      lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=8, routing_active=2),
     "prag-paper": Recipe(texts=PRAG_TEXTS, rank=2, alpha=32.0, prag_lr=3e-4,
                          prag_epochs=1, lr=3e-4, routing_lr=3e-4, epochs=1, num_adapters=8),
 }
