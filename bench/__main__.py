@@ -12,6 +12,7 @@ polyprag, completed with synthetic documents where a figure needs more.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import shutil
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
     ap.add_argument("--data", help="folder with corpus.jsonl + questions.jsonl (default: ../shared/data/popqa "
                                        "beside the clone, else the facts that ship with polyprag)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--only", help=f"comma-separated figure names to run (default: {'all' if not names else ','.join(names)})")
+    ap.add_argument("--only", help="comma-separated figure names to run, keeping the others' last results in the "
+                                   f"JSON (default: {'all' if not names else ','.join(names)})")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the JSON")
     args = ap.parse_args(argv)
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
         t = time.perf_counter()
         results[name] = fn()
         results[name]["bench_s"] = time.perf_counter() - t
+        results[name]["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         results[name]["peak_rss_mb_so_far"] = common.peak_rss_mb()
         print(_line(name, results[name]), flush=True)
         common.free(llm.device)
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
     run("1_parametric_vs_in_context", lambda: generation.parametric_vs_in_context(
         llm, docs, questions[: cfg["questions"]], library, cfg["tokens"], base()))
     run("G1_tokens_per_s", lambda: generation.tokens_per_s(llm, library, base(), questions, cfg["tokens"],
-                                                           cfg["rows"], max(1, cfg["repeats"] // 2)))
+                                                           cfg["rows"], cfg["repeats"] // 2 + 1))
     run("G2_mixtures_16_vs_1", lambda: generation.mixtures_16_vs_1(llm, library, base(), questions, cfg["tokens"],
                                                                    max(1, cfg["repeats"] // 2)))
     baselines.clear()
@@ -126,7 +129,10 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
     info["config"] = {**cfg, "quick": args.quick}
     tags = f"{'-' + section if section else ''}{'-quick' if args.quick else ''}"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{info['device']}-{llm.name}{tags}")
-    path = common.write_json(Path(args.out) / f"{slug}.json", {"machine": info, "figures": results})
+    path = Path(args.out) / f"{slug}.json"
+    if args.only and path.is_file():  # a rerun of some figures keeps the others' last results
+        results = {**json.loads(path.read_text(encoding="utf-8"))["figures"], **results}
+    common.write_json(path, {"machine": info, "figures": results})
     print(f"peak RSS {info['peak_rss_mb']:.0f} MiB"
           + (f", peak GPU {info['peak_gpu_mb']:.0f} MiB" if "peak_gpu_mb" in info else "")
           + f"; suite {info['suite_s']:.0f} s; wrote {path}")
