@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import CheckpointError, InvalidInputError
+from .storage import atomic_write
 
 CHECKPOINT_VERSION = 1
 _META = "polyprag_checkpoint"
@@ -96,30 +96,11 @@ class Checkpoint:
         """Replace ``name``'s saved state atomically (temp file + fsync + rename + directory fsync)."""
         from safetensors.torch import save_file
 
-        self.folder.mkdir(parents=True, exist_ok=True)
         target = self.path(name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=self.folder)
-        os.close(fd)
-        try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                      metadata={_META: json.dumps({"key": self.key, "meta": meta})})
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-            fsync_dir(self.folder)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(target, lambda tmp: save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+            metadata={_META: json.dumps({"key": self.key, "meta": meta})}))
         return target
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

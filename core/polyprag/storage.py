@@ -30,6 +30,15 @@ def fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def swap_in(tmp: Path, path: Path) -> None:
     """Replace folder ``path`` by ``tmp``: rename the old one aside, rename the new one in, drop the old."""
     old = None
@@ -39,27 +48,33 @@ def swap_in(tmp: Path, path: Path) -> None:
             shutil.rmtree(old)
         os.replace(path, old)
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def staged_folder(path: Path) -> Iterator[Path]:
+def staged_folder(path: Path, replace: bool = True) -> Iterator[Path]:
     """A temporary sibling folder to write into; on success it replaces ``path`` atomically (fsynced).
 
-    A crash at any point leaves either the old folder or the new one, never a mix."""
+    A crash at any point leaves either the old folder or the new one, never a mix. With
+    ``replace=False`` a ``path`` that exists by then (another process finished first) is kept."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        for f in tmp.iterdir():
-            fsync_file(f)
-        swap_in(tmp, path)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                fsync_file(f)
+        if replace:
+            swap_in(tmp, path)
+        elif not path.exists():
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                if not path.exists():  # not a race with another writer
+                    raise
+            fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -77,18 +92,23 @@ def read_config(path: Path, parse: Callable[[dict], T], missing: str) -> T:
         raise LibraryError(f"{cfg_file} is unreadable or altered: {e}") from None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically: a reader sees the old file or the whole new one, never a part."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write a file atomically through ``write(tmp)``: a reader sees the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(Path(tmp))
+        fsync_file(Path(tmp))
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a UTF-8 text file atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
