@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 from .documents import Document
 from .errors import InvalidInputError, UnknownDocumentError
 from .models import cache_dir
+from .progress import progress_bar
 from .storage import atomic_write_text
 from .prompts import ANSWER_PREFIX, PROMPT_VERSION, question_message, split_sentences
 from .recipes import FREE_TEXTS, PRAG_TEXTS, check_texts
@@ -203,9 +204,7 @@ class GeneratedQAAugmenter:
                 todo.append(i)
         # passages of similar length share a batch, so little generation is spent on padding
         todo.sort(key=lambda i: len(documents[i].full_text))
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(todo), desc="augment", disable=not self.progress or not todo, leave=False) as bar:
+        with progress_bar(len(todo), "augment", self.progress and bool(todo)) as bar:
             for s in range(0, len(todo), self.batch_size):
                 idx = todo[s: s + self.batch_size]
                 for i, aug in zip(idx, self._generate([documents[i] for i in idx])):
