@@ -34,6 +34,7 @@ import torch
 from .errors import IncompatibleModelError, InvalidInputError, LibraryError
 from . import storage
 from .mixing import Mixture
+from .retrieval import check_top_k
 
 if TYPE_CHECKING:
     from .library import AdapterLibrary
@@ -237,12 +238,10 @@ class LAGRouter(Mixture):
     def __init__(self, library: LAGLibrary, k: int = 5, variant: str = "arrow_spectr", temperature: float = 1.0):
         if variant not in VARIANTS:
             raise InvalidInputError(f"variant must be one of {VARIANTS}, got {variant!r}.")
-        if k < 1:
-            raise InvalidInputError(f"k must be >= 1 (adapters kept by the Arrow filter), got {k}.")
         if temperature <= 0:
             raise InvalidInputError(f"temperature must be > 0, got {temperature}.")
         self.library = library
-        self.k = int(k)
+        self.k = check_top_k(k)  # adapters kept by the Arrow filter
         self.variant = variant
         self.temperature = float(temperature)
         self.rows = 1

@@ -20,7 +20,7 @@ from .documents import Document, check_text, content_keys, passage_id
 from .errors import InvalidInputError, UnknownDocumentError
 from .library import COMBINES, AdapterLibrary, LibraryState
 from .mixing import BankMixture
-from .retrieval import ScoredDocument, check_query
+from .retrieval import ScoredDocument, check_query, check_top_k
 
 ON_UNKNOWN = ("error", "in_context", "skip")
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class ParametricRetriever:
         check_text(check_query(query), "The query")
         docs = self.documents
         if k is not None:
-            check_k(k, None if docs is None else len(docs))
+            check_top_k(k, None if docs is None else len(docs))
         return self.resolve(retrieve_from(self.retriever, query, k))
 
     def routing_rows(self, documents: Sequence[ScoredDocument]) -> list[list[float] | None]:
@@ -271,14 +271,3 @@ def describe(document: Document) -> str:
     words = (document.title or document.text).split()
     start = " ".join(words[:6]) + (" …" if len(words) > 6 else "")
     return f"{document.id!r} ({start})"
-
-
-def check_k(k: int, corpus_size: int | None) -> int:
-    """``k``, refused unless it is a positive integer no larger than the corpus."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InvalidInputError(f"k must be a positive integer, got {k!r}.")
-    if corpus_size is not None and k > corpus_size:
-        raise InvalidInputError(f"k={k} is larger than the corpus ({corpus_size} documents); "
-                                f"ask for at most k={corpus_size}.")
-    return k
-

@@ -9,8 +9,8 @@ from .documents import check_text
 from .errors import IncompatibleModelError, InvalidInputError
 from .llm import GenerationConfig, LoRAMixingLLM
 from .mixing import Mixture, SumMixture
-from .parametric import ParametricRetriever, check_k, check_retriever, retrieve_from
-from .retrieval import ScoredDocument, check_query
+from .parametric import ParametricRetriever, check_retriever, retrieve_from
+from .retrieval import ScoredDocument, check_query, check_top_k
 
 MODES = ("parametric", "combine", "in_context", "closed_book", "lag", "lag_in_context", "lag_parametric")
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class PolyPRAG:
 
     def _check_k(self, k: int) -> int:
         docs = getattr(self.retriever, "documents", None)  # None: a retriever without a fixed corpus
-        return check_k(k, len(docs) if isinstance(docs, Sequence) else None)
+        return check_top_k(k, len(docs) if isinstance(docs, Sequence) else None)
 
     def prepare(self, question: str, mode: str | None = None, k: int | None = None) -> Prepared:
         """Retrieve and build the prompt and mixture for one question, without generating."""

@@ -154,8 +154,11 @@ def okapi_bm25s_index(corpus: list[list[str]], k1: float, b: float, epsilon: flo
     return index
 
 
-def check_top_k(k: int) -> int:
-    """``k`` (results per query), refused unless it is a positive integer."""
+def check_top_k(k: int, corpus_size: int | None = None) -> int:
+    """``k`` (results per query), refused unless it is a positive integer no larger than a sized corpus."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidInputError(f"k must be a positive integer, got {k!r}.")
+    if corpus_size is not None and k > corpus_size:
+        raise InvalidInputError(f"k={k} is larger than the corpus ({corpus_size} documents); "
+                                f"ask for at most k={corpus_size}.")
     return k
