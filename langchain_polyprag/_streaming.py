@@ -1,4 +1,4 @@
-"""Streaming helpers shared by the chat model and the runnable: trimmed pieces, and sync iterators made async."""
+"""Streaming helper shared by the chat model and the runnable: sync iterators made async."""
 from __future__ import annotations
 
 import asyncio
@@ -6,20 +6,6 @@ from typing import AsyncIterator, Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 _END = object()
-
-
-def trimmed(pieces: Iterator[str]) -> Iterator[str]:
-    """The pieces with leading and trailing white space held back, so they join to the stripped answer."""
-    started, pending = False, ""
-    for piece in pieces:
-        text = pending + piece
-        if not started:
-            text = text.lstrip()
-        body = text.rstrip()
-        pending = text[len(body):]  # white space waits until more text follows it
-        if body:
-            started = True
-            yield body
 
 
 async def iterate_in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:

@@ -14,7 +14,7 @@ from pydantic import ConfigDict, PrivateAttr, model_validator
 
 from polyprag import DEFAULT_MODEL, AdapterLibrary, InvalidInputError, LoRAMixingLLM, Mixture, PolyPRAG
 
-from ._streaming import iterate_in_thread, trimmed
+from ._streaming import iterate_in_thread
 from .retrievers import document_ids
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
@@ -153,7 +153,7 @@ class ChatPolyPRAG(BaseChatModel):
 
     def _pieces(self, messages: list[BaseMessage], stop: Optional[list[str]], kwargs: dict) -> Iterator[Any]:
         llm, prompt, mixture, generation = self._call(messages, stop, kwargs)
-        for piece in trimmed(llm.stream(prompt, mixture, **generation)):
+        for piece in llm.stream(prompt, mixture, **generation):
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
         yield ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=self._metadata(llm),
                                                          chunk_position="last"))

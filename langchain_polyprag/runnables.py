@@ -13,7 +13,7 @@ from pydantic import ConfigDict, PrivateAttr
 from polyprag import (MODES, AdapterLibrary, Answer, InvalidInputError, LoRAMixingLLM, ParametricRetriever, PolyPRAG,
                       Prepared)
 
-from ._streaming import iterate_in_thread, trimmed
+from ._streaming import iterate_in_thread
 from .chat_models import ChatPolyPRAG
 from .retrievers import LangChainRetrieval, PolyPRAGRetriever, _retrieved, _run_config, returned_document
 
@@ -167,7 +167,7 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
         if self.return_documents:
             yield AddableDict(question=p.question, documents=self._documents(p))
         rag = self.pipeline()
-        for piece in trimmed(rag.llm.stream(p.prompt, p.mixture, config=rag.generation, **self._generation())):
+        for piece in rag.llm.stream(p.prompt, p.mixture, config=rag.generation, **self._generation()):
             yield AddableDict(answer=piece) if self.return_documents else piece
 
     # ---- Runnable ---------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ class PolyPRAGLLM(CustomLLM):
     def _pieces(self, prompt: str, formatted: bool, mixture: Mixture | None, overrides: dict) -> Iterator[str]:
         if not formatted:
             prompt = self.completion_to_prompt(prompt)
-        return trimmed(self.mixing_llm.stream(prompt, mixture, **self._options(overrides)))
+        return self.mixing_llm.stream(prompt, mixture, **self._options(overrides))
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, mixture: Mixture | None = None,
@@ -148,22 +148,6 @@ class PolyPRAGLLM(CustomLLM):
                            **kwargs: Any) -> ChatResponseAsyncGen:
         prompt = await asyncio.to_thread(self.messages_to_prompt, messages)
         return _aaccumulate(self._pieces(prompt, True, mixture, kwargs), _chat)
-
-
-def trimmed(pieces: Iterator[str]) -> Iterator[str]:
-    """The pieces without leading or trailing white space, so they join to exactly what generate returns."""
-    started, held = False, ""
-    for piece in pieces:
-        if not started:
-            piece = piece.lstrip()
-            if not piece:
-                continue
-            started = True
-        held += piece
-        out = held.rstrip()  # white space is held back until something follows it
-        if out:
-            yield out
-            held = held[len(out):]
 
 
 async def in_thread(pieces: Iterator[str]) -> AsyncIterator[str]:

@@ -100,3 +100,11 @@ def test_min_new_tokens_fixes_the_length_of_a_question_answer_that_ends_early():
         cfg = GenerationConfig(max_new_tokens=8, min_new_tokens=least)
         out = llm.model.generate(**enc, **llm._generate_kwargs(cfg, width, [True]))
         assert out.shape[1] - width == expected
+
+
+def test_a_stream_cut_at_a_stop_string_joins_to_the_generated_answer():
+    llm = tiny_llm(spaced=True)  # decodes with spaces between tokens
+    prompt = llm.chat("say something")
+    assert " purple" in llm.generate([prompt], max_new_tokens=12)[0]  # the cut leaves a space to hold back
+    answer = llm.generate([prompt], max_new_tokens=12, stop=["purple"])[0]
+    assert "".join(llm.stream(prompt, max_new_tokens=12, stop=["purple"])) == answer

@@ -242,7 +242,7 @@ class LoRAMixingLLM:
 
     def stream(self, prompt: str, mixture: Mixture | None = None,
                config: GenerationConfig | None = None, **overrides) -> Iterator[str]:
-        """Yield the answer to one prompt piece by piece as tokens are decoded."""
+        """Yield the answer to one prompt piece by piece as tokens are decoded; the pieces join to ``generate``'s text."""
         from transformers import TextIteratorStreamer
 
         cfg = _config(config, overrides)
@@ -272,7 +272,8 @@ class LoRAMixingLLM:
             done = text != raw or end is not None
             if end is not None:
                 text = text[:end]
-            shown = _finish(text, (), short) if done else (text.lstrip().rstrip(" .\n") if short else text)
+            # white space (and a short answer's period) is held back until more text follows it
+            shown = _finish(text, (), short) if done else (text.lstrip().rstrip(" .\n") if short else text.strip())
             if shown.startswith(emitted) and len(shown) > len(emitted):
                 yield shown[len(emitted):]
                 emitted = shown
