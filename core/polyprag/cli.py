@@ -197,7 +197,7 @@ def _configure_update(p: argparse.ArgumentParser) -> None:
 
 
 def _configure_add(p: argparse.ArgumentParser) -> None:
-    from .encoder import ADD_STRATEGIES
+    from .fitting import ADD_STRATEGIES
 
     p.add_argument("library", help="an adapter library folder (from `polyprag encode`); saved back atomically")
     p.add_argument("corpus", help="corpus JSONL of the documents to add: one {\"id\", \"title\", \"text\"} per line")

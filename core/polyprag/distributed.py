@@ -117,7 +117,7 @@ def fit(encoder: "PolyPRAGEncoder", documents: Sequence[Document]) -> "AdapterLi
 
     Every rank returns the same library; only rank 0 should save it. ``batch_size`` is per process,
     so N processes train with an effective batch of N × batch_size."""
-    from .encoder import init_routing_logits
+    from .fitting import init_routing_logits
     from .library import AdapterLibrary
     from .mixing import LoRABank
     from .training import train_poly

@@ -24,7 +24,8 @@ import torch
 from .documents import Document, check_unique, content_keys
 from .errors import (DuplicateDocumentError, IncompatibleModelError, InvalidInputError, LibraryError,
                      UnknownDocumentError)
-from .mixing import BankMixture, LoRABank
+from .fitting import extend_library, refit_adapters
+from .mixing import BankMixture, LoRABank, routing_weights
 from . import storage
 
 if TYPE_CHECKING:
@@ -329,8 +330,6 @@ class AdapterLibrary:
     def _update(self, state: LibraryState, deleted: Sequence[str] = (), added: Sequence[Document] = (),
                 refit: bool = False, fit_options: dict | None = None) -> None:
         """Build the next state from ``state`` aside (training on copies), then publish it in one assignment."""
-        from .encoder import extend_library, refit_adapters  # the encoder owns training; the library, storage
-
         fit_options = dict(fit_options or {})
         t0 = time.perf_counter()
         report: dict = {"deleted": list(deleted), "added": [d.id for d in added]}
@@ -442,15 +441,6 @@ class AdapterLibrary:
         n = max(len(state), 1)
         per_doc = routing / n if state.kind == "poly" else bank / n
         return {"bank": bank, "routing": routing, "per_document": int(round(per_doc))}
-
-
-def routing_weights(logits: torch.Tensor) -> torch.Tensor:
-    """w = σ(z) / Σ_j σ(z_j), row-wise (Poly-PRAG inference routing)."""
-    if not torch.isfinite(logits).all():
-        raise InvalidInputError("The routing logits contain NaN or inf (training diverged or the table was "
-                                "altered); re-encode the documents, with a lower lr if it diverged.")
-    s = torch.sigmoid(logits)
-    return s / s.sum(-1, keepdim=True)
 
 
 def _check_bank(bank: LoRABank, llm: "LoRAMixingLLM") -> None:

@@ -115,6 +115,15 @@ class LoRABank(nn.Module):
                         B=[b.detach()[idx] for b in self.B])
 
 
+def routing_weights(logits: torch.Tensor) -> torch.Tensor:
+    """w = σ(z) / Σ_j σ(z_j), row-wise (Poly-PRAG inference routing)."""
+    if not torch.isfinite(logits).all():
+        raise InvalidInputError("The routing logits contain NaN or inf (training diverged or the table was "
+                                "altered); re-encode the documents, with a lower lr if it diverged.")
+    s = torch.sigmoid(logits)
+    return s / s.sum(-1, keepdim=True)
+
+
 class Mixture:
     """What the hooked layers add for each batch row; subclasses compute ``delta``."""
 
