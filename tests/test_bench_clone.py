@@ -76,20 +76,20 @@ def test_retrieval_benchmark_falls_back_to_the_facts_that_ship(no_shared):
 
 def test_bench_command_of_an_installed_package_says_what_it_needs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # not inside a clone either
-    from polyprag import cli_scale
+    from polyprag import cli
 
-    monkeypatch.setattr(cli_scale, "REPO", tmp_path)  # site-packages: no bench/ beside the package
-    assert cli_scale.cmd_bench(argparse.Namespace(suite="engine", passthrough=["--quick"])) == 1
+    monkeypatch.setattr(cli, "REPO", tmp_path)  # site-packages: no bench/ beside the package
+    assert cli.cmd_bench(argparse.Namespace(suite="engine", passthrough=["--quick"])) == 1
     assert "clone the repository" in capsys.readouterr().err
 
 
 def test_bench_command_of_an_installed_package_runs_the_clone_it_is_called_in(tmp_path, monkeypatch):
-    from polyprag import cli_scale
+    from polyprag import cli
 
-    monkeypatch.setattr(cli_scale, "REPO", tmp_path)  # installed into site-packages, called inside a clone
+    monkeypatch.setattr(cli, "REPO", tmp_path)  # installed into site-packages, called inside a clone
     monkeypatch.chdir(ROOT)
     out = tmp_path / "bm25.json"
     args = argparse.Namespace(suite="bm25", passthrough=["--data", str(tmp_path), "--sizes", "200", "--queries",
                                                          "3", "--out", str(out)])
-    assert cli_scale.cmd_bench(args) == 0
+    assert cli.cmd_bench(args) == 0
     assert json.loads(out.read_text())["sizes"][0]["documents"] == 200

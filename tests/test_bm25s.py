@@ -77,7 +77,7 @@ def test_bench_command_runs_the_bm25_benchmark(tmp_path):
     import argparse
     import json
 
-    from polyprag.cli_scale import cmd_bench
+    from polyprag.cli import cmd_bench
 
     out = tmp_path / "bm25.json"
     args = argparse.Namespace(suite="bm25", passthrough=["--sizes", "300", "--queries", "5", "--out", str(out)])

@@ -1,7 +1,6 @@
 """`polyprag inspect`: the routing heat map + bank-usage PNG and the numbers printed beside it."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -10,8 +9,8 @@ import torch
 from conftest import random_bank
 from tiny import tiny_model, tiny_tokenizer
 
-from polyprag import AdapterLibrary, Document, InvalidInputError, LibraryError, LoRAMixingLLM
-from polyprag.cli_scale import add_export_parser, add_inspect_parser
+from polyprag import AdapterLibrary, Document, InvalidInputError, LoRAMixingLLM
+from polyprag.cli import main
 from polyprag.library import LibraryConfig
 from polyprag.plots import plot_routing, routing_summary, sample_rows
 
@@ -68,29 +67,23 @@ def saved(tmp_path):
     return tmp_path
 
 
-def _run(add_parser, argv):
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args._run(args)
-
-
 def test_inspect_command_writes_png_and_json(saved, capsys):
-    code = _run(add_inspect_parser, ["inspect", "--library", str(saved / "lib"), "--out", str(saved / "r.png"),
-                                     "--json"])
+    code = main(["inspect", "--library", str(saved / "lib"), "--out", str(saved / "r.png"), "--json"])
     assert code == 0 and (saved / "r.png").stat().st_size > 10_000
     summary = json.loads(capsys.readouterr().out)
     assert summary["documents"] == 10 and summary["adapters"] == 6 and summary["picture"].endswith("r.png")
 
 
 def test_export_command_by_question(saved, capsys):
-    code = _run(add_export_parser, ["export", "--library", str(saved / "lib"), "--question", "passage 7",
-                                    "--k", "2", "--combine", "sum", "--out", str(saved / "ad"), "--json"])
+    code = main(["export", "--library", str(saved / "lib"), "--question", "passage 7",
+                 "--k", "2", "--combine", "sum", "--out", str(saved / "ad"), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["rank"] == 4 and report["documents"][0] == "doc7"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(report["files"])
 
 
-def test_commands_refuse_a_folder_that_is_not_a_library(tmp_path):
-    with pytest.raises(LibraryError, match="not an adapter library"):
-        _run(add_inspect_parser, ["inspect", "--library", str(tmp_path), "--out", str(tmp_path / "r.png")])
+def test_commands_refuse_a_folder_that_is_not_a_library(tmp_path, capsys):
+    assert main(["inspect", "--library", str(tmp_path), "--out", str(tmp_path / "r.png")]) == 2
+    assert f"{tmp_path} is not an adapter library" in capsys.readouterr().err
+    assert main(["export", "--library", str(tmp_path), "--docs", "d0", "--out", str(tmp_path / "ad")]) == 2
+    assert "create one with `polyprag encode`" in capsys.readouterr().err

@@ -1,26 +1,32 @@
-"""The `polyprag` command: one function per subcommand, registered in COMMANDS.
+"""The `polyprag` command: one function per subcommand, every one registered in COMMANDS.
 
 Subcommands: ``encode`` (documents → adapter library), ``add`` / ``delete`` (update a library in place),
-``ask`` (library + question → answer), ``eval`` (methods compared on a QA slice), ``demo`` (the quickstart).
-To add one, write ``_configure_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add a ``Command`` to COMMANDS.
+``ask`` (library + question → answer), ``eval`` (methods compared on a QA slice), ``export`` (a query's
+mixture as a peft LoRA folder for vLLM, LoRAX or peft), ``inspect`` (routing heat map), ``bench`` (the
+benchmarks), ``demo`` (the quickstart). To add one, write ``_configure_<name>(parser)`` and
+``cmd_<name>(args) -> int`` and add a ``Command`` to COMMANDS; options that are a config dataclass's
+fields come from ``options_from(parser, Config)``, so the fields' ``metadata={"help"}`` is their one help text.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
+import subprocess
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import PolyPRAGError
-from .cli_scale import SCALE_COMMANDS
+from .errors import InvalidInputError, LibraryError, PolyPRAGError
 
 log = logging.getLogger("polyprag")
+REPO = Path(__file__).resolve().parents[2]  # the source checkout (bench/ lives there, not in the wheel)
 
 
 @dataclass(frozen=True)
@@ -42,34 +48,41 @@ def _load_llm(model: str | None, device: str | None, compute_dtype: str | None =
     return LoRAMixingLLM.from_pretrained(model, device=device, compute_dtype=compute_dtype)
 
 
+def options_from(p: argparse.ArgumentParser, config: type, skip: Sequence[str] = (),
+                 notes: dict[str, str] | None = None) -> None:
+    """One ``--option`` per field of the ``config`` dataclass, its help the field's ``metadata={"help"}``
+    (plus ``notes[name]``); a field without a default is required, a tuple one is comma-separated."""
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        text = f.metadata.get("help", "") + (notes or {}).get(f.name, "")
+        hint = hints[f.name]
+        kind = ([t for t in typing.get_args(hint) if t is not type(None)] or [hint])[0]
+        if f.default is dataclasses.MISSING:
+            p.add_argument(flag, required=True, help=text.replace("%", "%%"))
+        elif typing.get_origin(hint) is tuple:
+            p.add_argument(flag, type=_csv, default=f.default,
+                           help=f"{text} (default: {','.join(f.default)})".replace("%", "%%"))
+        elif kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=f"{text} (default: {f.default})".replace("%", "%%"))
+        else:
+            p.add_argument(flag, type=kind, default=f.default, help=f"{text} (default: {f.default})".replace("%", "%%"))
+
+
 # ---- eval ---------------------------------------------------------------------------------------
 def _configure_eval(p: argparse.ArgumentParser) -> None:
-    """Options generated from EvalConfig's fields: their ``help`` metadata is the one source of help text."""
-    import dataclasses
-    import typing
-
     from .evaluation import METHODS, EvalConfig
 
-    hints = typing.get_type_hints(EvalConfig)
-    for f in dataclasses.fields(EvalConfig):
-        if f.name in ("progress", "device", "compute_dtype"):
-            continue  # shared options of every command (--quiet, --device, --compute-dtype)
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "").replace("%", "%%")
-        if f.name == "data":
-            p.add_argument(flag, required=True, help=help_text)
-        elif f.name == "methods":
-            p.add_argument(flag, type=_csv, default=f.default,
-                           help=f"{help_text}: {','.join(METHODS)} (default: {','.join(f.default)})")
-        else:
-            kind = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]
-            p.add_argument(flag, type=kind[0], default=f.default, help=f"{help_text} (default: {f.default})")
+    # progress, device and compute_dtype are options of every command (--quiet, --device, --compute-dtype)
+    options_from(p, EvalConfig, skip=("progress", "device", "compute_dtype"),
+                 notes={"methods": ": " + ",".join(METHODS)})
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the evaluation and print the markdown tables."""
-    import dataclasses
-
     from .evaluation import EvalConfig, run_evaluation
 
     names = {f.name for f in dataclasses.fields(EvalConfig)}
@@ -167,19 +180,23 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def _open_library(args: argparse.Namespace):
     """(llm, library) for ``args.library`` on ``args.model`` or the model the library was encoded on."""
+    from . import distributed
     from .library import AdapterLibrary
 
-    llm = _load_llm(args.model or _library_model(args.library), args.device, args.compute_dtype)
+    cfg = Path(args.library) / "config.json"
+    if not cfg.is_file():  # refused before any model loads
+        raise LibraryError(f"{args.library} is not an adapter library (no config.json); "
+                           "create one with `polyprag encode`.")
+    llm = _load_llm(args.model or _library_model(cfg), distributed.local_device(args.device), args.compute_dtype)
     return llm, AdapterLibrary.load(args.library, llm)
 
 
-def _library_model(path: str) -> str | None:
-    """The model name a library records (None: the default model); the library's own load checks it."""
-    cfg = Path(path) / "config.json"
+def _library_model(cfg: Path) -> str | None:
+    """The model name a library's config records (None: the default model); the library's own load checks it."""
     try:
         return json.loads(cfg.read_text(encoding="utf-8")).get("model_name") or None
     except (OSError, ValueError):
-        return None  # AdapterLibrary.load reports the missing or broken library precisely
+        return None  # AdapterLibrary.load reports the broken config precisely
 
 
 # ---- add / delete -------------------------------------------------------------------------------
@@ -298,6 +315,105 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- export -------------------------------------------------------------------------------------
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("The folder loads with PeftModel.from_pretrained(base, DIR), vLLM's LoRARequest(name, id, DIR) "
+                "or LoRAX's adapter_id=DIR, without polyprag installed.")
+    p.add_argument("--library", required=True, help="adapter library folder (from `polyprag encode`)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--docs", type=_csv, help="comma-separated document ids whose mixture to export")
+    which.add_argument("--question", help="export the mixture of the documents BM25 retrieves for this question")
+    p.add_argument("--k", type=int, default=3, help="documents retrieved with --question")
+    p.add_argument("--out", required=True, help="folder to write adapter_config.json + adapter_model.safetensors")
+    p.add_argument("--combine", choices=("mean", "sum"), default=None,
+                   help="mean of routing weights (rank r) or sum of deltas (rank k·r, exact); "
+                        "default: mean for poly, sum for prag")
+    p.add_argument("--pad-rank", type=int, default=None,
+                   help="zero-pad the LoRA rank to this (same output; servers batch equal ranks)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="dtype of the saved LoRA weights")
+    p.add_argument("--model", default=None, help="base model (default: the one the library was encoded on)")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the mixture of the given (or retrieved) documents as a peft LoRA folder."""
+    from .export import CONFIG_FILE, export_peft
+    from .retrieval import BM25Retriever
+
+    _, library = _open_library(args)
+    doc_ids = args.docs
+    if args.question is not None:
+        doc_ids = [h.document.id for h in BM25Retriever(library.documents, k=args.k).retrieve(args.question)]
+    out = export_peft(library, doc_ids, args.out, combine=args.combine, pad_rank=args.pad_rank, dtype=args.dtype)
+    rank = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["r"]
+    if args.json:
+        print(json.dumps({"out": str(out), "documents": doc_ids, "rank": rank,
+                          "files": sorted(f.name for f in out.iterdir())}))
+    else:
+        print(f"Wrote a rank-{rank} peft LoRA adapter for {len(doc_ids)} document(s) ({', '.join(doc_ids)}) to {out}.")
+    return 0
+
+
+# ---- inspect ------------------------------------------------------------------------------------
+def _configure_inspect(p: argparse.ArgumentParser) -> None:
+    from .plots import MAX_ROWS
+
+    p.add_argument("--library", required=True, help="adapter library folder (from `polyprag encode`)")
+    p.add_argument("--out", default="routing.png", help="picture to write (.png, .pdf or .svg)")
+    p.add_argument("--docs", type=_csv, default=None, help="comma-separated document ids (default: all)")
+    p.add_argument("--max-rows", type=int, default=MAX_ROWS,
+                   help="documents drawn at most (evenly sampled beyond this; the histogram uses all)")
+    p.add_argument("--model", default=None, help="base model (default: the one the library was encoded on)")
+    p.add_argument("--json", action="store_true", help="print the routing summary as JSON")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Draw the routing heat map and bank-usage histogram, and print the routing summary."""
+    from .plots import plot_routing, routing_summary
+
+    if args.max_rows < 1:
+        raise InvalidInputError(f"--max-rows must be >= 1, got {args.max_rows}.")
+    _, library = _open_library(args)
+    out = plot_routing(library, args.out, doc_ids=args.docs, max_rows=args.max_rows)
+    summary = {**routing_summary(library, args.docs), "picture": str(out)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['documents']} documents over {summary['adapters']} adapters; "
+              f"{summary['unused_adapters']} adapter(s) never any document's top choice; "
+              f"mean routing entropy {summary['mean_normalised_entropy']:.2f} (0 one-hot, 1 uniform). "
+              f"Wrote {out}.")
+    return 0
+
+
+# ---- bench --------------------------------------------------------------------------------------
+SUITES = {"engine": "bench", "generation": "bench.generation", "bm25": "bench.bench_bm25", "lag": "bench.bench_lag"}
+
+
+def _configure_bench(p: argparse.ArgumentParser) -> None:
+    p.epilog = "Other options go to the suite, e.g. `polyprag bench --quick`, `polyprag bench bm25 --sizes 10000`."
+    p.add_argument("suite", nargs="?", choices=sorted(SUITES), default="engine",
+                   help="engine: python -m bench (latency, storage, switching, generation); generation: its "
+                        "generation figures alone (tokens/s, mixture batching, answer latency); bm25: rank-bm25 vs "
+                        "bm25s query latency; lag: LAG routing cost")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a benchmark module from the source checkout (the package's own, else the working folder's);
+    its exit status is ours."""
+    found = [root for root in (REPO, Path.cwd()) if (root / "bench" / "generation.py").is_file()]
+    if not found:
+        print("polyprag bench runs the benchmarks of a source checkout (bench/ is not installed with the "
+              "package): clone the repository, `pip install -e '.[dev]'` in it and run `polyprag bench` there. "
+              "The clone is enough: without ../shared/data beside it the benchmarks use the facts that ship with "
+              "polyprag.", file=sys.stderr)
+        return 1
+    extra = list(getattr(args, "passthrough", []) or [])
+    cmd = [sys.executable, "-m", SUITES[args.suite], *extra]
+    return subprocess.call(cmd, cwd=found[0])
+
+
 # ---- demo ---------------------------------------------------------------------------------------
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.epilog = "Other options go to the demo itself (e.g. --epochs 2, --adapters 8, --model PATH)."
@@ -324,8 +440,11 @@ COMMANDS: dict[str, Command] = {
     "ask": Command("answer a question from an adapter library", _configure_ask, cmd_ask),
     "eval": Command("compare methods on a QA slice (EM, F1, accuracy, costs)", _configure_eval, cmd_eval),
     "demo": Command("run the quickstart demo", _configure_demo, cmd_demo),
+    "export": Command("write a query's mixture as a peft LoRA adapter folder (vLLM, LoRAX, peft)",
+                      _configure_export, cmd_export),
+    "inspect": Command("draw a library's routing weights and bank usage to a PNG", _configure_inspect, cmd_inspect),
+    "bench": Command("run the benchmarks (engine, bm25, lag) and print ratios", _configure_bench, cmd_bench),
 }
-COMMANDS.update({name: Command(*spec) for name, spec in SCALE_COMMANDS.items()})  # export, inspect, bench
 
 
 def build_parser() -> argparse.ArgumentParser:
