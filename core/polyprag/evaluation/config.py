@@ -95,7 +95,8 @@ class EvalConfig:
     max_length: int = _help("training tokens per example (longer ones are cut)", default=256)
     max_batch_tokens: int = _help("padded tokens per training micro-batch", default=2048)
     compute_dtype: str = _help("autocast dtype: auto (bf16 where native), float32, bfloat16", default="auto")
-    answer_batch_size: int = _help("questions answered per batched generation", default=16)
+    answer_batch_size: int = _help("questions handed to generation at once (it batches them by length and memory)",
+                                   default=128)
     max_new_tokens: int = _help("answer budget in tokens (decoding stops at the first sentence's end)",
                                 default=32)
     latency_samples: int = _help("questions answered one at a time to measure latency", default=10)

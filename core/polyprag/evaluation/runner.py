@@ -325,8 +325,8 @@ def routing_overhead(llm, mixture, prompt: str, repeats: int = 3) -> float:
 
 def _answer_all(rag: PolyPRAG, questions: Sequence[Question], chosen: Sequence[Sequence[str]],
                 method: str, cfg: EvalConfig, prompt_chars: Sequence[int]) -> MethodResult:
-    """Answer every question in batches of similar prompt length, score the answers, then time a few
-    questions one by one; answers are kept in question order."""
+    """Answer every question (generation groups them by prompt length and sizes batches by memory), score
+    the answers, then time a few questions one by one; answers are kept in question order."""
     answers: dict[int, str] = {}
     order = sorted(range(len(questions)), key=lambda i: prompt_chars[i])
     t0 = time.perf_counter()
