@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .augment import TrainingExample
 from .errors import TrainingError
 from .mixing import BankMixture, LoRABank
+from .progress import progress_bar
 from .prompts import answer_target
 
 if TYPE_CHECKING:
@@ -145,12 +146,6 @@ def bucketed_order(lengths: Sequence[int], batch_size: int, rng: random.Random, 
     return [i for b in full + short for i in b]
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
-
-
 def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
                data: Sequence[Sequence[TrainingExample]], cfg: TrainConfig, train_bank: bool = True,
                on_step: Callable[[int, float], None] | None = None,
@@ -199,7 +194,7 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
     saved = checkpoint.read() if checkpoint is not None else None
     if saved is not None:
         start_epoch, start_step, losses, order = _restore_poly(saved, trained, opt, rng, gen)
-    bar = _progress(cfg.epochs * per_epoch, "encode (poly)" if train_bank else "fit routing", cfg.progress)
+    bar = progress_bar(cfg.epochs * per_epoch, "encode (poly)" if train_bank else "fit routing", cfg.progress)
     bar.update(len(losses))
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -309,7 +304,7 @@ def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequ
     eye = torch.eye(bank.m, device=llm.device)
     losses: list[float] = []
     n_steps = max(len(t) for t in toks)
-    bar = _progress(cfg.epochs * n_steps, "encode (PRAG)", cfg.progress)
+    bar = progress_bar(cfg.epochs * n_steps, "encode (PRAG)", cfg.progress)
     try:
         for _ in range(cfg.epochs):
             orders = [rng.sample(range(len(t)), len(t)) for t in toks]

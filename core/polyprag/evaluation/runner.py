@@ -24,6 +24,7 @@ from ..errors import InvalidInputError, PolyPRAGError
 from ..library import AdapterLibrary
 from ..parametric import ParametricRetriever
 from ..pipeline import PolyPRAG
+from ..progress import progress_bar
 from ..recipes import FREE_TEXTS, check_texts, get_recipe
 from ..dense import build_retriever
 from ..retrieval import ScoredDocument
@@ -298,12 +299,6 @@ def _dir_bytes(path: Path, names: Sequence[str]) -> int:
     return sum((path / n).stat().st_size for n in names if (path / n).is_file())
 
 
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
-
-
 def routing_overhead(llm, mixture, prompt: str, repeats: int = 3) -> float:
     """Microseconds per token that a mixture adds to a forward pass over ``prompt`` (best of ``repeats``)."""
     enc = llm.encode([prompt])
@@ -330,7 +325,7 @@ def _answer_all(rag: PolyPRAG, questions: Sequence[Question], chosen: Sequence[S
     answers: dict[int, str] = {}
     order = sorted(range(len(questions)), key=lambda i: prompt_chars[i])
     t0 = time.perf_counter()
-    with _bar(len(questions), method, cfg.progress) as bar:
+    with progress_bar(len(questions), method, cfg.progress) as bar:
         for s in range(0, len(order), cfg.answer_batch_size):
             chunk = order[s: s + cfg.answer_batch_size]
             for i, a in zip(chunk, rag.answer_batch([questions[i].question for i in chunk])):
