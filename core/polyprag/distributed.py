@@ -117,9 +117,7 @@ def fit(encoder: "PolyPRAGEncoder", documents: Sequence[Document]) -> "AdapterLi
 
     Every rank returns the same library; only rank 0 should save it. ``batch_size`` is per process,
     so N processes train with an effective batch of N × batch_size."""
-    from .fitting import init_routing_logits
     from .library import AdapterLibrary
-    from .mixing import LoRABank
     from .training import train_poly
 
     rank, size = init(encoder.llm.device)
@@ -133,9 +131,7 @@ def fit(encoder: "PolyPRAGEncoder", documents: Sequence[Document]) -> "AdapterLi
         raise InvalidInputError("fit() needs at least one document; the corpus is empty.")
     data = augment_sharded(encoder, docs)
     cfg = encoder.train
-    bank = LoRABank.initialised(encoder._modules(), encoder.num_adapters, encoder.rank, encoder.alpha,
-                                seed=cfg.seed).to(encoder.llm.device)
-    logits = init_routing_logits(len(docs), encoder.num_adapters, cfg.seed, encoder.llm.device, active=cfg.routing_active)  # [N, m]
+    bank, logits = encoder.initial_poly(len(docs))  # [N, m] logits
     broadcast_(list(bank.parameters()) + [logits])
     progress = cfg.progress
     cfg.progress = progress and rank == 0  # one progress bar, not one per process
@@ -144,7 +140,7 @@ def fit(encoder: "PolyPRAGEncoder", documents: Sequence[Document]) -> "AdapterLi
                    sync=average_gradients)
     finally:
         cfg.progress = progress
-    config = encoder._config(encoder.num_adapters)
+    config = encoder.library_config(encoder.num_adapters)
     config.training["world_size"] = size  # batch_size above is per process
     return AdapterLibrary(encoder.llm, bank, docs, config, routing_logits=logits)
 

@@ -16,6 +16,8 @@ from .recipes import get_recipe
 from .training import TrainConfig, train_poly
 
 if TYPE_CHECKING:
+    import torch
+
     from .llm import LoRAMixingLLM
 
 log = logging.getLogger(__name__)
@@ -76,10 +78,20 @@ class PolyPRAGEncoder:
                                  routing_active=0 if per_document else routing_active,
                                  max_batch_tokens=max_batch_tokens)
 
-    def _modules(self) -> dict[str, tuple[int, int]]:
+    def trained_modules(self) -> dict[str, tuple[int, int]]:
+        """The hooked modules this encoder trains LoRAs on, each with its (in, out) sizes."""
         return {n: s for n, s in self.llm.module_shapes.items() if n.rsplit(".", 1)[-1] in self.target_modules}
 
-    def _config(self, m: int) -> LibraryConfig:
+    def initial_poly(self, n: int) -> tuple[LoRABank, "torch.Tensor"]:
+        """A fresh Poly-PRAG bank and routing logits [n, m] for n documents, from the training seed."""
+        bank = LoRABank.initialised(self.trained_modules(), self.num_adapters, self.rank, self.alpha,
+                                    seed=self.train.seed).to(self.llm.device)
+        logits = init_routing_logits(n, self.num_adapters, self.train.seed, self.llm.device,
+                                     active=self.train.routing_active)  # [n, m]
+        return bank, logits
+
+    def library_config(self, m: int) -> LibraryConfig:
+        """What a library trained by this encoder records: its kind, shapes, base model and training settings."""
         return LibraryConfig(kind="per_document" if self.per_document else "poly", rank=self.rank,
                              alpha=self.alpha, m=m, target_modules=list(self.target_modules),
                              base_model=self.llm.fingerprint(), model_name=self.llm.name,
@@ -101,22 +113,19 @@ class PolyPRAGEncoder:
             raise InvalidInputError("fit() needs at least one document; the corpus is empty. "
                                     "Pass a non-empty list of Document (e.g. from load_corpus).")
         data = self.augmenter(docs)
-        modules = self._modules()
+        modules = self.trained_modules()
         if self.per_document:
             ck = run_checkpoint(checkpoint_dir, checkpoint_every, "prag-fit", self.llm, docs, data, self.train,
                                 {"rank": self.rank, "alpha": self.alpha, "modules": modules,
                                  "group_size": self.group_size})
             bank = train_prag_bank(self.llm, modules, data, self.rank, self.alpha, self.train,
                                    self.group_size, checkpoint=ck)
-            return AdapterLibrary(self.llm, bank, docs, self._config(bank.m))
-        bank = LoRABank.initialised(modules, self.num_adapters, self.rank, self.alpha,
-                                    seed=self.train.seed).to(self.llm.device)
-        logits = init_routing_logits(len(docs), self.num_adapters, self.train.seed, self.llm.device,
-                                     active=self.train.routing_active)
+            return AdapterLibrary(self.llm, bank, docs, self.library_config(bank.m))
+        bank, logits = self.initial_poly(len(docs))
         ck = run_checkpoint(checkpoint_dir, checkpoint_every, "poly-fit", self.llm, docs, data, self.train,
                             {"m": self.num_adapters, "rank": self.rank, "alpha": self.alpha, "modules": modules})
         train_poly(self.llm, bank, logits, data, self.train, train_bank=True, checkpoint=ck)
-        return AdapterLibrary(self.llm, bank, docs, self._config(self.num_adapters), routing_logits=logits)
+        return AdapterLibrary(self.llm, bank, docs, self.library_config(self.num_adapters), routing_logits=logits)
 
 
 class PRAGEncoder(PolyPRAGEncoder):

@@ -43,7 +43,7 @@ def peft_state_dict(library: "AdapterLibrary", doc_ids: Sequence[str], combine: 
     rank = 0
     for name in library.bank.names:
         # the engine's own mixed factors: A [1, T·r, in], B [1, out, T·r] with s folded in
-        A, B = mixture._factors(name, torch.float32)
+        A, B = mixture.mixed_factors(name, torch.float32)
         A, B = A[0], B[0]
         rank = A.shape[0]
         if pad_rank is not None:

@@ -192,7 +192,8 @@ class BankMixture(Mixture):
                 W[i, : m.weights.shape[1], j: j + m.bank.m] = m.weights[0]
         return cls(bank, W)
 
-    def _factors(self, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def mixed_factors(self, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's mixed LoRA of one module: A [rows, T·r, in] and B [rows, out, T·r], s folded into B."""
         cached = self._cache.get(name)
         if cached is not None and cached[0].dtype == dtype:
             return cached
@@ -217,7 +218,7 @@ class BankMixture(Mixture):
         """Mix A and B for every target module now (else done lazily at the first forward pass)."""
         with torch.no_grad():
             for name in self.bank.names:
-                self._factors(name, dtype or self.bank.A[0].dtype)
+                self.mixed_factors(name, dtype or self.bank.A[0].dtype)
         return self
 
     def apply(self, name: str, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor | None:
@@ -228,11 +229,11 @@ class BankMixture(Mixture):
         if self.rows == 1 or x.dim() == 2:  # one mixture for every row: one 2-D GEMM
             flat = self._flat.get(name)
             if flat is None or flat[0].dtype != x.dtype:
-                A, B = self._factors(name, x.dtype)
+                A, B = self.mixed_factors(name, x.dtype)
                 flat = self._flat[name] = (A[0].T, B[0].T)  # [in, R], [R, out]
             output.view(-1, output.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ flat[0], flat[1])
             return output  # [tokens, out] += [tokens, R] @ [R, out], in place
-        A, B = self._factors(name, x.dtype)  # [rows, R, in], [rows, out, R]
+        A, B = self.mixed_factors(name, x.dtype)  # [rows, R, in], [rows, out, R]
         if self.rows != x.shape[0]:
             return super().apply(name, x, output)  # delta() raises the row-count error
         output.baddbmm_(torch.bmm(x, A.transpose(1, 2)), B.transpose(1, 2))  # [rows, L, out]
@@ -241,7 +242,7 @@ class BankMixture(Mixture):
     def delta(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
         if name not in self.bank.index:
             return None
-        A, B = self._factors(name, x.dtype)
+        A, B = self.mixed_factors(name, x.dtype)
         if x.dim() == 2:  # [tokens, in]: one row only
             return lowrank_delta(x, A[0], B[0])
         if self.rows not in (1, x.shape[0]):
