@@ -12,9 +12,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Chat
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, PrivateAttr, model_validator
 
-from polyprag import DEFAULT_MODEL, AdapterLibrary, InvalidInputError, LoRAMixingLLM, Mixture, PolyPRAG
+from polyprag import (DEFAULT_MODEL, AdapterLibrary, InvalidInputError, LoRAMixingLLM, Mixture, PolyPRAG,
+                      iterate_in_thread)
 
-from ._streaming import iterate_in_thread
 from .retrievers import document_ids
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}

@@ -11,9 +11,8 @@ from langchain_core.runnables import AddableDict, RunnableConfig, RunnableSerial
 from pydantic import ConfigDict, PrivateAttr
 
 from polyprag import (MODES, AdapterLibrary, Answer, InvalidInputError, LoRAMixingLLM, ParametricRetriever, PolyPRAG,
-                      Prepared)
+                      Prepared, iterate_in_thread)
 
-from ._streaming import iterate_in_thread
 from .chat_models import ChatPolyPRAG
 from .retrievers import LangChainRetrieval, PolyPRAGRetriever, _retrieved, _run_config, returned_document
 

@@ -12,7 +12,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from polyprag import InvalidInputError, LoRAMixingLLM, Mixture
+from polyprag import InvalidInputError, LoRAMixingLLM, Mixture, iterate_in_thread
 
 # Roles some chat templates do not know, mapped onto the three every template has.
 _ROLE_ALIASES = {MessageRole.DEVELOPER.value: "system", MessageRole.CHATBOT.value: "assistant",
@@ -134,8 +134,7 @@ class PolyPRAGLLM(CustomLLM):
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, mixture: Mixture | None = None,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
-        pieces = await asyncio.to_thread(self._pieces, prompt, formatted, mixture, kwargs)
-        return _aaccumulate(pieces, _completion)
+        return _aaccumulate(lambda: self._pieces(prompt, formatted, mixture, kwargs), _completion)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], mixture: Mixture | None = None,
@@ -147,17 +146,7 @@ class PolyPRAGLLM(CustomLLM):
     async def astream_chat(self, messages: Sequence[ChatMessage], mixture: Mixture | None = None,
                            **kwargs: Any) -> ChatResponseAsyncGen:
         prompt = await asyncio.to_thread(self.messages_to_prompt, messages)
-        return _aaccumulate(self._pieces(prompt, True, mixture, kwargs), _chat)
-
-
-async def in_thread(pieces: Iterator[str]) -> AsyncIterator[str]:
-    """An async iterator over a blocking one: each ``next`` runs in a worker thread."""
-    done = object()
-    while True:
-        piece = await asyncio.to_thread(next, pieces, done)
-        if piece is done:
-            return
-        yield piece
+        return _aaccumulate(lambda: self._pieces(prompt, True, mixture, kwargs), _chat)
 
 
 def _completion(text: str, delta: str | None = None) -> CompletionResponse:
@@ -176,9 +165,9 @@ def _accumulate(pieces: Iterator[str], make: Callable[[str, str], Any]) -> Itera
         yield make(text, piece)
 
 
-async def _aaccumulate(pieces: Iterator[str], make: Callable[[str, str], Any]) -> AsyncIterator[Any]:
-    """The async twin of ``_accumulate``; each blocking step runs in a worker thread."""
+async def _aaccumulate(pieces: Callable[[], Iterator[str]], make: Callable[[str, str], Any]) -> AsyncIterator[Any]:
+    """The async twin of ``_accumulate`` over the stream ``pieces()`` makes, each step in a worker thread."""
     text = ""
-    async for piece in in_thread(pieces):
+    async for piece in iterate_in_thread(pieces):
         text += piece
         yield make(text, piece)

@@ -13,6 +13,7 @@ from .models import DEFAULT_MODEL
 from .parametric import ON_UNKNOWN, ParametricRetriever, Retrieval
 from .pipeline import MODES, Answer, PolyPRAG, Prepared
 from .retrieval import BM25Retriever, ScoredDocument
+from .threads import iterate_in_thread
 
 __version__ = "0.1.0"
 
@@ -25,5 +26,5 @@ __all__ = [
     "UnknownDocumentError",
     "load_corpus", "load_questions", "use_mixture",
     "DEFAULT_MODEL", "DenseRetriever", "HybridRetriever", "MODES", "ON_UNKNOWN", "Prepared", "RETRIEVERS",
-    "SentenceEmbedder", "build_retriever", "passage_id",
+    "SentenceEmbedder", "build_retriever", "iterate_in_thread", "passage_id",
 ]

@@ -1,4 +1,4 @@
-"""Streaming helper shared by the chat model and the runnable: sync iterators made async."""
+"""Blocking iterators (a model's token stream) made async for both faces, the event loop left free."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +9,7 @@ _END = object()
 
 
 async def iterate_in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
-    """Items of a blocking iterator, each ``next`` run in a worker thread so the event loop stays free."""
+    """Items of a blocking iterator, made and advanced in worker threads; closed when the caller stops."""
     iterator = await asyncio.to_thread(make)  # to_thread copies the context: mixtures stay per call
     try:
         while True:
