@@ -53,6 +53,23 @@ def test_encode_then_ask(method, model_dir, corpus, tmp_path, capsys):
                  "--max-new-tokens", "2"]) == 0
 
 
+def test_encode_takes_the_options_left_unset_from_the_recipe(model_dir, corpus, tmp_path, capsys):
+    from polyprag.recipes import RECIPES
+
+    lib = tmp_path / "lib"
+    assert main(["encode", corpus, str(lib), "--model", model_dir, "--recipe", "prag-paper", "--augment", "passage",
+                 "-q"]) == 0
+    config = json.loads((lib / "config.json").read_text())
+    paper = RECIPES["prag-paper"]
+    assert (config["m"], config["rank"], config["alpha"]) == (paper.num_adapters, paper.rank, paper.alpha)
+    assert config["training"]["recipe"] == "prag-paper"
+    assert (config["training"]["epochs"], config["training"]["lr"]) == (paper.epochs, paper.lr)
+    assert main(["encode", corpus, str(tmp_path / "lib2"), "--model", model_dir, "--recipe", "prag-paper",
+                 "--augment", "passage", "--num-adapters", "3", "--rank", "4", "--lr", "0.01", "-q"]) == 0
+    config = json.loads((tmp_path / "lib2" / "config.json").read_text())
+    assert (config["m"], config["rank"], config["training"]["lr"]) == (3, 4, 0.01)  # a flag given wins
+
+
 @pytest.mark.parametrize("method", ["poly", "prag"])
 def test_add_and_delete_update_the_library_folder(method, model_dir, docs, tmp_path, capsys):
     first, more = tmp_path / "first.jsonl", tmp_path / "more.jsonl"

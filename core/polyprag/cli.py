@@ -97,18 +97,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ---- encode -------------------------------------------------------------------------------------
 def _configure_encode(p: argparse.ArgumentParser) -> None:
+    from .recipes import RECIPES
+
     p.add_argument("docs", help="corpus JSONL: one {\"id\", \"title\", \"text\"} object per line")
     p.add_argument("library", help="folder to write the adapter library to")
     p.add_argument("--method", choices=("poly", "prag"), default="poly",
                    help="poly: Poly-PRAG bank + routing; prag: one LoRA per document")
     p.add_argument("--model", default=None, help="HF model folder or hub id (default: bundled SmolLM2-135M)")
-    p.add_argument("--num-adapters", type=int, default=8, help="Poly-PRAG bank size m")
-    p.add_argument("--rank", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=None, help="default: 4 (poly), 1 (prag)")
-    p.add_argument("--augment", choices=("generated_qa", "passage"), default="generated_qa")
+    p.add_argument("--recipe", choices=list(RECIPES), default="default",
+                   help="training recipe (polyprag.recipes): its training texts, alpha and routing settings, and "
+                        "each option below marked \"the --recipe's\" that is left unset (default: default)")
+    p.add_argument("--num-adapters", type=int, default=None,
+                   help=_recipe_default("Poly-PRAG bank size m", "num_adapters"))
+    p.add_argument("--rank", type=int, default=None, help=_recipe_default("LoRA rank", "rank"))
+    p.add_argument("--epochs", type=int, default=None,
+                   help=_recipe_default("training epochs, poly/prag", "epochs", "prag_epochs"))
+    p.add_argument("--augment", choices=("generated_qa", "passage"), default=None,
+                   help="generated_qa: the recipe's texts, generating those the model must write; passage: the "
+                        "passage alone (default: the recipe's texts, generated only when they need it)")
     p.add_argument("--batch-size", type=int, default=None, help="training mini-batch per process (default 8)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 poly, 3e-4 prag)")
+    p.add_argument("--lr", type=float, default=None, help=_recipe_default("learning rate, poly/prag", "lr", "prag_lr"))
     p.add_argument("--seed", type=int, default=0)
+
+
+def _recipe_default(what: str, *fields: str) -> str:
+    """Help text of an option left to the recipe, with each recipe's value."""
+    from .recipes import RECIPES
+
+    values = ", ".join(f"{name} {'/'.join(f'{getattr(r, f):g}' for f in fields)}" for name, r in RECIPES.items())
+    return f"{what} (default: the --recipe's: {values})"
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -121,14 +138,15 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     docs = load_corpus(args.docs)
     llm = _load_llm(args.model, distributed.local_device(args.device), args.compute_dtype)
-    common = dict(augmenter=args.augment, seed=args.seed, progress=not args.quiet)
-    for option in ("epochs", "batch_size", "lr"):
-        if getattr(args, option) is not None:
-            common[option] = getattr(args, option)
+    # options left at None come from the recipe
+    common = dict(recipe=args.recipe, rank=args.rank, epochs=args.epochs, lr=args.lr, augmenter=args.augment,
+                  seed=args.seed, progress=not args.quiet)
+    if args.batch_size is not None:
+        common["batch_size"] = args.batch_size
     if args.method == "prag":
-        encoder = PRAGEncoder(llm, rank=args.rank, **common)
+        encoder = PRAGEncoder(llm, **common)
     else:
-        encoder = PolyPRAGEncoder(llm, num_adapters=args.num_adapters, rank=args.rank, **common)
+        encoder = PolyPRAGEncoder(llm, num_adapters=args.num_adapters, **common)
     library = distributed.fit(encoder, docs)
     if distributed.is_main_process():
         path = library.save(args.library)
