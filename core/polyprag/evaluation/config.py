@@ -11,7 +11,7 @@ between documents. Controls that tell injected knowledge from priors:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from ..errors import InvalidInputError
 from ..models import pick_compute_dtype
@@ -134,8 +134,3 @@ class EvalConfig:
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}.")
         if self.latency_samples < 0 or self.bootstrap < 100:
             raise InvalidInputError("latency_samples must be >= 0 and bootstrap >= 100.")
-
-
-def config_fields():
-    """EvalConfig's fields with their help text (the CLI builds its options from these)."""
-    return [f for f in fields(EvalConfig)]
