@@ -2,8 +2,9 @@
 and any LangChain retriever (a vector store's, …) as a retriever polyprag's pipeline can call."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
@@ -123,6 +124,17 @@ def to_polyprag_documents(documents: Iterable[Any]) -> list[Document]:
 # The RunnableConfig of the run that is retrieving now, and the LangChain documents it got back by id.
 _run_config: ContextVar[Optional[RunnableConfig]] = ContextVar("polyprag_langchain_config", default=None)
 _retrieved: ContextVar[Optional[dict[str, LCDocument]]] = ContextVar("polyprag_langchain_retrieved", default=None)
+
+
+@contextmanager
+def retrieving(config: Optional[RunnableConfig] = None) -> Iterator[dict[str, LCDocument]]:
+    """Within it, ``LangChainRetrieval`` runs under ``config`` and fills the yielded dict with its documents, by id."""
+    config_token, docs_token = _run_config.set(config), _retrieved.set({})
+    try:
+        yield _retrieved.get()
+    finally:
+        _run_config.reset(config_token)
+        _retrieved.reset(docs_token)
 
 
 class LangChainRetrieval:

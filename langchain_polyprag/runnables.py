@@ -14,7 +14,7 @@ from polyprag import (MODES, AdapterLibrary, Answer, InvalidInputError, LoRAMixi
                       Prepared, iterate_in_thread)
 
 from .chat_models import ChatPolyPRAG
-from .retrievers import LangChainRetrieval, PolyPRAGRetriever, _retrieved, _run_config, returned_document
+from .retrievers import LangChainRetrieval, PolyPRAGRetriever, retrieving, returned_document
 
 Question = Union[str, dict]
 Output = Union[str, dict]
@@ -122,13 +122,9 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
     # ---- the work, on lists of inputs -----------------------------------------------------------
     def _prepare(self, item: Question, config: Optional[RunnableConfig] = None) -> Retrieved:
         """Retrieve (the user's retriever runs as a child of this run) and build the prompt and mixture."""
-        config_token, docs_token = _run_config.set(config), _retrieved.set({})
-        try:
+        with retrieving(config) as originals:
             prepared = self.pipeline().prepare(question_of(item), self.mode, self.k)
-            return Retrieved(**vars(prepared), originals=_retrieved.get())
-        finally:
-            _run_config.reset(config_token)
-            _retrieved.reset(docs_token)
+        return Retrieved(**vars(prepared), originals=originals)
 
     def _answer(self, inputs: list[Question], config: Optional[list[RunnableConfig]] = None,
                 return_exceptions: bool = False) -> list[Any]:

@@ -18,7 +18,7 @@ from polyprag import (AdapterLibrary, BankMixture, Document, InvalidInputError, 
 
 from .llm import PolyPRAGLLM
 from .nodes import to_nodes, with_routing
-from .retriever import LlamaIndexRetrieval, PolyPRAGRetriever, _retrieved
+from .retriever import LlamaIndexRetrieval, PolyPRAGRetriever, retrieving
 
 
 class PolyPRAGQueryEngine(CustomQueryEngine):
@@ -109,12 +109,9 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
     def _prepare(self, query_str: str) -> tuple[Prepared, list[NodeWithScore], dict[str, Any]]:
         with self.callback_manager.event(CBEventType.RETRIEVE,
                                          payload={EventPayload.QUERY_STR: query_str}) as event:
-            token = _retrieved.set({})
-            try:
+            with retrieving() as originals:
                 prepared = self._rag.prepare(query_str, self.mode, self.k)
-                nodes = self._nodes(prepared, _retrieved.get())
-            finally:
-                _retrieved.reset(token)
+            nodes = self._nodes(prepared, originals)
             event.on_end(payload={EventPayload.NODES: nodes})
         return prepared, nodes, _metadata(prepared, nodes)
 

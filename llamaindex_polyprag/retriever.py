@@ -3,8 +3,9 @@ retriever (a vector index's, …) as a retriever polyprag's pipeline can call.""
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks.base import CallbackManager
@@ -17,6 +18,16 @@ from .nodes import to_document, to_documents, to_nodes
 
 # The nodes the retrieval running now got back from the user's retriever, by id.
 _retrieved: ContextVar[Optional[dict[str, NodeWithScore]]] = ContextVar("polyprag_llamaindex_retrieved", default=None)
+
+
+@contextmanager
+def retrieving() -> Iterator[dict[str, NodeWithScore]]:
+    """Within it, ``LlamaIndexRetrieval`` fills the yielded dict with the nodes it gets back, by id."""
+    token = _retrieved.set({})
+    try:
+        yield _retrieved.get()
+    finally:
+        _retrieved.reset(token)
 
 
 class PolyPRAGRetriever(BaseRetriever):
