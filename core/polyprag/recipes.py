@@ -44,10 +44,11 @@ RECIPES: dict[str, Recipe] = {
     # measured on PopQA dev questions with oracle retrieval (bench/results/recipes/runs.jsonl): the
     # passage plus its recall question, 15 epochs at lr 2e-3, no generated text (a 135M model's own
     # questions are mostly about something else: "What is the capital of France?" from a biography).
-    # Poly-PRAG starts each document on 2 of the 8 adapters: from a near-uniform start the routing stayed
-    # near uniform and the bank acted as one shared LoRA (shuffled routing answered as well as learned)
+    # Poly-PRAG's routing starts near uniform (Polytropon). routing_active=2 (each document starts on 2 of
+    # the 8 adapters) makes routing carry information (PopQA: shuffled/wrong-document controls fall) but
+    # lost facts on the invented-fact tests (demo 7/8 -> 5/8, added documents 4/6 -> 2/6): an option
     "default": Recipe(texts=("passage", "recall"), rank=2, alpha=32.0, prag_lr=2e-3, prag_epochs=15,
-                      lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=8, routing_active=2),
+                      lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=8),
     "prag-paper": Recipe(texts=PRAG_TEXTS, rank=2, alpha=32.0, prag_lr=3e-4,
                          prag_epochs=1, lr=3e-4, routing_lr=3e-4, epochs=1, num_adapters=8),
 }
