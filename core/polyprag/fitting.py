@@ -15,10 +15,10 @@ from .documents import Document
 from .errors import InvalidInputError
 from .mixing import LoRABank, routing_weights
 from .recipes import FREE_TEXTS, PRAG_TEXTS
+from .state import LibraryState
 from .training import TrainConfig, train_per_document, train_poly
 
 if TYPE_CHECKING:
-    from .library import LibraryState
     from .llm import LoRAMixingLLM
 
 

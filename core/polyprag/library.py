@@ -11,198 +11,24 @@ builds the next state aside and swaps it in with one assignment, so readers neve
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .documents import Document, check_unique, content_keys
-from .errors import (DuplicateDocumentError, IncompatibleModelError, InvalidInputError, LibraryError,
-                     UnknownDocumentError)
+from .documents import Document, check_unique
+from .errors import DuplicateDocumentError, IncompatibleModelError, InvalidInputError, LibraryError
 from .fitting import extend_library, refit_adapters
-from .mixing import BankMixture, LoRABank, routing_weights
+from .mixing import BankMixture, LoRABank
 from . import storage
+from .state import FORMAT_VERSION, LibraryConfig, LibraryState
 
 if TYPE_CHECKING:
     from .llm import LoRAMixingLLM
-
-FORMAT_VERSION = 1
-KINDS = ("poly", "per_document")
-COMBINES = ("mean", "sum")
-CLOSED_LOGIT = -1e4  # a routing logit whose weight σ(z) is exactly 0: an adapter a document never uses
-
-
-@dataclass
-class LibraryConfig:
-    """What a saved library records about itself (config.json)."""
-
-    kind: str
-    rank: int
-    alpha: float
-    m: int
-    target_modules: list[str]
-    base_model: dict
-    model_name: str = ""
-    dtype: str = "float32"
-    training: dict = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-    files: dict = field(default_factory=dict)  # file name -> sha256
-    deleted_ids: list = field(default_factory=list)      # ids of deleted documents: refused, never retrieved
-    deleted_content: list = field(default_factory=list)  # content keys (passage_id) of deleted texts
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.kind, str) or self.kind not in KINDS:
-            raise LibraryError(f"Unknown library kind {self.kind!r}; expected one of {KINDS}.")
-        for name in ("rank", "m", "format_version"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise LibraryError(f"Library config field {name!r} must be a non-negative integer, got {value!r}.")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
-            raise LibraryError(f"Library config field 'alpha' must be a finite number, got {self.alpha!r}.")
-        types = {"target_modules": list, "base_model": dict, "model_name": str, "dtype": str, "training": dict,
-                 "files": dict, "deleted_ids": list, "deleted_content": list}
-        for name, kind in types.items():
-            if not isinstance(getattr(self, name), kind):
-                raise LibraryError(f"Library config field {name!r} must be a {kind.__name__}, "
-                                   f"got {getattr(self, name)!r}.")
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items()):
-            raise LibraryError("Library config field 'files' must map file names to sha256 strings.")
-        if not all(isinstance(v, str) for v in self.deleted_ids + self.deleted_content):
-            raise LibraryError("Library config fields 'deleted_ids' and 'deleted_content' must list strings.")
-
-
-@dataclass(frozen=True, eq=False)
-class LibraryState:
-    """One whole state of a library: its bank, routing table, documents and deletions, never changed once made.
-
-    An update builds the next state aside and the library swaps it in with one assignment, so whoever holds
-    a state (a question being answered, a save) sees all of an update or none of it."""
-
-    config: LibraryConfig
-    bank: LoRABank
-    documents: list[Document]
-    routing_logits: torch.Tensor | None = None  # [N, m] (poly); None for PRAG, where adapter i is document i
-    version: int = 0                            # how many updates the library had when this state was made
-    doc_ids: list[str] = field(init=False, repr=False)
-    _row: dict[str, int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        docs = check_unique(self.documents)
-        object.__setattr__(self, "documents", docs)  # a frozen dataclass sets its fields once, here
-        object.__setattr__(self, "doc_ids", [d.id for d in docs])
-        object.__setattr__(self, "_row", {d: i for i, d in enumerate(self.doc_ids)})
-        if self.config.m != self.bank.m:
-            object.__setattr__(self, "config", replace(self.config, m=self.bank.m))
-        z = self.routing_logits
-        if self.kind == "poly":
-            if z is None or tuple(z.shape) != (len(docs), self.bank.m):
-                raise LibraryError(f"Routing table shape {None if z is None else tuple(z.shape)} "
-                                   f"does not match {len(docs)} documents × {self.bank.m} adapters.")
-            if not torch.isfinite(z).all():
-                raise InvalidInputError("The routing logits contain NaN or inf (training diverged or the table "
-                                        "was altered); re-encode the documents, with a lower lr if it diverged.")
-        elif self.bank.m != len(docs):
-            raise LibraryError(f"A per-document library needs one adapter per document "
-                               f"({self.bank.m} adapters, {len(docs)} documents).")
-
-    @property
-    def kind(self) -> str:
-        return self.config.kind
-
-    def __len__(self) -> int:
-        return len(self.doc_ids)
-
-    def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._row
-
-    def document(self, doc_id: str) -> Document:
-        """The stored document with this id."""
-        return self.documents[self.rows([doc_id])[0]]
-
-    def rows(self, doc_ids: Iterable[str]) -> list[int]:
-        """Row of each document in the routing table (and, for PRAG, in the bank); unknown ids are refused."""
-        if isinstance(doc_ids, str):
-            raise InvalidInputError(f"Pass a list of document ids, e.g. [{doc_ids!r}], not a single string.")
-        rows = []
-        for d in doc_ids:
-            if not isinstance(d, str) or d not in self._row:
-                if d in self.config.deleted_ids:
-                    raise UnknownDocumentError(f"Document {d!r} was deleted from this library; it is no longer "
-                                               "mixed or retrieved. Add it again with library.add_documents([...]).")
-                raise UnknownDocumentError(
-                    f"Document {d!r} is not in this library ({len(self)} documents); "
-                    "encode it first with library.add_documents([...]).")
-            rows.append(self._row[d])
-        return rows
-
-    def routing_weights(self, doc_ids: Sequence[str]) -> torch.Tensor:
-        """Mixing weights over the bank per document [k, m]: σ(z)/Σσ(z) (poly) or one-hot (PRAG)."""
-        rows = self.rows(doc_ids)
-        if self.kind == "poly":
-            return routing_weights(self.routing_logits[rows])
-        w = torch.zeros(len(rows), self.bank.m, device=self.bank.A[0].device)
-        w[torch.arange(len(rows)), torch.tensor(rows, dtype=torch.long)] = 1.0
-        return w
-
-    def mixture(self, doc_ids: Sequence[str], combine: str | None = None) -> BankMixture | None:
-        """The one-row mixture for these documents: mean of routing weights, or sum of their deltas."""
-        if not doc_ids:
-            return None
-        combine = combine or ("sum" if self.kind == "per_document" else "mean")
-        if combine not in COMBINES:
-            raise InvalidInputError(f"combine must be one of {COMBINES}, got {combine!r}.")
-        w = self.routing_weights(doc_ids)  # [k, m]
-        terms = w.mean(0, keepdim=True) if combine == "mean" else w
-        return BankMixture(self.bank, terms[None])  # [1, T, m]
-
-    # ---- the next state (pure: this state is left as it is) -----------------------------------
-    def with_added(self, documents: Sequence[Document], routing_logits: torch.Tensor | None = None,
-                   bank: LoRABank | None = None) -> "LibraryState":
-        """This state with newly encoded documents: their routing rows (poly), the grown bank if any.
-
-        ``bank``: the grown bank (its first adapters are this state's). Old documents get a routing logit of
-        -1e4 on each new adapter: σ(-1e4) is exactly 0 in float32, so their mixtures do not change."""
-        docs = list(documents)
-        bank = self.bank if bank is None else bank
-        z = self.routing_logits
-        if self.kind == "poly":
-            if bank.m > z.shape[1]:
-                z = torch.cat([z, z.new_full((z.shape[0], bank.m - z.shape[1]), CLOSED_LOGIT)], 1)
-            z = torch.cat([z, routing_logits.detach().float().to(z.device)])
-        back = {d.id for d in docs}  # ids and texts that come back are deleted no longer
-        keys = set().union(*(content_keys(d) for d in docs))
-        config = replace(self.config, deleted_ids=[i for i in self.config.deleted_ids if i not in back],
-                         deleted_content=[k for k in self.config.deleted_content if k not in keys])
-        return LibraryState(config, bank, self.documents + docs, z, self.version)
-
-    def without(self, doc_ids: Sequence[str]) -> "LibraryState":
-        """This state with the documents deleted: their routing rows dropped, the adapters no remaining
-        document uses dropped (PRAG: their own adapters), their ids and content keys remembered as deleted."""
-        gone = set(self.rows(doc_ids))
-        if len(gone) == len(self):
-            raise InvalidInputError(f"This would delete or replace all {len(gone)} documents of the library, and "
-                                    "an adapter library holds at least one; encode a new library instead "
-                                    "(PolyPRAGEncoder(llm).fit(docs)).")
-        keep = [i for i in range(len(self)) if i not in gone]
-        if self.kind == "poly":
-            z = self.routing_logits[keep]
-            used = (torch.sigmoid(z) > 0).any(0).nonzero().flatten().tolist()  # weight exactly 0: never mixed
-            bank = self.bank if len(used) == self.bank.m else self.bank.select(used)
-            z = z if len(used) == self.bank.m else z[:, used]
-        else:
-            bank, z = self.bank.select(keep), None
-        removed = [self.documents[i] for i in sorted(gone)]
-        config = replace(self.config,
-                         deleted_ids=list(dict.fromkeys(self.config.deleted_ids + [d.id for d in removed])),
-                         deleted_content=sorted(set(self.config.deleted_content).union(
-                             *(content_keys(d) for d in removed))))
-        return LibraryState(config, bank, [self.documents[i] for i in keep], z, self.version)
-
 
 class AdapterLibrary:
     """The knowledge of a set of documents as LoRA adapters and how each document mixes them.

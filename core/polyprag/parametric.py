@@ -18,7 +18,8 @@ import torch
 
 from .documents import Document, check_text, content_keys, passage_id
 from .errors import InvalidInputError, UnknownDocumentError
-from .library import COMBINES, AdapterLibrary, LibraryState
+from .library import AdapterLibrary
+from .state import COMBINES, LibraryState
 from .mixing import BankMixture
 from .retrieval import ScoredDocument, check_query, check_top_k
 
