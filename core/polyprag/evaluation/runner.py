@@ -28,7 +28,7 @@ from ..progress import progress_bar
 from ..recipes import FREE_TEXTS, check_texts, get_recipe
 from ..dense import build_retriever
 from ..retrieval import ScoredDocument
-from .config import METHODS, EvalConfig, Method
+from .config import METHODS, EvalConfig
 from .metrics import accuracy, exact_match, f1_score, mean, paired_bootstrap, recall_at_k
 from .report import Comparison, EvalReport, MethodResult, write_report
 
