@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-length", type=int, default=256, help="training tokens per text (longer ones are cut)")
     p.add_argument("--combine", action="store_true", help="also answer with the gold passages and their mixture")
+    p.add_argument("--recite", default="", help="also answer by recitation: 'passage' (each gold document's mixture "
+                   "continues the start-of-text token) and/or 'recall' (its recall question), joined by commas")
+    p.add_argument("--recite-tokens", type=int, default=96)
     p.add_argument("--log", default="bench/results/recipes/runs.jsonl")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
@@ -109,6 +112,27 @@ def main(argv=None) -> int:
         runs["parametric_uniform"] = answer(plain, [BankMixture(lib.bank, uni) for _ in qs])
         ent = -(lib.routing_weights(lib.doc_ids).clamp_min(1e-9).log() * lib.routing_weights(lib.doc_ids)).sum(-1)
     runs["in_context_oracle"] = answer(ctx, [None] * len(qs))
+    from polyprag.augment import recall_question
+
+    def recite(name, kind, ids_of, mixture_of):
+        """Each question's documents recited by their own mixtures, then read in context with no adapter."""
+        flat = [(qi, g) for qi, q in enumerate(qs) for g in ids_of(q)]
+        bos = llm.tokenizer.bos_token or ""
+        prompts = [bos if kind == "passage" else llm.question_prompt(recall_question(by_id[g])) for _, g in flat]
+        texts = llm.generate(prompts, [mixture_of(g) for _, g in flat], max_new_tokens=args.recite_tokens, short=False)
+        per_q = [[t for (qi, _), t in zip(flat, texts) if qi == i] for i in range(len(qs))]
+        recitals[name] = per_q[:3]
+        return answer([llm.question_prompt(q.question, r) for q, r in zip(qs, per_q)], [None] * len(qs))
+
+    recitals = {}
+    wrong_of = {q.id: wrong(q) for q in qs}
+    for kind in [k for k in args.recite.split(",") if k]:
+        for name, ids_of, mixture_of in (("oracle", lambda q: q.gold, lambda g: lib.mixture([g])),
+                                         ("closed", lambda q: q.gold, lambda g: None),
+                                         ("wrong", lambda q: wrong_of[q.id], lambda g: lib.mixture([g])),
+                                         *((("shuffled", lambda q: q.gold, lambda g: shuffled([g])),)
+                                           if args.method == "poly" else ())):
+            runs[f"recite_{kind}_{name}"] = recite(f"{kind}_{name}", kind, ids_of, mixture_of)
     if args.combine:
         runs["combine_oracle"] = answer(ctx, [lib.mixture(q.gold) for q in qs])
     scores = {k: sum(accuracy(a, q.answers) for a, q in zip(v, qs)) for k, v in runs.items()}
@@ -121,6 +145,7 @@ def main(argv=None) -> int:
         rec.update(m=args.m, routing_lr=args.routing_lr, temperature=args.temperature,
                    routing_active=args.routing_active,
                    routing_entropy=round(float(ent.mean()), 3))
+    rec["recitals"] = recitals
     rec["examples"] = [{"q": q.question, "gold": q.answers[0], **{k: v[i] for k, v in runs.items()}}
                        for i, q in enumerate(qs[:: max(1, len(qs) // 6)])]
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)

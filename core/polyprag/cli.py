@@ -190,7 +190,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"question": args.question, "answer": answer.text, "mode": answer.mode,
                           "documents": [{"id": s.document.id, "title": s.document.title, "score": s.score}
-                                        for s in answer.documents]}, ensure_ascii=False))
+                                        for s in answer.documents], "recitals": answer.recitals},
+                         ensure_ascii=False))
     else:
         print(answer.text)
     return 0

@@ -16,7 +16,7 @@ from . import batching
 from .errors import InvalidInputError, ModelLoadError
 from .mixing import Mixture, attach, use_mixture
 from .models import pick_compute_dtype, pick_device, resolve_model
-from .prompts import ANSWER_PREFIX, first_sentence, question_message, sentence_end
+from .prompts import ANSWER_PREFIX, first_sentence, question_message, sentence_end, text_start_id
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ class GenerationConfig:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     min_new_tokens: int = 0  # > 0: decode at least this many tokens (fixed-length timing runs)
+    short: bool | None = None  # None: a question prompt (ends "The answer is") stops at its first sentence;
+    #                            False: every row decodes to its end (a recitation); True: every row is short
 
 
 class LoRAMixingLLM:
@@ -144,6 +146,13 @@ class LoRAMixingLLM:
         with the first sentence or line it decodes, stopping there."""
         return self.chat(question_message(question, passages)) + ANSWER_PREFIX
 
+    @property
+    def recital_prompt(self) -> str:
+        """The prompt a recitation continues: the token every plain training text starts from, so a document's
+        mixture applied to it writes back the passage it learned (PolyPRAG mode="recite")."""
+        start = text_start_id(self.tokenizer)
+        return "" if start is None else self.tokenizer.convert_ids_to_tokens(start)
+
     # ---- forward passes --------------------------------------------------------------------
     def encode(self, prompts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
         """Left-padded token batch of prompts, truncated (from the left, with a warning) to fit."""
@@ -224,7 +233,7 @@ class LoRAMixingLLM:
         for batch in batches:
             mixture = mixtures if rows is None else self._batch_mixture([rows[i] for i in batch], len(batch))
             answers = self._generate_batch([ids[i] for i in batch], mixture, cfg,
-                                           [prompts[i].endswith(ANSWER_PREFIX) for i in batch])
+                                           [_is_short(prompts[i], cfg) for i in batch])
             for i, text in zip(batch, answers):
                 texts[i] = text
         return texts
@@ -249,7 +258,7 @@ class LoRAMixingLLM:
         mixture = self._batch_mixture(mixture, 1)
         enc = self.encode([prompt], max_length=max(8, self.context_window - cfg.max_new_tokens))
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        short = prompt.endswith(ANSWER_PREFIX)
+        short = _is_short(prompt, cfg)
         # the decoding thread stops where the answer stops, not at max_new_tokens
         kwargs = self._generate_kwargs(cfg, enc["input_ids"].shape[1], [short], every_row=True)
         errors: list[BaseException] = []
@@ -328,6 +337,11 @@ class LoRAMixingLLM:
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kw
+
+
+def _is_short(prompt: str, cfg: GenerationConfig) -> bool:
+    """Whether a row's answer ends at its first sentence: a question prompt's does unless ``cfg.short`` says."""
+    return prompt.endswith(ANSWER_PREFIX) if cfg.short is None else cfg.short
 
 
 def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfig:

@@ -39,6 +39,7 @@ class Retrieval:
     weights: torch.Tensor | None = field(default=None, repr=False)  # [encoded, m] routing weights, in rank order
     library_ids: list[str | None] = field(default_factory=list)
     skipped: list[ScoredDocument] = field(default_factory=list)     # deleted, or unknown under on_unknown="skip"
+    state: LibraryState | None = field(default=None, repr=False)  # the library state the documents matched
 
     def __post_init__(self) -> None:
         if not self.library_ids:  # a retrieval over library documents only: each id is its own entry
@@ -178,7 +179,7 @@ class ParametricRetriever:
         known = [i for i in ids if i is not None]
         weights = matcher.state.routing_weights(known) if known else None
         return Retrieval(documents, matcher.state.mixture(known, self.combine), weights, library_ids=ids,
-                         skipped=skipped)
+                         skipped=skipped, state=matcher.state)
 
 
 class LibraryMatcher:

@@ -1,4 +1,11 @@
-"""PolyPRAG: retrieve, then answer with knowledge injected as parameters, in context, both, or neither."""
+"""PolyPRAG: retrieve, then answer with knowledge injected as parameters, in context, both, or neither.
+
+``recite`` (recitation, as RECITE: Sun et al. 2023, "Recitation-Augmented Language Models") answers from the
+parameters in two steps: each retrieved document's own mixture writes back what its adapter learned (from the
+token every passage was trained from, no text of the document given), then the model reads those recitals in
+its prompt, with no adapter applied. A small model stores a passage far better than it answers from it
+directly: the adapter holds the knowledge, reading it in context does the reasoning.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,12 +18,13 @@ from .llm import GenerationConfig, LoRAMixingLLM
 from .mixing import Mixture, SumMixture
 from .parametric import ParametricRetriever, check_retriever, retrieve_from
 from .retrieval import ScoredDocument, check_query, check_top_k
+from .state import LibraryState
 
-MODES = ("parametric", "combine", "in_context", "closed_book", "lag", "lag_in_context", "lag_parametric")
+MODES = ("parametric", "recite", "combine", "in_context", "closed_book", "lag", "lag_in_context", "lag_parametric")
 log = logging.getLogger(__name__)
 MIN_PASSAGE_TOKENS = 8  # a passage cut shorter than this is dropped instead: a fragment tells the model little
 
-_USES_MIXTURE = ("parametric", "combine", "lag_parametric")   # the retrieved documents' mixture
+_USES_MIXTURE = ("parametric", "recite", "combine", "lag_parametric")  # the retrieved documents' mixture
 _USES_PASSAGES = ("in_context", "combine", "lag_in_context")  # the retrieved passages in the prompt
 _USES_LAG = ("lag", "lag_in_context", "lag_parametric")       # the data-free LAG router
 
@@ -30,6 +38,7 @@ class Answer:
     mixture: Mixture | None = None
     mode: str = "parametric"
     prompt: str = field(default="", repr=False)
+    recitals: list[str] = field(default_factory=list)  # mode "recite": what each document's adapter wrote back
 
 
 @dataclass
@@ -41,11 +50,24 @@ class Prepared:
     mixture: Mixture | None
     documents: list[ScoredDocument]
     mode: str
+    recitals: list[str] = field(default_factory=list)  # mode "recite": each encoded document's recital, rank order
+
+
+@dataclass
+class _Pending:
+    """A question retrieved but not yet prompted: its passages in rank order, each a text or a mixture to recite."""
+
+    question: str
+    mode: str
+    documents: list[ScoredDocument]
+    mixture: Mixture | None
+    parts: list[str | tuple[LibraryState, str]]  # a passage's text, or (library state, document id) to recite
 
 
 class PolyPRAG:
     """Question answering with a mode: ``parametric`` (mixture only), ``combine`` (mixture + passages),
-    ``in_context`` (standard RAG: passages only) or ``closed_book`` (the bare model); with a LAG
+    ``in_context`` (standard RAG: passages only), ``closed_book`` (the bare model) or ``recite`` (each
+    retrieved document's adapter recites what it learned, then the model reads the recitals); with a LAG
     router (``lag=``, see ``polyprag.lag``): ``lag`` (router only, no retriever needed),
     ``lag_in_context`` (router + passages) and ``lag_parametric`` (router + retrieved mixture).
 
@@ -56,7 +78,8 @@ class PolyPRAG:
 
     def __init__(self, llm: LoRAMixingLLM, retriever: ParametricRetriever | Any | None = None,
                  mode: str = "parametric", k: int | None = None, max_new_tokens: int = 32,
-                 temperature: float = 0.0, stop: Sequence[str] = (), lag: Mixture | None = None):
+                 temperature: float = 0.0, stop: Sequence[str] = (), lag: Mixture | None = None,
+                 recite_tokens: int = 160):
         self.llm = llm
         self.retriever = retriever if retriever is None else check_retriever(retriever)
         self.lag = lag
@@ -67,6 +90,10 @@ class PolyPRAG:
         self.k = None if k is None else self._check_k(k)
         self.generation = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                                            stop=tuple(stop))
+        if recite_tokens < 1:
+            raise InvalidInputError(f"recite_tokens must be >= 1, got {recite_tokens}.")
+        # a recital is greedy and decodes to its end-of-text token (or this budget): the passage, not a sentence
+        self.recital = GenerationConfig(max_new_tokens=recite_tokens, short=False)
 
     def _check_mode(self, mode: str) -> str:
         if mode not in MODES:
@@ -85,24 +112,61 @@ class PolyPRAG:
         return check_top_k(k, len(docs) if isinstance(docs, Sequence) else None)
 
     def prepare(self, question: str, mode: str | None = None, k: int | None = None) -> Prepared:
-        """Retrieve and build the prompt and mixture for one question, without generating."""
+        """Retrieve and build the prompt and mixture for one question, without generating its answer
+        (mode ``recite`` generates the recitals its prompt holds)."""
+        return self.prepare_batch([question], mode, k)[0]
+
+    def prepare_batch(self, questions: Sequence[str], mode: str | None = None, k: int | None = None) -> list[Prepared]:
+        """``prepare`` for many questions; mode ``recite`` writes every question's recitals in one batch."""
+        pending = [self._retrieve(q, mode, k) for q in questions]
+        self._recite([p for q in pending for p in q.parts if not isinstance(p, str)])
+        out = []
+        for q in pending:
+            parts = [p if isinstance(p, str) else p[0].recitals[self._recital_key(p[1])] for p in q.parts]
+            recitals = [t for t, p in zip(parts, q.parts) if not isinstance(p, str)]
+            out.append(Prepared(q.question, self._prompt(q.question, parts), q.mixture, q.documents, q.mode,
+                                recitals))
+        return out
+
+    def _recital_key(self, doc_id: str) -> tuple:
+        return doc_id, self.recital.max_new_tokens, str(self.llm.compute_dtype)
+
+    def _recite(self, wanted: Sequence[tuple[LibraryState, str]]) -> None:
+        """Recite the documents whose recitals their states do not hold yet, all in one batch: each row applies its
+        own document's mixture to the recital prompt and decodes greedily to its end-of-text token."""
+        todo = list({(id(state), doc): (state, doc) for state, doc in wanted
+                     if self._recital_key(doc) not in state.recitals}.values())
+        if not todo:
+            return
+        texts = self.llm.generate([self.llm.recital_prompt] * len(todo), [state.mixture([doc]) for state, doc in todo],
+                                  config=self.recital)
+        for (state, doc), text in zip(todo, texts):
+            state.recitals[self._recital_key(doc)] = text
+
+    def _retrieve(self, question: str, mode: str | None, k: int | None) -> _Pending:
         question = check_text(check_query(question), "The query")
         mode = self._check_mode(mode or self.mode)
         k = self.k if k is None else self._check_k(k)
         docs: list[ScoredDocument] = []
-        in_prompt: list[ScoredDocument] = []
+        parts: list[str | Mixture] = []
         mixture = None
-        if mode in _USES_MIXTURE:
+        if mode == "recite":  # encoded documents are recited by their own mixtures; unknown ones go in as text
+            found = self.retriever.retrieve(question, k)
+            docs = found.documents
+            parts = [s.document.full_text if i is None else (found.state, i)
+                     for s, i in zip(found.documents, found.library_ids)]
+        elif mode in _USES_MIXTURE:
             found = self.retriever.retrieve(question, k)
             docs, mixture = found.documents, found.mixture
             in_prompt = docs if mode in _USES_PASSAGES else found.in_context  # unknown documents: in context
+            parts = [s.document.full_text for s in in_prompt]
         elif mode in _USES_PASSAGES:  # passages only: the library, if any, plays no part
             raw = self.retriever.retriever if isinstance(self.retriever, ParametricRetriever) else self.retriever
-            docs = in_prompt = retrieve_from(raw, question, k)
+            docs = retrieve_from(raw, question, k)
+            parts = [s.document.full_text for s in docs]
         if mode in _USES_LAG:
             mixture = self.lag if mixture is None else SumMixture([self.lag, mixture])
-        passages = [s.document.full_text for s in in_prompt]
-        return Prepared(question, self._prompt(question, passages), mixture, docs, mode)
+        return _Pending(question, mode, docs, mixture, parts)
 
     def _prompt(self, question: str, passages: Sequence[str]) -> str:
         """The question prompt, fitted to the model's context with room for the answer: passages give way first
@@ -154,8 +218,7 @@ class PolyPRAG:
     def answer_batch(self, questions: Sequence[str], mode: str | None = None, k: int | None = None,
                      **generation) -> list[Answer]:
         """Answer many questions in one batched generation, each row with its own mixture."""
-        prepared = [self.prepare(q, mode, k) for q in questions]
-        return self.generate(prepared, **generation)
+        return self.generate(self.prepare_batch(questions, mode, k), **generation)
 
     def generate(self, prepared: Sequence[Prepared], **generation) -> list[Answer]:
         """Generate answers for prepared questions in one batch."""
@@ -163,7 +226,7 @@ class PolyPRAG:
             return []
         texts = self.llm.generate([p.prompt for p in prepared], [p.mixture for p in prepared],
                                   config=self.generation, **generation)
-        return [Answer(t, p.documents, p.mixture, p.mode, p.prompt) for t, p in zip(texts, prepared)]
+        return [Answer(t, p.documents, p.mixture, p.mode, p.prompt, list(p.recitals)) for t, p in zip(texts, prepared)]
 
     def stream(self, question: str, mode: str | None = None, k: int | None = None,
                **generation) -> Iterator[str]:

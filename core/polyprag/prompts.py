@@ -28,6 +28,11 @@ def question_message(question: str, passages: Sequence[str] = ()) -> str:
     return f"{SHORT_ANSWER}\nQuestion: {question}"
 
 
+def text_start_id(tokenizer) -> int | None:
+    """The token a plain training text starts from, and so a recitation too: start-of-text, else end-of-text."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
 def answer_target(answer: str) -> str:
     """What the model learns to write after the prefix for a short answer: " <answer>." """
     answer = answer.strip()

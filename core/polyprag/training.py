@@ -19,7 +19,7 @@ from .augment import TrainingExample
 from .errors import TrainingError
 from .mixing import BankMixture, LoRABank
 from .progress import progress_bar
-from .prompts import answer_target
+from .prompts import answer_target, text_start_id
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
@@ -59,7 +59,8 @@ def tokenize(llm: "LoRAMixingLLM", ex: TrainingExample, max_length: int) -> Toke
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     if ex.question is None:
         ids = tok(ex.target, add_special_tokens=False)["input_ids"] + eos
-        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        start = text_start_id(tok)  # a recitation starts from it too (PolyPRAG mode="recite")
+        bos = [start] if start is not None else []
         ids = (bos + ids)[:max_length]
         return Tokenized(ids, [-100] + ids[1:] if bos else list(ids))
     prompt = llm.question_prompt(ex.question, [ex.context] if ex.context else ())  # ends "The answer is"

@@ -2,7 +2,8 @@
 
 A method name reads as its parts: ``polyprag_combine_oracle_shuffled`` is Poly-PRAG (mean of routing
 weights) with the passages in the prompt, the question's gold documents, and routing rows shuffled
-between documents. Controls that tell injected knowledge from priors:
+between documents; ``prag_recite`` answers by recitation (each document's adapter writes back its passage,
+the model reads the recitals; PolyPRAG mode "recite"). Controls that tell injected knowledge from priors:
 - ``_oracle``: the question's gold documents instead of the retrieved ones (gold documents are encoded
   alongside the retrieved ones); ``in_context_oracle`` is the ceiling, the gold passages in the prompt;
 - ``_wrong``: the mixture of random encoded documents that are neither retrieved nor gold;
@@ -35,11 +36,11 @@ def _methods() -> dict[str, Method]:
            "lag": Method("lag", "lag"), "lag_in_context": Method("lag", "lag_in_context")}
     bases = {"prag": ("prag", "sum"), "polyprag": ("poly", "mean"), "polyprag_sum": ("poly", "sum")}
     for base, (lib, combine) in bases.items():
-        for mode, suffix in (("parametric", ""), ("combine", "_combine")):
+        for mode, suffix in (("parametric", ""), ("recite", "_recite"), ("combine", "_combine")):
             name = base + suffix
             out[name] = Method(lib, mode, combine)
             out[name + "_oracle"] = Method(lib, mode, combine, documents="gold")
-            if mode == "parametric":
+            if mode != "combine":
                 out[name + "_wrong"] = Method(lib, mode, combine, documents="wrong")
             if lib == "poly":
                 for docs, tag in (("retrieved", ""), ("gold", "_oracle")):
@@ -99,6 +100,7 @@ class EvalConfig:
                                    default=128)
     max_new_tokens: int = _help("answer budget in tokens (decoding stops at the first sentence's end)",
                                 default=32)
+    recite_tokens: int = _help("recite methods: tokens each document's recital may take", default=160)
     latency_samples: int = _help("questions answered one at a time to measure latency", default=10)
     bootstrap: int = _help("paired bootstrap resamples for the 95% intervals", default=10_000)
     seed: int = _help("seed of training, controls and bootstrap", default=0)
@@ -128,7 +130,7 @@ class EvalConfig:
             raise InvalidInputError(f"start must be >= 0, got {self.start}.")
         pick_compute_dtype(self.compute_dtype, self.device or "cpu")  # fails before any model loads
         for name in ("k", "num_adapters", "rank", "epochs", "prag_epochs", "batch_size", "answer_batch_size",
-                     "augment_batch_size", "max_new_tokens", "lag_k", "max_length", "max_batch_tokens"):
+                     "augment_batch_size", "max_new_tokens", "recite_tokens", "lag_k", "max_length", "max_batch_tokens"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}.")

@@ -184,7 +184,8 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
             retriever = ParametricRetriever(FixedRetriever(encoded, per_question), library, combine=spec.combine)
         else:
             retriever = FixedRetriever(docs, per_question)
-        rag = PolyPRAG(llm, retriever, mode=spec.mode, max_new_tokens=cfg.max_new_tokens, lag=lag_router)
+        rag = PolyPRAG(llm, retriever, mode=spec.mode, max_new_tokens=cfg.max_new_tokens, lag=lag_router,
+                       recite_tokens=cfg.recite_tokens)
         prompt_chars = [len(q.question) + (sum(len(by_id[i].full_text) for i in ids)
                                            if spec.mode in ("in_context", "combine", "lag_in_context") else 0)
                         for q, ids in zip(questions, chosen)]
