@@ -8,7 +8,7 @@ from .errors import (CheckpointError, CorpusFormatError, DuplicateDocumentError,
                      UnknownDocumentError)
 from .library import AdapterLibrary
 from .llm import GenerationConfig, LoRAMixingLLM
-from .mixing import BankMixture, LoRABank, Mixture, SumMixture, use_mixture
+from .engine import BankMixture, LoRABank, Mixture, SumMixture, use_mixture
 from .models import DEFAULT_MODEL
 from .parametric import ON_UNKNOWN, ParametricRetriever, Retrieval
 from .pipeline import MODES, Answer, PolyPRAG, Prepared

@@ -11,7 +11,7 @@ from .documents import Document, check_unique
 from .errors import InvalidInputError
 from .fitting import choose_augmenter, init_routing_logits, run_checkpoint, train_prag_bank
 from .library import AdapterLibrary, LibraryConfig
-from .mixing import LoRABank
+from .engine import LoRABank
 from .recipes import get_recipe
 from .training import TrainConfig, train_poly
 

@@ -13,7 +13,8 @@ from .augment import Augmenter, GeneratedQAAugmenter, PassageAugmenter, Training
 from .checkpoint import Checkpoint, run_key, tensor_digest
 from .documents import Document
 from .errors import InvalidInputError
-from .mixing import LoRABank, routing_weights
+from .engine import LoRABank
+from .methods.polyprag.routing import routing_weights
 from .recipes import FREE_TEXTS, PRAG_TEXTS
 from .state import LibraryState
 from .training import TrainConfig, train_per_document, train_poly

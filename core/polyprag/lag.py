@@ -11,7 +11,7 @@ r×r matrix is decomposed). At every token of every target layer, with x the lay
     2. SpectR:        ĵ = argmax_j ‖A*_j x‖₂ among them
     3. output:        W x + B*_ĵ (A*_ĵ x)          (A*_ĵ x reused from step 2)
 
-``LAGRouter`` is a ``Mixture`` of the mixing engine (``polyprag.mixing``): the forward hooks call
+``LAGRouter`` is a ``Mixture`` of the mixing engine (``polyprag.engine``): the forward hooks call
 its ``delta``. The low-rank product is split: A*x is computed once for every adapter (routing needs
 it) and only the chosen B* is applied to it, so ``lowrank_delta``'s x Aᵀ Bᵀ would recompute A*x.
 A layer routes among the adapters that touch it; ranks may differ between adapters.
@@ -33,7 +33,7 @@ import torch
 
 from .errors import IncompatibleModelError, InvalidInputError, LibraryError
 from . import storage
-from .mixing import Mixture
+from .engine import Mixture
 from .retrieval import check_top_k
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ import torch
 from .documents import Document, check_unique
 from .errors import DuplicateDocumentError, IncompatibleModelError, InvalidInputError, LibraryError
 from .fitting import extend_library, refit_adapters
-from .mixing import BankMixture, LoRABank
+from .engine import BankMixture, LoRABank
 from . import storage
 from .state import FORMAT_VERSION, LibraryConfig, LibraryState
 

@@ -11,7 +11,8 @@ import torch
 
 from .documents import Document, check_unique, content_keys
 from .errors import InvalidInputError, LibraryError, UnknownDocumentError
-from .mixing import BankMixture, LoRABank, routing_weights
+from .engine import BankMixture, LoRABank
+from .methods.polyprag.routing import routing_weights
 
 FORMAT_VERSION = 1
 KINDS = ("poly", "per_document")

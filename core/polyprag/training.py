@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .augment import TrainingExample
 from .errors import TrainingError
-from .mixing import BankMixture, LoRABank
+from .engine import BankMixture, LoRABank
 from .progress import progress_bar
 from .prompts import answer_target
 
