@@ -53,8 +53,8 @@ class LAGLibrary:
     @classmethod
     def from_adapter_library(cls, library: "AdapterLibrary") -> "LAGLibrary":
         """The adapters of a polyprag library: one per document (PRAG) or the m bank adapters (Poly-PRAG)."""
-        bank = library.bank
-        names = list(library.doc_ids) if library.kind == "per_document" else [f"adapter-{j}" for j in range(bank.m)]
+        state = library.snapshot()
+        bank, names = state.bank, state.adapter_names()
         factors = {}
         for module in bank.names:
             A, B = bank.factors(module)  # [m, r, in], [m, out, r]

@@ -22,3 +22,37 @@ def routing_weights(logits: torch.Tensor) -> torch.Tensor:
                                 "altered); re-encode the documents, with a lower lr if it diverged.")
     s = torch.sigmoid(logits)
     return s / s.sum(-1, keepdim=True)
+
+
+def logistic_noise(rows: int, m: int, gen: torch.Generator) -> torch.Tensor:
+    """log u − log(1 − u), u ~ U(0, 1): the noise of a relaxed Bernoulli sample [rows, m]."""
+    u = torch.rand((rows, m), generator=gen).clamp(1e-6, 1 - 1e-6)
+    return torch.log(u) - torch.log1p(-u)
+
+
+def relaxed_bernoulli_weights(logits: torch.Tensor, temperature: float, gen: torch.Generator | None = None,
+                              noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Training-time routing weights [rows, m]: normalised Gumbel-sigmoid samples of σ(z)
+    (``noise`` from ``logistic_noise``, else drawn from ``gen``)."""
+    if noise is None:
+        noise = logistic_noise(logits.shape[0], logits.shape[1], gen)
+    y = torch.sigmoid((logits + noise.to(logits.device)) / temperature)
+    return y / y.sum(-1, keepdim=True)
+
+
+
+def init_routing_logits(n: int, m: int, seed: int, device, active: int = 0,
+                        among: Sequence[int] | None = None) -> torch.Tensor:
+    """Routing logits [n, m] to train: near zero (``active=0``, Polytropon: every adapter equally likely),
+    or each row +3 on ``active`` adapters drawn at random from ``among`` (default: all) and −3 elsewhere,
+    so that documents start on different subsets of the bank and the adapters specialise."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    z = torch.rand(n, m, generator=gen) * 2e-3 - 1e-3
+    if active > 0:
+        pool = torch.tensor(list(range(m)) if among is None else list(among), dtype=torch.long)
+        if active > len(pool):
+            raise InvalidInputError(f"routing_active={active} exceeds the {len(pool)} adapters a document can start on.")
+        z.fill_(-SPARSE_LOGIT)
+        for i in range(n):
+            z[i, pool[torch.randperm(len(pool), generator=gen)[:active]]] = SPARSE_LOGIT
+    return z.to(device).requires_grad_(True)
