@@ -32,6 +32,7 @@ class LibraryKind:
     name = ""
     default_combine = "mean"  # how a query's documents combine unless told: "mean" or "sum"
     files: tuple[str, ...] = ()  # files a saved library of this kind holds besides bank and documents
+    routing_caption = ""  # what its routing weights are, in a few words (a plot's title)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

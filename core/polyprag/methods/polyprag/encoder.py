@@ -11,6 +11,7 @@ from ...engine import LoRABank
 from ...errors import InvalidInputError
 from ...library import AdapterLibrary
 from ...recipes import get_recipe
+from .kind import PolyPRAGKind
 from .routing import init_routing_logits
 from .training import train_poly
 
@@ -31,7 +32,7 @@ class PolyPRAGEncoder(Encoder):
     learning rates, epochs and bank size. PRAG (one adapter per document, summed at query time) is
     ``PRAGEncoder``."""
 
-    kind = "poly"
+    kind = PolyPRAGKind.name
     phase = "poly-fit"
 
     def __init__(self, llm: "LoRAMixingLLM", num_adapters: int | None = None, rank: int | None = None,

@@ -29,6 +29,7 @@ class PolyPRAGKind(LibraryKind):
     name = "poly"
     default_combine = "mean"
     files = ("routing.safetensors",)
+    routing_caption = "routing weights w_d = σ(z_d)/Σσ(z_d), red: preferred"
 
     def routing_table(self, logits: torch.Tensor | None, device) -> torch.Tensor | None:
         return None if logits is None else logits.detach().float().to(device)  # [N, m]

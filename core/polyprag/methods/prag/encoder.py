@@ -9,6 +9,7 @@ from ...documents import Document
 from ...encoder import Encoder
 from ...library import AdapterLibrary
 from ...recipes import get_recipe
+from .kind import PRAGKind
 from .training import train_prag_bank
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ class PRAGEncoder(Encoder):
     (rank 2, alpha 32, lr 3e-4, 1 epoch, passage + rewrite + generated QA in PRAG's three forms).
     ``group_size`` documents train together, in one batch; other options as ``PolyPRAGEncoder``."""
 
-    kind = "per_document"
+    kind = PRAGKind.name
     phase = "prag-fit"
 
     def __init__(self, llm: "LoRAMixingLLM", rank: int | None = None, alpha: float | None = None,

@@ -22,6 +22,7 @@ class PRAGKind(LibraryKind):
 
     name = "per_document"
     default_combine = "sum"
+    routing_caption = "routing (PRAG: one-hot)"
 
     def routing_table(self, logits: torch.Tensor | None, device) -> None:
         return None
