@@ -104,7 +104,6 @@ def micro_batches(rows: Sequence[Tokenized], max_tokens: int) -> list[list[int]]
     return groups
 
 
-
 def bucketed_order(lengths: Sequence[int], batch_size: int, rng: random.Random, pool: int = 16) -> list[int]:
     """A seeded epoch order whose consecutive ``batch_size`` chunks hold rows of similar length.
 
@@ -123,10 +122,9 @@ def bucketed_order(lengths: Sequence[int], batch_size: int, rng: random.Random, 
     return [i for b in full + short for i in b]
 
 
-
 def accumulate(llm: "LoRAMixingLLM", bank: LoRABank, rows: Sequence[Tokenized],
-                weights: Callable[[list[int]], torch.Tensor], scale: float, max_tokens: int,
-                step: int) -> torch.Tensor:
+               weights: Callable[[list[int]], torch.Tensor], scale: float, max_tokens: int,
+               step: int) -> torch.Tensor:
     """Backward pass of ``scale`` × the summed row losses, in length-sorted micro-batches.
 
     ``weights(mb)`` gives the mixing weights [len(mb), m] of the rows ``mb``; gradients accumulate
@@ -145,4 +143,3 @@ def _check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
         raise TrainingError(f"Training diverged: the loss is {float(loss.detach())} at step {step}. "
                             "Lower lr / routing_lr (or use a float32 model) and encode again.")
-

@@ -89,4 +89,3 @@ class LoRABank(nn.Module):
         idx = torch.as_tensor(list(adapters), dtype=torch.long, device=self.A[0].device)
         return LoRABank(self.shapes, len(idx), self.rank, self.alpha, A=[a.detach()[idx] for a in self.A],
                         B=[b.detach()[idx] for b in self.B])
-

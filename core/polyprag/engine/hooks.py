@@ -60,4 +60,3 @@ def use_mixture(mixture: Mixture | None) -> Iterator[None]:
 def active_mixture() -> Mixture | None:
     """The mixture active in the current context, if any."""
     return _ACTIVE.get()
-

@@ -25,7 +25,6 @@ def lowrank_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Te
     return torch.matmul(torch.matmul(x, A.transpose(-1, -2)), B.transpose(-1, -2))
 
 
-
 class Mixture:
     """What the hooked layers add for each batch row; subclasses compute ``delta``."""
 
@@ -189,4 +188,3 @@ class SumMixture(Mixture):
                 raise InvalidInputError("SumMixture rows of one batch must have parts of the same kinds.")
             parts.append(kind.stack(col))
         return cls(parts)
-

@@ -26,8 +26,6 @@ def spectral_factors(A: torch.Tensor, B: torch.Tensor, scale: float) -> tuple[to
     return A_star.float(), B_star.float()
 
 
-
-
 @dataclass
 class ModuleFactors:
     """The adapters touching one target module, padded to a common rank R (zero rows/columns)."""
@@ -49,7 +47,6 @@ class ModuleFactors:
 
     def to(self, device) -> "ModuleFactors":
         return ModuleFactors(self.members.to(device), self.ranks.to(device), self.A.to(device), self.B.to(device))
-
 
 
 def pack(entries: list[tuple[int, torch.Tensor, torch.Tensor]]) -> ModuleFactors:

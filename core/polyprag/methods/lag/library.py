@@ -159,7 +159,6 @@ class LAGLibrary:
         return cls(llm, names, factors, source=config.get("source", ""))
 
 
-
 def _check_module(llm: "LoRAMixingLLM", module: str, entries, names: Sequence[str]) -> None:
     shape = llm.module_shapes.get(module)
     if shape is None:

@@ -52,4 +52,3 @@ def read_peft_adapter(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor,
         scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
         out[module] = (A, B, scale)
     return out
-

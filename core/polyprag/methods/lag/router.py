@@ -152,4 +152,3 @@ class LAGRouter(Mixture):
         finally:
             counts, self._wins[0] = self._wins[0], None
             wins.update({n: int(c) for n, c in zip(self.library.names, counts) if c > 0})
-

@@ -40,7 +40,6 @@ def relaxed_bernoulli_weights(logits: torch.Tensor, temperature: float, gen: tor
     return y / y.sum(-1, keepdim=True)
 
 
-
 def init_routing_logits(n: int, m: int, seed: int, device, active: int = 0,
                         among: Sequence[int] | None = None) -> torch.Tensor:
     """Routing logits [n, m] to train: near zero (``active=0``, Polytropon: every adapter equally likely),

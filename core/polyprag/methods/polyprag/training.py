@@ -114,7 +114,6 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
     return losses
 
 
-
 def _save_poly(checkpoint: "Checkpoint", at: tuple[int, int], losses: list[float], order: list[int],
                trained: list[torch.Tensor], opt: torch.optim.Optimizer, rng: random.Random,
                gen: torch.Generator) -> None:
