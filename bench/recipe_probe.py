@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from polyprag import LoRAMixingLLM, PolyPRAGEncoder, PRAGEncoder
     from polyprag.augment import Augmentation, FixedAugmenter, GeneratedQAAugmenter, examples_from
     from polyprag.evaluation import accuracy, load_slice
-    from polyprag.mixing import BankMixture
+    from polyprag import BankMixture
 
     docs, questions = load_slice(args.data)
     rows = [i for part in args.rows.split(",") for i in range(*map(int, part.split(":")))]

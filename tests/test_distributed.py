@@ -13,7 +13,7 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from polyprag import AdapterLibrary, LoRAMixingLLM, PolyPRAGEncoder
-from polyprag import distributed
+from polyprag.methods.polyprag import distributed
 from polyprag.documents import load_corpus
 
 TEXTS = ["the capital of zorvania is quellport", "the krell lighthouse was built by farrant",
@@ -28,7 +28,8 @@ ENCODER = dict(num_adapters=3, rank=2, augmenter="passage", epochs=6, lr=1e-2, r
 WORKER = textwrap.dedent("""
     import hashlib, json, sys, torch
     torch.set_num_threads(1)
-    from polyprag import LoRAMixingLLM, PolyPRAGEncoder, distributed
+    from polyprag import LoRAMixingLLM, PolyPRAGEncoder
+    from polyprag.methods.polyprag import distributed
     from polyprag.documents import load_corpus
     model, corpus, out, per_process_batch, options = sys.argv[1:6]
     llm = LoRAMixingLLM.from_pretrained(model, device="cpu")

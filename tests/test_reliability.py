@@ -16,7 +16,7 @@ from polyprag import (AdapterLibrary, BankMixture, BM25Retriever, CorpusFormatEr
                       load_corpus)
 from polyprag.checkpoint import safe_child
 from polyprag.errors import CheckpointError, TrainingError
-from polyprag.mixing import routing_weights
+from polyprag.methods.polyprag.routing import routing_weights
 from tiny import tiny_llm, tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

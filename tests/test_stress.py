@@ -10,7 +10,7 @@ import pytest
 
 from conftest import random_poly_library
 from polyprag import BM25Retriever, Document, ParametricRetriever, PolyPRAG
-from polyprag.mixing import active_mixture
+from polyprag.engine import active_mixture
 from test_reliability import word_llm
 
 WORDS = ["zorvania", "krell", "marisol", "velt", "tamsin", "quellport", "farrant", "moon"]

@@ -8,7 +8,7 @@ import torch
 from polyprag import (AdapterLibrary, BankMixture, BM25Retriever, Document, DuplicateDocumentError,
                       InvalidInputError, ParametricRetriever, PolyPRAG, PolyPRAGEncoder, PRAGEncoder,
                       UnknownDocumentError)
-from polyprag.encoder import init_routing_logits
+from polyprag.methods.polyprag.routing import init_routing_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 

@@ -2,13 +2,14 @@
 from .augment import GeneratedQAAugmenter, PassageAugmenter, TrainingExample
 from .dense import RETRIEVERS, DenseRetriever, HybridRetriever, SentenceEmbedder, build_retriever
 from .documents import Document, Question, load_corpus, load_questions, passage_id
-from .encoder import PolyPRAGEncoder, PRAGEncoder
 from .errors import (CheckpointError, CorpusFormatError, DuplicateDocumentError, IncompatibleModelError,
                      InvalidInputError, LibraryError, ModelLoadError, PolyPRAGError, TrainingError,
                      UnknownDocumentError)
 from .library import AdapterLibrary
 from .llm import GenerationConfig, LoRAMixingLLM
-from .mixing import BankMixture, LoRABank, Mixture, SumMixture, use_mixture
+from .engine import BankMixture, LoRABank, Mixture, SumMixture, use_mixture
+from .methods.polyprag.encoder import PolyPRAGEncoder
+from .methods.prag.encoder import PRAGEncoder
 from .models import DEFAULT_MODEL
 from .parametric import ON_UNKNOWN, ParametricRetriever, Retrieval
 from .pipeline import MODES, Answer, PolyPRAG, Prepared

@@ -132,9 +132,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     """Encode a corpus into a library folder and print what was written.
 
     Under `torchrun` / `accelerate launch` the Poly-PRAG training is data-parallel; rank 0 saves."""
-    from . import distributed
     from .documents import load_corpus
-    from .encoder import PolyPRAGEncoder, PRAGEncoder
+    from .methods.polyprag import distributed
+    from .methods.polyprag.encoder import PolyPRAGEncoder
+    from .methods.prag.encoder import PRAGEncoder
 
     docs = load_corpus(args.docs)
     llm = _load_llm(args.model, distributed.local_device(args.device), args.compute_dtype)
@@ -199,7 +200,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def _open_library(args: argparse.Namespace):
     """(llm, library) for ``args.library`` on ``args.model`` or the model the library was encoded on."""
-    from . import distributed
+    from .methods.polyprag import distributed
     from .library import AdapterLibrary
 
     cfg = Path(args.library) / "config.json"
@@ -233,7 +234,7 @@ def _configure_update(p: argparse.ArgumentParser) -> None:
 
 
 def _configure_add(p: argparse.ArgumentParser) -> None:
-    from .fitting import ADD_STRATEGIES
+    from .state import ADD_STRATEGIES
 
     p.add_argument("library", help="an adapter library folder (from `polyprag encode`); saved back atomically")
     p.add_argument("corpus", help="corpus JSONL of the documents to add: one {\"id\", \"title\", \"text\"} per line")

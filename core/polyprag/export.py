@@ -101,7 +101,7 @@ def export_peft(library: "AdapterLibrary", doc_ids: Sequence[str], out_dir: str 
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     (out / CONFIG_FILE).write_text(json.dumps(peft_config(library, rank), indent=2), encoding="utf-8")
-    combine = combine or ("sum" if library.kind == "per_document" else "mean")
+    combine = combine or library.snapshot().library_kind.default_combine
     (out / PROVENANCE_FILE).write_text(json.dumps(
         {"documents": list(doc_ids), "combine": combine, "library_kind": library.kind,
          "library_rank": library.bank.rank, "library_alpha": library.bank.alpha, "rank": rank,

@@ -1,6 +1,6 @@
 """AdapterLibrary: a LoRA bank plus per-document routing, saved as a folder of safetensors + JSON.
 
-Two kinds share one format and one mixing engine:
+Two kinds share one format and one mixing engine (each kind's rules: ``polyprag.methods.*.kind``):
 - ``poly`` (Poly-PRAG): m shared adapters, routing logits z_d ∈ R^m per document,
   weights w_d = σ(z_d) / Σ_j σ(z_dj);
 - ``per_document`` (PRAG): one adapter per document, routing one-hot (adapter i = document i).
@@ -22,10 +22,11 @@ import torch
 
 from .documents import Document, check_unique
 from .errors import DuplicateDocumentError, IncompatibleModelError, InvalidInputError, LibraryError
-from .fitting import extend_library, refit_adapters
-from .mixing import BankMixture, LoRABank
+from .engine import BankMixture, LoRABank
+from .methods.polyprag.kind import PolyPRAGKind  # noqa: F401  each kind registers itself in state.KINDS
+from .methods.prag.kind import PRAGKind  # noqa: F401
 from . import storage
-from .state import FORMAT_VERSION, LibraryConfig, LibraryState
+from .state import FORMAT_VERSION, KINDS, LibraryConfig, LibraryState
 
 if TYPE_CHECKING:
     from .llm import LoRAMixingLLM
@@ -40,10 +41,8 @@ class AdapterLibrary:
                  config: LibraryConfig, routing_logits: torch.Tensor | None = None):
         self.llm = llm
         _check_bank(bank, llm)
-        if config.kind == "poly" and routing_logits is not None:
-            routing_logits = routing_logits.detach().float().to(llm.device)  # [N, m]
         self._state = LibraryState(config, bank.to(llm.device), documents,
-                                   routing_logits if config.kind == "poly" else None)
+                                   KINDS[config.kind].routing_table(routing_logits, llm.device))
         self._writer = threading.Lock()  # one update at a time; readers never wait
         self._saver = threading.Lock()
         self.last_update: dict | None = None  # what the last update did and what it cost
@@ -159,8 +158,9 @@ class AdapterLibrary:
         fit_options = dict(fit_options or {})
         t0 = time.perf_counter()
         report: dict = {"deleted": list(deleted), "added": [d.id for d in added]}
+        kind = state.library_kind
         if refit and deleted:
-            state, report["refit"] = refit_adapters(self.llm, state, deleted, **{
+            state, report["refit"] = kind.refit(self.llm, state, deleted, **{
                 k: v for k, v in fit_options.items() if k not in ("strategy", "new_adapters")})
         if deleted:
             m = state.bank.m
@@ -168,7 +168,7 @@ class AdapterLibrary:
             report["dropped_adapters"] = m - state.bank.m
         if added:
             m = state.bank.m
-            state = extend_library(self.llm, state, added, **fit_options)
+            state = kind.extend(self.llm, state, added, **fit_options)
             report["new_adapters"] = state.bank.m - m
         report["seconds"] = time.perf_counter() - t0
         self._state = replace(state, version=self._state.version + 1)  # the one write readers can observe
@@ -210,8 +210,8 @@ class AdapterLibrary:
         if config.format_version > FORMAT_VERSION:
             raise LibraryError(f"{path} has format version {config.format_version}; this polyprag reads "
                                f"up to {FORMAT_VERSION}. Upgrade polyprag.")
-        expected = {"bank.safetensors", "documents.jsonl"} | ({"routing.safetensors"} if config.kind == "poly"
-                                                              else set())
+        kind = KINDS[config.kind]
+        expected = {"bank.safetensors", "documents.jsonl", *kind.files}
         if set(config.files) != expected:
             raise LibraryError(f"{path / 'config.json'} lists files {sorted(config.files)}, "
                                f"expected {sorted(expected)}; "
@@ -234,9 +234,7 @@ class AdapterLibrary:
                 f"{', '.join(diff)}).{hint} Load it with the model it was encoded on, or re-encode.")
         try:
             bank = LoRABank.from_tensors(load_file(str(path / "bank.safetensors")), alpha=config.alpha)
-            routing = None
-            if config.kind == "poly":
-                routing = load_file(str(path / "routing.safetensors"))["routing_logits"]
+            routing = kind.read_routing(path)
         except Exception as e:  # safetensors raises several types for a damaged file
             raise LibraryError(f"{path}: cannot read the tensors ({e}).") from None
         tensors = list(bank.tensors().values()) + ([routing] if routing is not None else [])
@@ -265,7 +263,7 @@ class AdapterLibrary:
         bank = sum(t.numel() * t.element_size() for t in state.bank.tensors().values())
         routing = 0 if state.routing_logits is None else state.routing_logits.numel() * 4
         n = max(len(state), 1)
-        per_doc = routing / n if state.kind == "poly" else bank / n
+        per_doc = state.library_kind.own_bytes(bank, routing) / n
         return {"bank": bank, "routing": routing, "per_document": int(round(per_doc))}
 
 

@@ -20,7 +20,7 @@ from .documents import Document, check_text, content_keys, passage_id
 from .errors import InvalidInputError, UnknownDocumentError
 from .library import AdapterLibrary
 from .state import COMBINES, LibraryState
-from .mixing import BankMixture
+from .engine import BankMixture
 from .retrieval import ScoredDocument, check_query, check_top_k
 
 ON_UNKNOWN = ("error", "in_context", "skip")

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 from .documents import check_text
 from .errors import IncompatibleModelError, InvalidInputError
 from .llm import GenerationConfig, LoRAMixingLLM
-from .mixing import Mixture, SumMixture
+from .engine import Mixture, SumMixture
 from .parametric import ParametricRetriever, check_retriever, retrieve_from
 from .retrieval import ScoredDocument, check_query, check_top_k
 from .state import LibraryState

@@ -74,8 +74,7 @@ def plot_routing(library: "AdapterLibrary", out: str | os.PathLike, doc_ids: Seq
     ax_map.set_xticks(range(m) if m <= 40 else np.linspace(0, m - 1, 10).astype(int))
     ax_map.set_yticks(range(len(shown)))
     ax_map.set_yticklabels(labels, fontsize=7 if len(shown) > 25 else 8)
-    ax_map.set_title("routing weights w_d = σ(z_d)/Σσ(z_d), red: preferred" if library.kind == "poly"
-                     else "routing (PRAG: one-hot)")
+    ax_map.set_title(library.snapshot().library_kind.routing_caption)
     fig.colorbar(img, ax=ax_map, pad=0.01, label=f"weight − 1/m (uniform = {1.0 / m:.3g})")
 
     usage = np.asarray(summary["usage"])

@@ -1,22 +1,87 @@
 """A library's contents as one immutable value: its config (``LibraryConfig``) and its ``LibraryState``
-(bank, routing table, documents, deletions). Updates build the next state aside (``with_added``,
-``without``); ``library`` swaps it in, ``fitting`` trains it. Neither of them is imported here."""
+(bank, routing table, documents, deletions), and the ``LibraryKind`` each kind of library implements.
+Updates build the next state aside (``with_added``, ``without``); ``library`` swaps it in, each method's
+kind (``polyprag.methods.*.kind``) trains it. None of them is imported here."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 
 from .documents import Document, check_unique, content_keys
 from .errors import InvalidInputError, LibraryError, UnknownDocumentError
-from .mixing import BankMixture, LoRABank, routing_weights
+from .engine import BankMixture, LoRABank
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .llm import LoRAMixingLLM
 
 FORMAT_VERSION = 1
-KINDS = ("poly", "per_document")
 COMBINES = ("mean", "sum")
-CLOSED_LOGIT = -1e4  # a routing logit whose weight σ(z) is exactly 0: an adapter a document never uses
+ADD_STRATEGIES = ("grow", "routing")  # how add_documents may grow a Poly-PRAG library (see its docstring)
+KINDS: dict[str, "LibraryKind"] = {}  # name -> its rules; each LibraryKind subclass with a name registers itself
+
+
+class LibraryKind:
+    """The rules of one library kind, one small object per kind (Poly-PRAG's routed bank, PRAG's adapter per
+    document): a ``LibraryState`` asks ``state.library_kind`` wherever the kinds differ, never the kind's name."""
+
+    name = ""
+    default_combine = "mean"  # how a query's documents combine unless told: "mean" or "sum"
+    files: tuple[str, ...] = ()  # files a saved library of this kind holds besides bank and documents
+    routing_caption = ""  # what its routing weights are, in a few words (a plot's title)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            KINDS[cls.name] = cls()
+
+    def routing_table(self, logits: torch.Tensor | None, device) -> torch.Tensor | None:
+        """The routing logits [N, m] a library of this kind keeps (None: it has none)."""
+        raise NotImplementedError
+
+    def read_routing(self, path: "Path") -> torch.Tensor | None:
+        """The routing logits saved in the library folder ``path`` (None: this kind saves none)."""
+        raise NotImplementedError
+
+    def check(self, state: "LibraryState") -> None:
+        """Refuse a state whose bank and routing table do not fit its documents."""
+        raise NotImplementedError
+
+    def weights(self, state: "LibraryState", rows: list[int]) -> torch.Tensor:
+        """Mixing weights over the bank [k, m] of the documents in these rows."""
+        raise NotImplementedError
+
+    def added(self, state: "LibraryState", bank: LoRABank, logits: torch.Tensor | None) -> torch.Tensor | None:
+        """The routing table once documents with routing ``logits`` join over ``bank`` (grown, or the same)."""
+        raise NotImplementedError
+
+    def kept(self, state: "LibraryState", keep: list[int]) -> tuple[LoRABank, torch.Tensor | None]:
+        """The bank and routing table that the documents in rows ``keep`` still need."""
+        raise NotImplementedError
+
+    def adapter_names(self, state: "LibraryState") -> list[str]:
+        """A name for each adapter of the bank (LAG routes among them by name)."""
+        raise NotImplementedError
+
+    def own_bytes(self, bank: int, routing: int) -> int:
+        """Of a library's saved bytes (bank, routing table), those its documents hold each for their own."""
+        raise NotImplementedError
+
+    def extend(self, llm: "LoRAMixingLLM", state: "LibraryState", docs: Sequence[Document],
+               **options) -> "LibraryState":
+        """The state with new documents encoded in, without changing what it already answers (training on
+        copies: ``state`` stays as it is). Options: as ``AdapterLibrary.add_documents``."""
+        raise NotImplementedError
+
+    def refit(self, llm: "LoRAMixingLLM", state: "LibraryState", deleted: Sequence[str],
+              **options) -> tuple["LibraryState", dict]:
+        """Remove what documents about to be deleted taught adapters other documents share: the re-fitted state
+        and what was re-fitted. A kind whose documents share no adapter has nothing to re-fit."""
+        return state, {"adapters": [], "documents": [], "steps": 0}
 
 
 @dataclass
@@ -39,7 +104,7 @@ class LibraryConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or self.kind not in KINDS:
-            raise LibraryError(f"Unknown library kind {self.kind!r}; expected one of {KINDS}.")
+            raise LibraryError(f"Unknown library kind {self.kind!r}; expected one of {tuple(KINDS)}.")
         for name in ("rank", "m", "format_version"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -83,21 +148,16 @@ class LibraryState:
         object.__setattr__(self, "_row", {d: i for i, d in enumerate(self.doc_ids)})
         if self.config.m != self.bank.m:
             object.__setattr__(self, "config", replace(self.config, m=self.bank.m))
-        z = self.routing_logits
-        if self.kind == "poly":
-            if z is None or tuple(z.shape) != (len(docs), self.bank.m):
-                raise LibraryError(f"Routing table shape {None if z is None else tuple(z.shape)} "
-                                   f"does not match {len(docs)} documents × {self.bank.m} adapters.")
-            if not torch.isfinite(z).all():
-                raise InvalidInputError("The routing logits contain NaN or inf (training diverged or the table "
-                                        "was altered); re-encode the documents, with a lower lr if it diverged.")
-        elif self.bank.m != len(docs):
-            raise LibraryError(f"A per-document library needs one adapter per document "
-                               f"({self.bank.m} adapters, {len(docs)} documents).")
+        self.library_kind.check(self)
 
     @property
     def kind(self) -> str:
         return self.config.kind
+
+    @property
+    def library_kind(self) -> LibraryKind:
+        """The rules of this library's kind."""
+        return KINDS[self.config.kind]
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -127,18 +187,17 @@ class LibraryState:
 
     def routing_weights(self, doc_ids: Sequence[str]) -> torch.Tensor:
         """Mixing weights over the bank per document [k, m]: σ(z)/Σσ(z) (poly) or one-hot (PRAG)."""
-        rows = self.rows(doc_ids)
-        if self.kind == "poly":
-            return routing_weights(self.routing_logits[rows])
-        w = torch.zeros(len(rows), self.bank.m, device=self.bank.A[0].device)
-        w[torch.arange(len(rows)), torch.tensor(rows, dtype=torch.long)] = 1.0
-        return w
+        return self.library_kind.weights(self, self.rows(doc_ids))
+
+    def adapter_names(self) -> list[str]:
+        """A name for each adapter of the bank: its document's id (PRAG) or ``adapter-j`` (Poly-PRAG)."""
+        return self.library_kind.adapter_names(self)
 
     def mixture(self, doc_ids: Sequence[str], combine: str | None = None) -> BankMixture | None:
         """The one-row mixture for these documents: mean of routing weights, or sum of their deltas."""
         if not doc_ids:
             return None
-        combine = combine or ("sum" if self.kind == "per_document" else "mean")
+        combine = combine or self.library_kind.default_combine
         if combine not in COMBINES:
             raise InvalidInputError(f"combine must be one of {COMBINES}, got {combine!r}.")
         w = self.routing_weights(doc_ids)  # [k, m]
@@ -154,11 +213,7 @@ class LibraryState:
         -1e4 on each new adapter: σ(-1e4) is exactly 0 in float32, so their mixtures do not change."""
         docs = list(documents)
         bank = self.bank if bank is None else bank
-        z = self.routing_logits
-        if self.kind == "poly":
-            if bank.m > z.shape[1]:
-                z = torch.cat([z, z.new_full((z.shape[0], bank.m - z.shape[1]), CLOSED_LOGIT)], 1)
-            z = torch.cat([z, routing_logits.detach().float().to(z.device)])
+        z = self.library_kind.added(self, bank, routing_logits)
         back = {d.id for d in docs}  # ids and texts that come back are deleted no longer
         keys = set().union(*(content_keys(d) for d in docs))
         config = replace(self.config, deleted_ids=[i for i in self.config.deleted_ids if i not in back],
@@ -174,13 +229,7 @@ class LibraryState:
                                     "an adapter library holds at least one; encode a new library instead "
                                     "(PolyPRAGEncoder(llm).fit(docs)).")
         keep = [i for i in range(len(self)) if i not in gone]
-        if self.kind == "poly":
-            z = self.routing_logits[keep]
-            used = (torch.sigmoid(z) > 0).any(0).nonzero().flatten().tolist()  # weight exactly 0: never mixed
-            bank = self.bank if len(used) == self.bank.m else self.bank.select(used)
-            z = z if len(used) == self.bank.m else z[:, used]
-        else:
-            bank, z = self.bank.select(keep), None
+        bank, z = self.library_kind.kept(self, keep)
         removed = [self.documents[i] for i in sorted(gone)]
         config = replace(self.config,
                          deleted_ids=list(dict.fromkeys(self.config.deleted_ids + [d.id for d in removed])),

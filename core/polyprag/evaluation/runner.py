@@ -248,7 +248,8 @@ class _Encoded:
 def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, train: dict, augmenter: FixedAugmenter,
             out: Path | None) -> _Encoded:
     """Train one library on the shared augmentation, save it, and measure its time and saved bytes."""
-    from ..encoder import PolyPRAGEncoder, PRAGEncoder
+    from ..methods.polyprag.encoder import PolyPRAGEncoder
+    from ..methods.prag.encoder import PRAGEncoder
 
     common = dict(rank=train["rank"], alpha=train["alpha"], augmenter=augmenter, seed=cfg.seed,
                   max_length=cfg.max_length, max_batch_tokens=cfg.max_batch_tokens, progress=cfg.progress)

@@ -1,8 +1,4 @@
-"""The LoRA-mixing engine: one place where LoRA arithmetic meets the frozen base model.
-
-A forward hook on every target ``nn.Linear`` adds ``delta(x)`` from the *mixture* active in
-the current context (a ``contextvars.ContextVar``), so threads and asyncio tasks never see each
-other's mixture and the base weights are never written. No active mixture: exactly the base model.
+"""Mixtures: what the hooked layers add, per batch row, from a bank of LoRA adapters.
 
 A ``BankMixture`` holds, per batch row, T terms, each a weight vector over a bank of m adapters:
 
@@ -16,112 +12,17 @@ for every adapter to route, then applies only the chosen B*.
 """
 from __future__ import annotations
 
-import contextlib
-import math
-from contextvars import ContextVar
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
-from torch import nn
 
-from .errors import InvalidInputError
-
-_ACTIVE: ContextVar["Mixture | None"] = ContextVar("polyprag_mixture", default=None)
+from ..errors import InvalidInputError
+from .bank import LoRABank
 
 
 def lowrank_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """``x Aᵀ Bᵀ`` batched: x [rows, L, in], A [rows, R, in], B [rows, out, R] (rows broadcast)."""
     return torch.matmul(torch.matmul(x, A.transpose(-1, -2)), B.transpose(-1, -2))
-
-
-class LoRABank(nn.Module):
-    """m LoRA adapters over the same target modules: per module A [m, r, in], B [m, out, r]."""
-
-    def __init__(self, modules: dict[str, tuple[int, int]], m: int, rank: int, alpha: float,
-                 A: Sequence[torch.Tensor] | None = None, B: Sequence[torch.Tensor] | None = None):
-        super().__init__()
-        if m < 1 or rank < 1:
-            raise InvalidInputError(f"A LoRA bank needs m >= 1 and rank >= 1, got m={m}, rank={rank}.")
-        self.names = list(modules)
-        self.index = {n: i for i, n in enumerate(self.names)}
-        self.shapes = dict(modules)  # name -> (in_features, out_features)
-        self.m, self.rank, self.alpha = int(m), int(rank), float(alpha)
-        if A is None:
-            A = [torch.zeros(m, rank, modules[n][0]) for n in self.names]
-        if B is None:
-            B = [torch.zeros(m, modules[n][1], rank) for n in self.names]
-        self.A = nn.ParameterList([nn.Parameter(a, requires_grad=False) for a in A])
-        self.B = nn.ParameterList([nn.Parameter(b, requires_grad=False) for b in B])
-
-    @property
-    def scale(self) -> float:
-        """LoRA scale s = alpha / r."""
-        return self.alpha / self.rank
-
-    @classmethod
-    def initialised(cls, modules: dict[str, tuple[int, int]], m: int, rank: int, alpha: float,
-                    seed: int = 0, shared_init: bool = False) -> "LoRABank":
-        """A fresh bank as peft initialises LoRA: A Kaiming-uniform, B zero (ΔW = 0 at start).
-
-        ``shared_init``: every adapter starts from the same A (PRAG's one shared random init)."""
-        gen = torch.Generator().manual_seed(seed)
-        As = []
-        for n in modules:
-            fan_in = modules[n][0]
-            bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform_(a=sqrt(5)) as nn.Linear / peft
-            count = 1 if shared_init else m
-            a = (torch.rand(count, rank, fan_in, generator=gen) * 2 - 1) * bound
-            As.append(a.expand(m, -1, -1).clone() if shared_init else a)
-        return cls(modules, m, rank, alpha, A=As)
-
-    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A [m, r, in], B [m, out, r]) of one target module."""
-        i = self.index[name]
-        return self.A[i], self.B[i]
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Flat name -> tensor map for safetensors."""
-        out = {}
-        for n in self.names:
-            a, b = self.factors(n)
-            out[f"{n}.lora_A"] = a.detach().contiguous()
-            out[f"{n}.lora_B"] = b.detach().contiguous()
-        return out
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], alpha: float) -> "LoRABank":
-        """Inverse of ``tensors``."""
-        names = sorted({k.rsplit(".", 1)[0] for k in tensors})
-        if not names:
-            raise InvalidInputError("No LoRA tensors given.")
-        A = [tensors[f"{n}.lora_A"] for n in names]
-        B = [tensors[f"{n}.lora_B"] for n in names]
-        m, rank = A[0].shape[0], A[0].shape[1]
-        modules = {n: (a.shape[2], b.shape[1]) for n, a, b in zip(names, A, B)}
-        return cls(modules, m, rank, alpha, A=A, B=B)
-
-    def extend(self, other: "LoRABank") -> "LoRABank":
-        """A new bank holding this bank's adapters followed by ``other``'s (same modules and rank)."""
-        if other.names != self.names or other.rank != self.rank or other.alpha != self.alpha:
-            raise InvalidInputError("Banks to join must share target modules, rank and alpha.")
-        A = [torch.cat([a.detach(), b.detach().to(a.device)]) for a, b in zip(self.A, other.A)]
-        B = [torch.cat([a.detach(), b.detach().to(a.device)]) for a, b in zip(self.B, other.B)]
-        return LoRABank(self.shapes, self.m + other.m, self.rank, self.alpha, A=A, B=B)
-
-    def select(self, adapters: Sequence[int]) -> "LoRABank":
-        """A new bank holding copies of the given adapters, in the given order."""
-        idx = torch.as_tensor(list(adapters), dtype=torch.long, device=self.A[0].device)
-        return LoRABank(self.shapes, len(idx), self.rank, self.alpha, A=[a.detach()[idx] for a in self.A],
-                        B=[b.detach()[idx] for b in self.B])
-
-
-def routing_weights(logits: torch.Tensor) -> torch.Tensor:
-    """w = σ(z) / Σ_j σ(z_j), row-wise (Poly-PRAG inference routing)."""
-    if not torch.isfinite(logits).all():
-        raise InvalidInputError("The routing logits contain NaN or inf (training diverged or the table was "
-                                "altered); re-encode the documents, with a lower lr if it diverged.")
-    s = torch.sigmoid(logits)
-    return s / s.sum(-1, keepdim=True)
 
 
 class Mixture:
@@ -287,47 +188,3 @@ class SumMixture(Mixture):
                 raise InvalidInputError("SumMixture rows of one batch must have parts of the same kinds.")
             parts.append(kind.stack(col))
         return cls(parts)
-
-
-def attach(model: nn.Module, targets: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """Hook every nn.Linear whose last name part is in ``targets``; returns name -> (in, out)."""
-    found = getattr(model, "_polyprag_targets", None)
-    if found is not None:
-        return found
-    found = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-            module.register_forward_hook(_hook(name))
-            found[name] = (module.in_features, module.out_features)
-    if not found:
-        raise InvalidInputError(
-            f"No nn.Linear named {list(targets)} in the model; pass target_modules that exist, "
-            f"e.g. {sorted({n.rsplit('.', 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})}."
-        )
-    model._polyprag_targets = found
-    return found
-
-
-def _hook(name: str):
-    def add_delta(module: nn.Module, args: tuple, output: torch.Tensor):
-        mixture = _ACTIVE.get()
-        if mixture is None:
-            return None
-        return mixture.apply(name, args[0], output)
-
-    return add_delta
-
-
-@contextlib.contextmanager
-def use_mixture(mixture: Mixture | None) -> Iterator[None]:
-    """Apply ``mixture`` to every hooked layer for calls made inside this block (this context only)."""
-    token = _ACTIVE.set(mixture)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
-
-
-def active_mixture() -> Mixture | None:
-    """The mixture active in the current context, if any."""
-    return _ACTIVE.get()

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 
-from .documents import Document, check_unique
-from .errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from .encoder import PolyPRAGEncoder
-    from .library import AdapterLibrary
+from ...documents import Document
+from ...encoder import Encoder
+from ...errors import InvalidInputError
+from ...library import AdapterLibrary
+from .encoder import PolyPRAGEncoder
+from .training import train_poly
 
 
 def world() -> tuple[int, int]:
@@ -94,7 +94,7 @@ def broadcast_(tensors: Sequence[torch.Tensor]) -> None:
             dist.broadcast(t.data, src=0)
 
 
-def augment_sharded(encoder: "PolyPRAGEncoder", docs: Sequence[Document]) -> list[list]:
+def augment_sharded(encoder: Encoder, docs: Sequence[Document]) -> list[list]:
     """Every document's training examples, each process augmenting every world-th document."""
     import torch.distributed as dist
 
@@ -112,23 +112,18 @@ def augment_sharded(encoder: "PolyPRAGEncoder", docs: Sequence[Document]) -> lis
     return data
 
 
-def fit(encoder: "PolyPRAGEncoder", documents: Sequence[Document]) -> "AdapterLibrary":
+def fit(encoder: Encoder, documents: Sequence[Document]) -> AdapterLibrary:
     """``encoder.fit(documents)``, data-parallel across the launcher's processes when there are several.
 
     Every rank returns the same library; only rank 0 should save it. ``batch_size`` is per process,
     so N processes train with an effective batch of N × batch_size."""
-    from .library import AdapterLibrary
-    from .training import train_poly
-
     rank, size = init(encoder.llm.device)
     if size == 1:
         return encoder.fit(documents)
-    if encoder.per_document:
+    if not isinstance(encoder, PolyPRAGEncoder):
         raise InvalidInputError("Distributed encoding covers Poly-PRAG; PRAG's per-document adapters are "
                                 "independent: encode shards of the corpus separately and join them.")
-    docs = check_unique(documents)
-    if not docs:
-        raise InvalidInputError("fit() needs at least one document; the corpus is empty.")
+    docs = encoder.checked(documents)
     data = augment_sharded(encoder, docs)
     cfg = encoder.train
     bank, logits = encoder.initial_poly(len(docs))  # [N, m] logits

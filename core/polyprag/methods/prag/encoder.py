@@ -1,0 +1,45 @@
+"""PRAGEncoder: documents in, a PRAG library out (one LoRA per document)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from ...augment import TrainingExample
+from ...checkpoint import Checkpoint
+from ...documents import Document
+from ...encoder import Encoder
+from ...library import AdapterLibrary
+from ...recipes import get_recipe
+from .kind import PRAGKind
+from .training import train_prag_bank
+
+if TYPE_CHECKING:
+    from ...llm import LoRAMixingLLM
+
+
+class PRAGEncoder(Encoder):
+    """PRAG (Su et al. 2025): one LoRA per document from one shared random init, summed at query time.
+
+    Defaults come from ``recipe``: "default" (measured to inject on the default model) or "prag-paper"
+    (rank 2, alpha 32, lr 3e-4, 1 epoch, passage + rewrite + generated QA in PRAG's three forms).
+    ``group_size`` documents train together, in one batch; other options as ``PolyPRAGEncoder``."""
+
+    kind = PRAGKind.name
+    phase = "prag-fit"
+
+    def __init__(self, llm: "LoRAMixingLLM", rank: int | None = None, alpha: float | None = None,
+                 lr: float | None = None, epochs: int | None = None, group_size: int = 32, **options):
+        r = get_recipe(options.get("recipe", "default"))
+        self.group_size = group_size
+        train = dict(lr=r.prag_lr if lr is None else lr, epochs=r.prag_epochs if epochs is None else epochs,
+                     routing_lr=None, routing_active=0, temperature=r.temperature)  # no routing to train
+        super().__init__(llm, train, rank=rank, alpha=alpha, **options)
+
+    def run_identity(self) -> dict:
+        return {**super().run_identity(), "group_size": self.group_size}
+
+    def train_library(self, docs: list[Document], data: Sequence[Sequence[TrainingExample]],
+                      checkpoint: Checkpoint | None) -> AdapterLibrary:
+        """Every document's adapter, trained in groups (each finished group saved in ``checkpoint``)."""
+        bank = train_prag_bank(self.llm, self.trained_modules(), data, self.rank, self.alpha, self.train,
+                               self.group_size, checkpoint=checkpoint)
+        return AdapterLibrary(self.llm, bank, docs, self.library_config(bank.m, group_size=self.group_size))
