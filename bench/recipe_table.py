@@ -13,8 +13,9 @@ LOG = Path(__file__).parent / "results" / "recipes" / "runs.jsonl"
 
 def table(path: Path = LOG) -> str:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    head = ("run", "slice rows", "method", "texts", "epochs", "lr", "m / routing lr / start", "max len", "closed", "param oracle",
-            "wrong docs", "shuffled", "uniform", "in-context oracle", "combine oracle", "train s/doc", "augment s/doc")
+    head = ("run", "slice rows", "method", "texts", "epochs", "lr", "rank", "m / routing lr / start", "max len", "closed",
+            "param oracle", "wrong docs", "shuffled", "uniform", "recite oracle", "recite wrong", "recite shuffled",
+            "in-context oracle", "combine oracle", "train s/doc", "augment s/doc")
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         s, n = r["scores"], r["n"]
@@ -22,9 +23,10 @@ def table(path: Path = LOG) -> str:
         start = f"{r['routing_active']} of {r['m']}" if r.get("routing_active") else "uniform"
         poly = f"{r['m']} / {r['routing_lr']} / {start}" if r["method"] == "poly" else "–"
         out.append("| " + " | ".join(map(str, (
-            r["tag"], f"{r['data']} {r['rows']}", r["method"], r["texts"], r["epochs"], r["lr"], poly,
+            r["tag"], f"{r['data']} {r['rows']}", r["method"], r["texts"], r["epochs"], r["lr"], r["rank"], poly,
             r.get("max_length", 256), cell("closed_book"), cell("parametric_oracle"), cell("parametric_wrong"),
-            cell("parametric_shuffled"), cell("parametric_uniform"), cell("in_context_oracle"),
+            cell("parametric_shuffled"), cell("parametric_uniform"), cell("recite_passage_oracle"),
+            cell("recite_passage_wrong"), cell("recite_passage_shuffled"), cell("in_context_oracle"),
             cell("combine_oracle"), r["train_s_per_doc"], r["augment_s_per_doc"]))) + " |")
     return "\n".join(out)
 

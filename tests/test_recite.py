@@ -104,3 +104,21 @@ def test_eval_recite_methods_and_their_controls(llm, docs, tmp_path, one_thread)
     assert report.comparison("polyprag_recite_oracle", "polyprag_recite_oracle_shuffled") is not None
     assert report.comparison("prag_recite_oracle", "prag_recite_wrong") is not None
     assert report.injection_efficiency("prag_recite_oracle") is None or "prag_recite_oracle" in report.markdown()
+
+
+def test_recitals_are_memoised_per_library_state(llm, docs, one_thread):
+    """A document retrieved again is not recited again; an update gives the next state a fresh memo, so an
+    answer never reads a recital of an older state."""
+    library = PRAGEncoder(llm, augmenter=PassageAugmenter(("passage",)), epochs=1, progress=False).fit(docs[:3])
+    rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(docs[:3], k=1), library), mode="recite", recite_tokens=4)
+    first = rag.answer("who built the krell lighthouse")
+    doc_id = first.documents[0].document.id
+    state = library.snapshot()
+    assert [key[0] for key in state.recitals] == [doc_id]
+    assert rag.answer("who built the krell lighthouse").recitals == first.recitals
+    library.update_documents([Document(id=doc_id, text="the krell lighthouse was built by marisol", title="krell")],
+                             progress=False)
+    assert library.snapshot() is not state and not library.snapshot().recitals
+    again = rag.answer("who built the krell lighthouse")
+    assert again.recitals == llm.generate([llm.recital_prompt], [library.mixture([doc_id])], max_new_tokens=4,
+                                          short=False)
