@@ -8,7 +8,8 @@ model (the floor), on hook-free copies of the same weights and the same padded p
 - 16 rows with 16 different mixtures / 16 rows with one mixture (the physical limit of mixture batching);
 - answer latency, parametric (mixture, short prompt) / in-context (k=3 passages), one question at a time, same
   questions and answer budget: answers stop at the end of their first sentence as users get them; the same with
-  every answer decoding exactly ``tokens`` tokens, and the baselines on the parametric prompt.
+  every answer decoding exactly ``tokens`` tokens, and the baselines on the parametric prompt; and mode
+  "recite" (k recitals, then reading them), cold and with its recitals memoised.
 
 Throughput rows decode exactly ``tokens`` new tokens (min_new_tokens = max_new_tokens).
 
@@ -140,13 +141,16 @@ def mixtures_16_vs_1(llm: LoRAMixingLLM, library: AdapterLibrary, base: Baseline
 
 
 def parametric_vs_in_context(llm: LoRAMixingLLM, docs: Sequence[Document], questions: Sequence[str],
-                             library: AdapterLibrary, tokens: int, base: Baselines | None = None) -> dict:
+                             library: AdapterLibrary, tokens: int, base: Baselines | None = None,
+                             recite_tokens: int = 160) -> dict:
     """1. Answer latency, parametric (mixture, short prompt) / in-context (k=3 passages), same questions and
     answer budget (``tokens``), one question at a time.
 
     The ratio times answers as users get them (each stops at the end of its first sentence); ``fixed_*``
     times answers of exactly ``tokens`` tokens in both modes (same decode work: only the prompt differs), and,
-    with ``base``, peft's one LoRA and the bare model on the parametric prompt, also at exactly ``tokens``."""
+    with ``base``, peft's one LoRA and the bare model on the parametric prompt, also at exactly ``tokens``.
+    Mode "recite" is timed too, cold (each of the k documents recited, up to ``recite_tokens``) and warm
+    (the recitals memoised by the library state)."""
     retriever = ParametricRetriever(BM25Retriever(docs, k=3), library)
     modes = {m: PolyPRAG(llm, retriever, mode=m, max_new_tokens=tokens) for m in ("parametric", "in_context")}
     for rag in modes.values():  # warm-up: first-call allocations and lazy imports
@@ -167,10 +171,19 @@ def parametric_vs_in_context(llm: LoRAMixingLLM, docs: Sequence[Document], quest
             enc = llm.encode([llm.question_prompt(q)])
             fixed["peft"].append(timed(lambda: base.generate(base.peft, enc, tokens), llm.device))
             fixed["bare"].append(timed(lambda: base.generate(base.bare, enc, tokens), llm.device))
+    recite = PolyPRAG(llm, retriever, mode="recite", max_new_tokens=tokens, recite_tokens=recite_tokens)
+    cold: list[float] = []
+    warm: list[float] = []
+    for q in questions:  # cold: the library state's recital memo emptied first; warm: the same question again
+        library.snapshot().recitals.clear()
+        cold.append(timed(lambda: recite.answer(q), llm.device))
+        warm.append(timed(lambda: recite.answer(q), llm.device))
     n = len(questions)
     per = {m: sum(t) / n for m, t in natural.items()}
     per_fixed = {m: sum(t) / n for m, t in fixed.items() if t}
-    extra = {"note": f"answers {statistics.mean(answer_tokens['parametric']):.1f} vs "
+    extra = {"note": f"recite / in-context: cold {sum(cold) / n / per['in_context']:.3g}, warm "
+                     f"{sum(warm) / n / per['in_context']:.3g}; "
+                     f"answers {statistics.mean(answer_tokens['parametric']):.1f} vs "
                      f"{statistics.mean(answer_tokens['in_context']):.1f} tokens; at exactly {tokens} tokens: ratio "
                      f"{per_fixed['parametric'] / per_fixed['in_context']:.3g}"}
     if base is not None:
@@ -187,7 +200,10 @@ def parametric_vs_in_context(llm: LoRAMixingLLM, docs: Sequence[Document], quest
                    in_context_prompt_tokens=statistics.mean(prompt_tokens["in_context"]),
                    fixed_ratio=per_fixed["parametric"] / per_fixed["in_context"],
                    fixed_parametric_s_per_answer=per_fixed["parametric"],
-                   fixed_in_context_s_per_answer=per_fixed["in_context"], **extra)
+                   fixed_in_context_s_per_answer=per_fixed["in_context"],
+                   recite_cold_s_per_answer=sum(cold) / n, recite_warm_s_per_answer=sum(warm) / n,
+                   ratio_recite_cold_over_in_context=sum(cold) / n / per["in_context"],
+                   ratio_recite_warm_over_in_context=sum(warm) / n / per["in_context"], **extra)
 
 
 FIGURES = ("1_parametric_vs_in_context", "G1_tokens_per_s", "G2_mixtures_16_vs_1")

@@ -1,5 +1,6 @@
 """Knowledge injection on real questions, default model, default recipe: real PopQA passages encoded with
-no recipe arguments make their questions answerable in parametric mode, with no passage in the prompt.
+no recipe arguments make their questions answerable from the adapters alone (parametric and recite modes),
+with no passage in the prompt.
 
 The six questions are a fixed rule, not a pick: the first PopQA place-of-birth questions (rows 457+ of
 ../shared/data/popqa) whose gold passages are at most 120 words (to keep the test short).
@@ -50,7 +51,8 @@ def test_default_recipe_injects_real_passages(fast_llm, sample, encoder):
     n_recite = sum(accuracy(a.text, r["answers"]) for a, r in zip(recited, rows))
     print(f"{encoder.__name__}: closed-book {n_closed:.0f}/6, parametric {n_param:.0f}/6, recite {n_recite:.0f}/6: "
           f"{param} {[a.text for a in recited]}")
-    # measured on the 2-core CPU (2026-11-30): PRAG 2/6 parametric, 0/6 closed-book: answering straight from the
-    # mixture does not reach a majority, reading the adapters' recitals does (issue 15's target)
+    # measured on the 2-core CPU (2026-12-01, default recipe): closed-book 0/6; parametric PRAG 2/6, Poly-PRAG
+    # 1/6; recite PRAG 4/6, Poly-PRAG 4/6: answering straight from the mixture does not reach a majority,
+    # reading the adapters' recitals does (issue 15's target)
     assert n_param > n_closed
     assert n_recite > len(rows) / 2 and n_recite > n_closed

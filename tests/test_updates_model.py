@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_thread")]  # one t
 ADDED = Path(__file__).parent / "data"
 
 
-def _answered(llm, library, corpus, questions, mode: str = "recite") -> set[str]:
+def _answered(llm, library, corpus, questions, mode: str = "parametric") -> set[str]:
     """Ids of the questions answered from the top-1 BM25 document's adapters, no passage of it in the prompt:
     recited and read (mode "recite"), or the mixture applied to the question (mode "parametric")."""
     rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(corpus, k=1), library), mode=mode)
@@ -35,13 +35,14 @@ def test_added_facts_are_answered_old_ones_kept_deleted_ones_refused(real_llm):
     library.add_documents(new, progress=False)
     after_old = _answered(real_llm, library, docs + new, questions)
     after_new = _answered(real_llm, library, docs + new, new_questions)
-    direct = _answered(real_llm, library, docs + new, new_questions, mode="parametric")
-    print(f"recite: before: {len(before)}/8; after adding: {len(after_new)}/6 added, {len(before & after_old)}/"
-          f"{len(before)} of those answered before (parametric mode: {len(direct)}/6 added); add took "
+    recited = _answered(real_llm, library, docs + new, new_questions, mode="recite")
+    print(f"parametric: before: {len(before)}/8; after adding: {len(after_new)}/6 added, {len(before & after_old)}/"
+          f"{len(before)} of those answered before (recite mode: {len(recited)}/6 added); add took "
           f"{library.last_update['seconds']:.0f} s, +{library.last_update['new_adapters']} adapters")
-    # issue 17's target is 5/6; measured 4/6 on the 2-core CPU (2026-11-30, default recipe: the two misses
-    # hold their fact in the passage's second sentence). Asserted: most added facts, and the old ones kept.
-    assert len(after_new) >= 3
+    # issue 17's target: 5/6 added facts answered, 90% of the old ones kept. Measured on the 2-core CPU
+    # (2026-12-01, default recipe: passage, 15 epochs, each document starting on 2 adapters): 6/6, 7/7 kept
+    assert len(after_new) >= 5
+    assert len(recited) >= 4
     assert len(before & after_old) >= 0.9 * len(before)
 
     gone = [docs[-1].id, new[0].id]
