@@ -309,6 +309,16 @@ def passage_to_id(library, lc):
                 passage_id(lc.metadata["title"], lc.page_content))
 
 
+def test_recite_mode_with_a_users_vector_store_recites_the_same_documents_by_id(library, docs):
+    retriever = vector_retriever(docs, k=2)
+    rag = PolyPRAGRunnable(retriever=retriever, library=library, mode="recite", max_tokens=8)
+    core = PolyPRAG(library.llm, ParametricRetriever(same_documents_by_id(library, retriever), library), mode="recite")
+    for q in QUESTIONS[:2]:  # long random recitals fill the tiny context: both fit prompts to the default budget
+        expected = core.answer(q, max_new_tokens=8)
+        assert len(expected.recitals) == 2 and expected.mixture is None
+        assert rag.invoke(q) == expected.text == "".join(rag.stream(q))
+
+
 @pytest.mark.parametrize("mode", ["parametric", "combine"])
 def test_vector_store_retriever_drives_the_mixtures_of_the_same_documents_by_id(library, docs, mode):
     retriever = vector_retriever(docs, k=2)

@@ -94,7 +94,7 @@ def test_query_returns_bm25_top_nodes_with_scores_routing_and_the_parametric_ans
 def test_modes_as_the_core(library, core):
     q = QUESTIONS[0]
     llm = PolyPRAGLLM(llm=library.llm, max_new_tokens=N_TOKENS)
-    for mode in ("combine", "in_context", "closed_book"):
+    for mode in ("combine", "recite", "in_context", "closed_book"):
         r = PolyPRAGQueryEngine.from_library(library, k=2, llm=llm, mode=mode).query(q)
         assert r.response == core.answer(q, mode=mode).text and r.metadata["mode"] == mode
         assert (r.metadata["mixture"] is None) == (mode != "combine")
