@@ -18,7 +18,7 @@ def test_lag_without_retriever_beats_closed_book(real_llm):
     questions = load_questions(DATA / "invented_questions.jsonl")
     assert len(docs) >= 6
     # One LoRA per document, the LAG paper's knowledge-adapter shape (rank 6, alpha 2·rank) on
-    # gate/up/down, trained with the default recipe's texts and schedule (passage + recall question).
+    # gate/up/down, trained with the default recipe's texts and schedule (the passage, 8 epochs at lr 4e-3).
     library = PRAGEncoder(real_llm, rank=6, alpha=12, progress=False).fit(docs)
     router = LAGRouter(LAGLibrary.from_adapter_library(library), k=3)
     asked = [q.question for q in questions]
