@@ -51,9 +51,11 @@ def _methods() -> dict[str, Method]:
 
 
 METHODS: dict[str, Method] = _methods()
-DEFAULT_METHODS = ("closed_book", "in_context", "in_context_oracle", "prag", "prag_oracle", "prag_wrong",
-                   "prag_combine", "polyprag", "polyprag_oracle", "polyprag_oracle_shuffled",
-                   "polyprag_oracle_uniform", "polyprag_wrong", "polyprag_combine")
+DEFAULT_METHODS = ("closed_book", "in_context", "in_context_oracle",
+                   "prag", "prag_oracle", "prag_wrong", "prag_recite", "prag_recite_oracle", "prag_recite_wrong",
+                   "prag_combine", "polyprag", "polyprag_oracle", "polyprag_oracle_shuffled", "polyprag_wrong",
+                   "polyprag_recite", "polyprag_recite_oracle", "polyprag_recite_oracle_shuffled",
+                   "polyprag_recite_wrong", "polyprag_combine")
 
 
 def _help(text: str, **kw):
