@@ -43,12 +43,13 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     # measured on PopQA dev questions with oracle retrieval (bench/results/recipes/runs.jsonl, python -m
     # bench.recipe_table): the passage alone, no generated text (a 135M model's own questions are mostly about
-    # something else: "What is the capital of France?" from a biography). Read by recitation (PolyPRAG
-    # mode="recite"), PRAG at 8 epochs / lr 4e-3 answered 10/10 (4 epochs / 8e-3: 5/10; the earlier passage +
-    # recall, 15 epochs / 2e-3: 9/10, 2.4x the training tokens). Poly-PRAG's bank must tell documents apart by
-    # their routing alone: each document starts on 2 of the 8 adapters (routing_active=2): 8/10, shuffled
-    # routing 0/10; from a near-uniform start 1/10 (1 of 8: 1/10; rank 4: 6/10)
-    "default": Recipe(texts=("passage",), rank=2, alpha=32.0, prag_lr=4e-3, prag_epochs=8,
+    # something else: "What is the capital of France?" from a biography), read by recitation (PolyPRAG
+    # mode="recite"). PRAG: 15 epochs at lr 2e-3. 8 epochs at 4e-3 recited 10/10 on the 20-passage probe but,
+    # over the 217 passages of the PopQA-100 evaluation, 4 of 24 sampled adapters wrote garbage from the first
+    # token ("HonHonHon…"); retrained at 15 / 2e-3 the same passages all recite (F1 >= 0.89). Poly-PRAG's
+    # bank must tell documents apart by their routing alone: each document starts on 2 of the adapters
+    # (routing_active=2): 8/10 recited, shuffled routing 0/10; near-uniform or 1-adapter starts 1/10.
+    "default": Recipe(texts=("passage",), rank=2, alpha=32.0, prag_lr=2e-3, prag_epochs=15,
                       lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=8, routing_active=2),
     "prag-paper": Recipe(texts=PRAG_TEXTS, rank=2, alpha=32.0, prag_lr=3e-4,
                          prag_epochs=1, lr=3e-4, routing_lr=3e-4, epochs=1, num_adapters=8),
