@@ -325,13 +325,14 @@ def _answer_all(rag: PolyPRAG, questions: Sequence[Question], chosen: Sequence[S
     """Answer every question (generation groups them by prompt length and sizes batches by memory), score
     the answers, then time a few questions one by one; answers are kept in question order."""
     answers: dict[int, str] = {}
+    recitals: dict[int, list[str]] = {}
     order = sorted(range(len(questions)), key=lambda i: prompt_chars[i])
     t0 = time.perf_counter()
     with progress_bar(len(questions), method, cfg.progress) as bar:
         for s in range(0, len(order), cfg.answer_batch_size):
             chunk = order[s: s + cfg.answer_batch_size]
             for i, a in zip(chunk, rag.answer_batch([questions[i].question for i in chunk])):
-                answers[i] = a.text
+                answers[i], recitals[i] = a.text, a.recitals
             bar.update(len(chunk))
     preds = [answers[i] for i in range(len(questions))]
     batched = (time.perf_counter() - t0) / max(len(questions), 1)
@@ -342,7 +343,8 @@ def _answer_all(rag: PolyPRAG, questions: Sequence[Question], chosen: Sequence[S
         latencies.append(time.perf_counter() - t1)
     records = [{"id": q.id, "question": q.question, "answers": list(q.answers), "prediction": p,
                 "documents": list(ids), "em": exact_match(p, q.answers), "f1": f1_score(p, q.answers),
-                "accuracy": accuracy(p, q.answers)} for q, p, ids in zip(questions, preds, chosen)]
+                "accuracy": accuracy(p, q.answers), **({"recitals": recitals[i]} if recitals[i] else {})}
+               for i, (q, p, ids) in enumerate(zip(questions, preds, chosen))]
     pct = lambda key: 100.0 * (mean([r[key] for r in records]) or 0.0)  # noqa: E731
     return MethodResult(method=method, em=pct("em"), f1=pct("f1"), accuracy=pct("accuracy"), recall_at_k=None,
                         latency_p50_s=statistics.median(latencies) if latencies else None,
