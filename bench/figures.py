@@ -19,7 +19,7 @@ import torch
 from polyprag import (AdapterLibrary, Document, GeneratedQAAugmenter, LoRAMixingLLM, ParametricRetriever,
                       PolyPRAGEncoder, PRAGEncoder)
 from polyprag.augment import FixedAugmenter
-from polyprag.recipes import get_recipe
+from polyprag.recipes import bank_size, get_recipe
 
 from .common import (at_least, folder_bytes, paired, random_bank, random_library, result, rss_mb,
                      save_peft_adapter, synthetic_docs, sync, timed)
@@ -153,7 +153,8 @@ def add_document(llm: LoRAMixingLLM, docs: Sequence[Document], reencode_docs: in
     texts = GeneratedQAAugmenter(llm, texts=recipe.texts)(docs)
     fixed = FixedAugmenter({d.id: t for d, t in zip(docs, texts)})
     encoder = PolyPRAGEncoder(llm, augmenter=fixed, progress=False)
-    library = random_library(llm, synthetic_docs(library_docs), m=recipe.num_adapters, rank=recipe.rank,
+    library = random_library(llm, synthetic_docs(library_docs), m=recipe.num_adapters or bank_size(library_docs),
+                             rank=recipe.rank,
                              training={**asdict(encoder.train), "augmenter": "FixedAugmenter",
                                        "texts": list(recipe.texts)})
     warm, one, other = docs[-3:]

@@ -124,7 +124,10 @@ def _recipe_default(what: str, *fields: str) -> str:
     """Help text of an option left to the recipe, with each recipe's value."""
     from .recipes import RECIPES
 
-    values = ", ".join(f"{name} {'/'.join(f'{getattr(r, f):g}' for f in fields)}" for name, r in RECIPES.items())
+    def shown(value) -> str:
+        return "sized by the corpus" if value is None else f"{value:g}"
+
+    values = ", ".join(f"{name} {'/'.join(shown(getattr(r, f)) for f in fields)}" for name, r in RECIPES.items())
     return f"{what} (default: the --recipe's: {values})"
 
 

@@ -14,6 +14,7 @@ adapter), ``qa_context`` (each generated QA with the passage, and with the rewri
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import InvalidInputError
@@ -35,7 +36,7 @@ class Recipe:
     lr: float             # Poly-PRAG: the shared bank
     routing_lr: float     # Poly-PRAG: routing logits (mttl trains them ~100× faster than the adapters)
     epochs: int
-    num_adapters: int
+    num_adapters: int | None  # Poly-PRAG bank size m; None: sized by the corpus (``bank_size``)
     temperature: float = 1.0
     routing_active: int = 0  # Poly-PRAG: adapters each document's routing starts on (0: all, near uniform)
 
@@ -50,10 +51,20 @@ RECIPES: dict[str, Recipe] = {
     # bank must tell documents apart by their routing alone: each document starts on 2 of the adapters
     # (routing_active=2): 8/10 recited, shuffled routing 0/10; near-uniform or 1-adapter starts 1/10.
     "default": Recipe(texts=("passage",), rank=2, alpha=32.0, prag_lr=2e-3, prag_epochs=15,
-                      lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=8, routing_active=2),
+                      lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=None, routing_active=2),
     "prag-paper": Recipe(texts=PRAG_TEXTS, rank=2, alpha=32.0, prag_lr=3e-4,
                          prag_epochs=1, lr=3e-4, routing_lr=3e-4, epochs=1, num_adapters=8),
 }
+
+
+MIN_BANK, MAX_BANK, DOCS_PER_ADAPTER = 8, 256, 4
+
+
+def bank_size(documents: int) -> int:
+    """The default Poly-PRAG bank size for a corpus: about one adapter per 4 documents, as a power of two between
+    8 and 256 (measured: 20 passages on 8 adapters recite 8/10; 217 on 64 recite 76%, on 8 only 15%)."""
+    want = max(1, math.ceil(documents / DOCS_PER_ADAPTER))
+    return max(MIN_BANK, min(MAX_BANK, 2 ** math.ceil(math.log2(want))))
 
 
 def check_texts(texts: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -135,7 +135,7 @@ def fit(encoder: Encoder, documents: Sequence[Document]) -> AdapterLibrary:
                    sync=average_gradients)
     finally:
         cfg.progress = progress
-    config = encoder.library_config(encoder.num_adapters)
+    config = encoder.library_config(bank.m)
     config.training["world_size"] = size  # batch_size above is per process
     return AdapterLibrary(encoder.llm, bank, docs, config, routing_logits=logits)
 

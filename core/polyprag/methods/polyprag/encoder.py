@@ -10,7 +10,7 @@ from ...encoder import Encoder
 from ...engine import LoRABank
 from ...errors import InvalidInputError
 from ...library import AdapterLibrary
-from ...recipes import get_recipe
+from ...recipes import MIN_BANK, bank_size, get_recipe
 from .kind import PolyPRAGKind
 from .routing import init_routing_logits
 from .training import train_poly
@@ -29,7 +29,7 @@ class PolyPRAGEncoder(Encoder):
         library = PolyPRAGEncoder(llm, recipe="prag-paper").fit(docs)  # PRAG's published settings
 
     Settings left at None come from ``recipe`` (``polyprag.recipes``): training texts, rank, alpha,
-    learning rates, epochs and bank size. PRAG (one adapter per document, summed at query time) is
+    learning rates, epochs and bank size (the default recipe sizes the bank by the corpus: ``recipes.bank_size``). PRAG (one adapter per document, summed at query time) is
     ``PRAGEncoder``."""
 
     kind = PolyPRAGKind.name
@@ -43,13 +43,14 @@ class PolyPRAGEncoder(Encoder):
                  max_batch_tokens: int = 2048, progress: bool = True, recipe: str = "default",
                  routing_active: int | None = None):
         r = get_recipe(recipe)
-        num_adapters = r.num_adapters if num_adapters is None else num_adapters
-        routing_active = min(r.routing_active, max(num_adapters, 0)) if routing_active is None else routing_active
-        if not 0 <= routing_active <= max(num_adapters, 0):
-            raise InvalidInputError(f"routing_active must be between 0 and num_adapters ({num_adapters}), "
-                                    f"got {routing_active}.")
-        if num_adapters < 1:
+        num_adapters = r.num_adapters if num_adapters is None else num_adapters  # None: sized by the corpus
+        if num_adapters is not None and num_adapters < 1:
             raise InvalidInputError(f"num_adapters must be >= 1, got {num_adapters}.")
+        smallest = MIN_BANK if num_adapters is None else num_adapters
+        routing_active = min(r.routing_active, smallest) if routing_active is None else routing_active
+        if not 0 <= routing_active <= smallest:
+            raise InvalidInputError(f"routing_active must be between 0 and num_adapters ({smallest}), "
+                                    f"got {routing_active}.")
         self.num_adapters = num_adapters
         train = dict(lr=r.lr if lr is None else lr, routing_lr=r.routing_lr if routing_lr is None else routing_lr,
                      epochs=r.epochs if epochs is None else epochs, routing_active=routing_active,
@@ -58,11 +59,16 @@ class PolyPRAGEncoder(Encoder):
                          batch_size=batch_size, max_length=max_length, seed=seed, max_batch_tokens=max_batch_tokens,
                          progress=progress, recipe=recipe)
 
+    def bank_size(self, n: int) -> int:
+        """The bank size m for n documents: ``num_adapters``, or when it is None the recipes' ``bank_size(n)``."""
+        return self.num_adapters if self.num_adapters is not None else bank_size(n)
+
     def initial_poly(self, n: int) -> tuple[LoRABank, "torch.Tensor"]:
         """A fresh Poly-PRAG bank and routing logits [n, m] for n documents, from the training seed."""
-        bank = LoRABank.initialised(self.trained_modules(), self.num_adapters, self.rank, self.alpha,
+        m = self.bank_size(n)
+        bank = LoRABank.initialised(self.trained_modules(), m, self.rank, self.alpha,
                                     seed=self.train.seed).to(self.llm.device)
-        logits = init_routing_logits(n, self.num_adapters, self.train.seed, self.llm.device,
+        logits = init_routing_logits(n, m, self.train.seed, self.llm.device,
                                      active=self.train.routing_active)  # [n, m]
         return bank, logits
 
@@ -74,4 +80,4 @@ class PolyPRAGEncoder(Encoder):
         """The bank and every document's routing trained jointly (checkpointed every ``checkpoint.every`` steps)."""
         bank, logits = self.initial_poly(len(docs))
         train_poly(self.llm, bank, logits, data, self.train, train_bank=True, checkpoint=checkpoint)
-        return AdapterLibrary(self.llm, bank, docs, self.library_config(self.num_adapters), routing_logits=logits)
+        return AdapterLibrary(self.llm, bank, docs, self.library_config(bank.m), routing_logits=logits)
