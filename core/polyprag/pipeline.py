@@ -55,7 +55,7 @@ class Prepared:
 
 @dataclass
 class _Pending:
-    """A question retrieved but not yet prompted: its passages in rank order, each a text or a mixture to recite."""
+    """A question retrieved but not yet prompted: its passages in rank order, each a text or a document to recite."""
 
     question: str
     mode: str
@@ -148,18 +148,18 @@ class PolyPRAG:
         mode = self._check_mode(mode or self.mode)
         k = self.k if k is None else self._check_k(k)
         docs: list[ScoredDocument] = []
-        parts: list[str | Mixture] = []
+        parts: list[str | tuple[LibraryState, str]] = []
         mixture = None
-        if mode == "recite":  # encoded documents are recited by their own mixtures; unknown ones go in as text
+        if mode in _USES_MIXTURE:
             found = self.retriever.retrieve(question, k)
             docs = found.documents
-            parts = [s.document.full_text if i is None else (found.state, i)
-                     for s, i in zip(found.documents, found.library_ids)]
-        elif mode in _USES_MIXTURE:
-            found = self.retriever.retrieve(question, k)
-            docs, mixture = found.documents, found.mixture
-            in_prompt = docs if mode in _USES_PASSAGES else found.in_context  # unknown documents: in context
-            parts = [s.document.full_text for s in in_prompt]
+            if mode == "recite":  # encoded documents are recited by their own mixtures; unknown ones go in as text
+                parts = [s.document.full_text if i is None else (found.state, i)
+                         for s, i in zip(docs, found.library_ids)]
+            else:
+                mixture = found.mixture
+                in_prompt = docs if mode in _USES_PASSAGES else found.in_context  # unknown documents: in context
+                parts = [s.document.full_text for s in in_prompt]
         elif mode in _USES_PASSAGES:  # passages only: the library, if any, plays no part
             raw = self.retriever.retriever if isinstance(self.retriever, ParametricRetriever) else self.retriever
             docs = retrieve_from(raw, question, k)
