@@ -9,6 +9,7 @@ from polyprag import InvalidInputError
 from polyprag.documents import save_jsonl
 from polyprag.evaluation import (EvalConfig, accuracy, exact_match, f1_score, normalize_answer, recall_at_k,
                                  run_evaluation)
+from polyprag.evaluation.runner import encode_processes
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 
@@ -148,3 +149,39 @@ def test_polyprag_sum_combines_the_documents_deltas(llm, docs, tmp_path):
         rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(docs, k=2), library, combine=combine),
                        mode="parametric", max_new_tokens=4)
         assert [p["prediction"] for p in result.predictions] == [a.text for a in rag.answer_batch(questions)]
+
+
+def test_libraries_trained_side_by_side_are_the_ones_trained_in_turn(docs, tmp_path):
+    """Two worker processes (one per library) train exactly the libraries one process trains in turn."""
+    from tiny import tiny_model, tiny_tokenizer
+
+    model = tmp_path / "model"
+    tiny_model().save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    data = write_slice(tmp_path / "data", docs)
+    runs = {}
+    for workers in (1, 2):
+        cfg = EvalConfig(data=str(data), n=6, k=2, model=str(model), methods=("prag", "polyprag", "prag_wrong"),
+                         num_adapters=3, epochs=2, prag_epochs=2, texts="passage", max_new_tokens=4,
+                         latency_samples=0, workers=workers, out=str(tmp_path / f"out{workers}"), progress=False)
+        assert encode_processes(cfg, 2) == workers
+        runs[workers] = run_evaluation(cfg)
+        assert (tmp_path / f"out{workers}" / "libraries" / "prag" / "config.json").is_file()
+    one, two = ([p["prediction"] for r in runs[w].results for p in r.predictions] for w in (1, 2))
+    assert one == two
+    for kind in ("prag", "poly"):
+        a = (tmp_path / "out1" / "libraries" / kind / "bank.safetensors").read_bytes()
+        b = (tmp_path / "out2" / "libraries" / kind / "bank.safetensors").read_bytes()
+        assert a == b, f"{kind}: the bank trained in a worker differs from the one trained here"
+    assert runs[2].facts["train_s"]["prag"] > 0
+
+
+def test_how_many_processes_train_the_libraries(llm):
+    cfg = EvalConfig(data="unused", workers=0)
+    assert encode_processes(cfg, 1) == 1  # one library: nothing to run beside it
+    assert encode_processes(cfg, 2, llm_given=True) == 1  # a model object cannot be reloaded by name
+    assert encode_processes(cfg, 2, device="cuda") == 1
+    assert 1 <= encode_processes(cfg, 3) <= 3
+    assert encode_processes(EvalConfig(data="unused", workers=8), 2) == 2
+    with pytest.raises(InvalidInputError, match="workers"):
+        EvalConfig(data="unused", workers=-1)

@@ -479,8 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.configure(p)
         p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
         p.add_argument("--compute-dtype", default="auto",
-                       help="autocast forward passes to this dtype while weights stay float32: auto (bfloat16 "
-                            "where the hardware computes it natively, else float32), float32, bfloat16")
+                       help="run forward passes in this dtype (autocast; the frozen linear weights are stored in "
+                            "it, LoRA factors stay float32): auto (bfloat16 where the hardware computes it "
+                            "natively, else float32), float32, bfloat16")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.add_argument("-v", "--verbose", action="store_true", help="log what polyprag does")

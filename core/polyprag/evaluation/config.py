@@ -109,6 +109,8 @@ class EvalConfig:
     out: str | None = _help("folder for results.json, results.md, predictions.jsonl, libraries/", default=None)
     cache: str | None = _help("augmentation cache folder (default: $POLYPRAG_CACHE/augment)", default=None)
     device: str | None = _help("cpu, cuda, cuda:1 … (default: CUDA when available)", default=None)
+    workers: int = _help("processes that train the libraries side by side (0: one per library, up to the CPU "
+                         "cores; 1: all in this process)", default=0)
     progress: bool = _help("progress bars", default=True)
 
     def __post_init__(self) -> None:
@@ -136,5 +138,7 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}.")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise InvalidInputError(f"workers must be an integer >= 0 (0: one per library), got {self.workers!r}.")
         if self.latency_samples < 0 or self.bootstrap < 100:
             raise InvalidInputError("latency_samples must be >= 0 and bootstrap >= 100.")

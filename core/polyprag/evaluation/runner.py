@@ -12,7 +12,7 @@ import random
 import statistics
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -116,8 +116,14 @@ def choose_documents(questions: Sequence[Question], retrieved: Sequence[list[str
 def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
                    on_method: Callable[[MethodResult], None] | None = None) -> EvalReport:
     """Encode the slice's documents, answer its questions with each method and control, score and compare."""
+    with tempfile.TemporaryDirectory(prefix="polyprag-eval-") as scratch:  # libraries saved without --out
+        return _run(config, llm, on_method, Path(scratch))
+
+
+def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Path) -> EvalReport:
     t_start = time.perf_counter()
     cfg = config
+    given_llm = llm is not None
     specs = {m: METHODS[m] for m in cfg.methods}
     needs = {s.library for s in specs.values()} - {None}
     if "lag" in needs:
@@ -162,10 +168,13 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
         augment_s = time.perf_counter() - t0
     n_docs = max(len(encoded), 1)
 
-    libraries: dict[str, _Encoded] = {}
-    for kind in ("prag", "poly", "poly_m1"):
-        if kind in needs or (kind == "prag" and "lag" in needs):
-            libraries[kind] = _encode(llm, encoded, kind, cfg, train, fixed, out)
+    kinds = [k for k in ("prag", "poly", "poly_m1") if k in needs or (k == "prag" and "lag" in needs)]
+    processes = encode_processes(cfg, len(kinds), llm_given=given_llm, device=llm.device)
+    if processes > 1:
+        libraries = _encode_side_by_side(llm, encoded, kinds, cfg, train, fixed, out, processes, scratch)
+    else:
+        libraries = {kind: _encode(llm, encoded, kind, cfg, train, fixed, _save_path(out, scratch, kind))
+                     for kind in kinds}
     lag_router, lag_facts = None, None
     if "lag" in needs:
         lag_router, lag_facts = _lag(llm, libraries, cfg, questions)
@@ -245,9 +254,65 @@ class _Encoded:
         self.bytes_per_doc, self.bytes_new_doc = bytes_per_doc, bytes_new_doc
 
 
+def encode_processes(cfg: EvalConfig, libraries: int, llm_given: bool = False,
+                     device: torch.device | str = "cpu") -> int:
+    """How many processes train the run's libraries: ``cfg.workers`` (at most one per library), or with 0
+    one per library up to the CPU cores this process may use. One process (this one) on a GPU, for a model handed in as an object
+    (a worker can only load it by name) and for a single library.
+
+    Why processes, not threads: a 135M model's GEMMs do not speed up with a second torch thread on this
+    2-core machine (a LoRA step on 8×128 tokens: 2.49 s on one thread, 2.56 s on two), while two
+    one-thread processes each run at full speed."""
+    if libraries < 2 or llm_given or torch.device(device).type != "cpu":
+        return 1
+    if cfg.workers:
+        return min(cfg.workers, libraries)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(libraries, cores))
+
+
+def _save_path(out: Path | None, scratch: Path, kind: str) -> Path:
+    return (out / "libraries" / kind) if out else scratch / kind
+
+
+def _encode_side_by_side(llm, docs: list[Document], kinds: Sequence[str], cfg: EvalConfig, train: dict,
+                         augmenter: FixedAugmenter, out: Path | None, processes: int,
+                         scratch: Path) -> dict[str, "_Encoded"]:
+    """Train the libraries in ``processes`` worker processes at once (each loads the model by name, uses
+    an equal share of this process's torch threads, trains one library on the shared augmentation and
+    saves it); this process then loads what they saved. Each library is the one ``_encode`` would train
+    here: its initialisation and sampling come from the run's seed alone."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, torch.get_num_threads() // processes)
+    examples = augmenter.examples
+    jobs = {}
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for i, kind in enumerate(kinds):  # one progress bar: the first library's
+            worker_cfg = replace(cfg, progress=cfg.progress and i == 0)
+            jobs[kind] = pool.submit(_encode_worker, worker_cfg, train, docs, examples, kind,
+                                     str(_save_path(out, scratch, kind)), threads)
+        done = {kind: job.result() for kind, job in jobs.items()}
+    return {kind: _Encoded(AdapterLibrary.load(_save_path(out, scratch, kind), llm), *done[kind])
+            for kind in kinds}
+
+
+def _encode_worker(cfg: EvalConfig, train: dict, docs: list[Document], examples: dict, kind: str, path: str,
+                   threads: int) -> tuple[float, int | None, int | None]:
+    """In a worker process: load the model, train and save one library; returns its time and bytes."""
+    from ..llm import LoRAMixingLLM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    llm = LoRAMixingLLM.from_pretrained(cfg.model, device=cfg.device, compute_dtype=cfg.compute_dtype)
+    enc = _encode(llm, docs, kind, cfg, train, FixedAugmenter(examples), Path(path))
+    return enc.train_s, enc.bytes_per_doc, enc.bytes_new_doc
+
+
 def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, train: dict, augmenter: FixedAugmenter,
-            out: Path | None) -> _Encoded:
-    """Train one library on the shared augmentation, save it, and measure its time and saved bytes."""
+            path: Path) -> _Encoded:
+    """Train one library on the shared augmentation, save it to ``path``, and measure its time and saved bytes."""
     from ..methods.polyprag.encoder import PolyPRAGEncoder
     from ..methods.prag.encoder import PRAGEncoder
 
@@ -263,10 +328,9 @@ def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, train: dict, 
     t0 = time.perf_counter()
     library = encoder.fit(docs)
     train_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        path = library.save((out / "libraries" / kind) if out else Path(tmp) / kind)
-        bank = _dir_bytes(path, ["bank.safetensors"])
-        routing = _dir_bytes(path, ["routing.safetensors"])
+    path = library.save(path)
+    bank = _dir_bytes(path, ["bank.safetensors"])
+    routing = _dir_bytes(path, ["routing.safetensors"])
     n = max(len(docs), 1)
     per_doc = round((bank + routing) / n)
     new_doc = round(routing / n) if kind != "prag" else per_doc
