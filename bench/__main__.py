@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
                     help="a randomly initialised Llama of this size instead of --model")
     ap.add_argument("--tokenizer", help="tokenizer folder for --random-llama (default: the default model's)")
     ap.add_argument("--dtype", help="float32, bfloat16, ... (default: float32 on CPU, bfloat16 on CUDA)")
+    ap.add_argument("--compute-dtype", help="autocast dtype of every forward pass, polyprag's and the baselines' "
+                                            "(bfloat16, auto; default: none, the weights' dtype)")
     ap.add_argument("--data", help="folder with corpus.jsonl + questions.jsonl (default: ../shared/data/popqa "
                                        "beside the clone, else the facts that ship with polyprag)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
     cfg = QUICK if args.quick else FULL
     dtype = args.dtype or ("bfloat16" if (args.device or "").startswith("cuda") else None)
     start = time.perf_counter()
-    llm = common.load_llm(args.model, args.random_llama, args.device, dtype, args.tokenizer)
+    llm = common.load_llm(args.model, args.random_llama, args.device, dtype, args.tokenizer, args.compute_dtype)
     info = common.machine(llm)
     print(_machine_line(info), flush=True)
     docs, questions, info["data"] = common.corpus_and_questions(max(cfg["questions"], cfg["batch"]), args.data)
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
                                                            cfg["rows"], cfg["repeats"] // 2 + 1))
     run("G2_mixtures_16_vs_1", lambda: generation.mixtures_16_vs_1(llm, library, base(), questions, cfg["tokens"],
                                                                    max(1, cfg["repeats"] // 2)))
+    run("G3_captured_vs_eager", lambda: generation.captured_vs_eager(llm, library, base(), questions, cfg["tokens"],
+                                                                     max(1, cfg["repeats"] // 2)))
     baselines.clear()
     common.free(llm.device)
     run("2_mixture_vs_bare", lambda: figures.mixture_vs_bare(llm, library, questions[0], cfg["tokens"],
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
         info["peak_gpu_mb"] = torch.cuda.max_memory_allocated(llm.device) / 2**20
     info["suite_s"] = time.perf_counter() - start
     info["config"] = {**cfg, "quick": args.quick}
-    tags = f"{'-' + section if section else ''}{'-quick' if args.quick else ''}"
+    compute = f"-{str(llm.compute_dtype).replace('torch.', '')}" if llm.compute_dtype else ""
+    tags = f"{compute}{'-' + section if section else ''}{'-quick' if args.quick else ''}"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{info['device']}-{llm.name}{tags}")
     path = Path(args.out) / f"{slug}.json"
     if args.only and path.is_file():  # a rerun of some figures keeps the others' last results
@@ -149,6 +154,7 @@ def _machine_line(info: dict) -> str:
 _SHOWN = {"1_parametric_vs_in_context": ("parametric_s_per_answer", "in_context_s_per_answer"),
           "G1_tokens_per_s": ("polyprag_tokens_per_s", "peft_tokens_per_s"),
           "G2_mixtures_16_vs_1": ("many_mixtures_tokens_per_s", "one_mixture_tokens_per_s"),
+          "G3_captured_vs_eager": ("captured_tokens_per_s", "eager_tokens_per_s"),
           "2_mixture_vs_bare": ("mixture_mean_s", "bare_s"),
           "3_switch_vs_peft": ("polyprag_poly_switch_s", "peft_switch_s"),
           "4_batched_vs_one_by_one": ("one_by_one_s", "batched_s"),

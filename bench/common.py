@@ -100,12 +100,12 @@ def rss_mb() -> float:
 
 
 def load_llm(model: str | None, random_llama: str | None, device: str | None, dtype: str | None,
-             tokenizer: str | None) -> LoRAMixingLLM:
+             tokenizer: str | None, compute_dtype: str | None = None) -> LoRAMixingLLM:
     """The model under test: the default SmolLM2, any HF folder, or a randomly initialised Llama."""
     if not random_llama:
-        return LoRAMixingLLM.from_pretrained(model, device=device, dtype=dtype)
+        return LoRAMixingLLM.from_pretrained(model, device=device, dtype=dtype, compute_dtype=compute_dtype)
     if random_llama == "tiny":
-        return tiny_llm()
+        return tiny_llm(compute_dtype=compute_dtype)
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from polyprag.models import default_model_path, pick_device
@@ -120,15 +120,15 @@ def load_llm(model: str | None, random_llama: str | None, device: str | None, dt
     torch.manual_seed(0)
     with dev:
         lm = LlamaForCausalLM(cfg).to(getattr(torch, dtype) if dtype else torch.float32)
-    return LoRAMixingLLM(lm, tok, name=f"random-llama-{random_llama}")
+    return LoRAMixingLLM(lm, tok, name=f"random-llama-{random_llama}", compute_dtype=compute_dtype)
 
 
-def tiny_llm() -> LoRAMixingLLM:
+def tiny_llm(**options) -> LoRAMixingLLM:
     """The test suite's tiny random model (tests/tiny.py of the clone)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny import tiny_llm as tiny
 
-    return tiny()
+    return tiny(**options)
 
 
 def corpus_and_questions(n_questions: int, folder: str | Path | None = None

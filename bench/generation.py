@@ -1,11 +1,12 @@
 """``python -m bench.generation``: how fast polyprag generates, against what a user would otherwise run.
 
-Three figures, each a ratio measured in one run, against plain transformers ``generate`` with one peft LoRA
+Four figures, each a ratio measured in one run, against plain transformers ``generate`` with one peft LoRA
 (the baseline a user would pick; peft's mixed-adapter batch where rows need different adapters) and the bare
 model (the floor), on hook-free copies of the same weights and the same padded prompts:
 
 - tokens/s for 1, 16 and 128 rows, every row with its own mixture;
 - 16 rows with 16 different mixtures / 16 rows with one mixture (the physical limit of mixture batching);
+- captured decoding (static KV cache, compiled step, CUDA graphs on a GPU) / eager decoding, 16 mixtures;
 - answer latency, parametric (mixture, short prompt) / in-context (k=3 passages), one question at a time, same
   questions and answer budget: answers stop at the end of their first sentence as users get them; the same with
   every answer decoding exactly ``tokens`` tokens, and the baselines on the parametric prompt; and mode
@@ -18,6 +19,7 @@ Throughput rows decode exactly ``tokens`` new tokens (min_new_tokens = max_new_t
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import sys
@@ -56,7 +58,9 @@ class Baselines:
     def generate(self, model, enc: dict, tokens: int, adapter_names: list[str] | None = None) -> torch.Tensor:
         """Plain transformers ``generate``: greedy, exactly ``tokens`` new tokens per row."""
         extra = {"adapter_names": adapter_names} if adapter_names else {}
-        with torch.no_grad():
+        dtype = self.llm.compute_dtype  # the copies hold the same stored weights: run them as polyprag runs
+        cast = torch.autocast(self.llm.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with torch.no_grad(), cast:
             return model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
                                   pad_token_id=self.llm.tokenizer.pad_token_id, **extra)
 
@@ -140,6 +144,39 @@ def mixtures_16_vs_1(llm: LoRAMixingLLM, library: AdapterLibrary, base: Baseline
                    ratio_polyprag_many_over_peft_mixed=peft_many_s / many_s)
 
 
+def captured_vs_eager(llm: LoRAMixingLLM, library: AdapterLibrary, base: Baselines, questions: Sequence[str],
+                      tokens: int, repeats: int = 3, rows: int = 16) -> dict:
+    """G3. Tokens/s of captured decoding (static KV cache, compiled step; CUDA graphs on a GPU) / eager decoding,
+    16 rows with 16 mixtures, the same weights; beside it captured / plain transformers ``generate`` with one
+    peft LoRA and / the bare model, and how many of the 16 answers are the same token for token. The first
+    captured call compiles (timed apart: ``compile_s``); a new request of the same shape does not."""
+    captured = LoRAMixingLLM(llm.model, llm.tokenizer, llm.target_modules, name=llm.name, captured=True,
+                             max_batch_rows=llm.max_batch_rows, batch_memory=llm.batch_memory)
+    captured.compute_dtype = llm.compute_dtype  # the weights are already stored as llm stores them
+    prompts = [llm.question_prompt(q) for q in _rows(questions, rows)]
+    ids = _rows(library.doc_ids, rows)
+    enc = llm.encode(prompts)
+    answers: dict[str, list[str]] = {}
+
+    def run(model: LoRAMixingLLM, key: str):
+        answers[key] = model.generate(prompts, [library.mixture([i]) for i in ids], max_new_tokens=tokens,
+                                      min_new_tokens=tokens)
+
+    compile_s = timed(lambda: run(captured, "captured"), llm.device)
+    eager_s, captured_s = paired(lambda: run(llm, "eager"), lambda: run(captured, "captured"), repeats, llm.device)
+    peft_s, bare_s = paired(lambda: base.generate(base.peft, enc, tokens), lambda: base.generate(base.bare, enc, tokens),
+                            repeats, llm.device)
+    same = sum(a == b for a, b in zip(answers["eager"], answers["captured"]))
+    per_s = rows * tokens
+    note = (f"compile {compile_s:.1f} s; captured / peft {peft_s / captured_s:.3g}, / bare {bare_s / captured_s:.3g}; "
+            f"{same}/{rows} answers identical to eager")
+    return result(eager_s / captured_s, 1.0, False, rows=rows, new_tokens=tokens, compile_s=compile_s, note=note,
+                   captured_tokens_per_s=per_s / captured_s, eager_tokens_per_s=per_s / eager_s,
+                   peft_tokens_per_s=per_s / peft_s, bare_tokens_per_s=per_s / bare_s,
+                   ratio_captured_over_peft=peft_s / captured_s, ratio_captured_over_bare=bare_s / captured_s,
+                   answers_identical=same)
+
+
 def parametric_vs_in_context(llm: LoRAMixingLLM, docs: Sequence[Document], questions: Sequence[str],
                              library: AdapterLibrary, tokens: int, base: Baselines | None = None,
                              recite_tokens: int = 160) -> dict:
@@ -206,7 +243,7 @@ def parametric_vs_in_context(llm: LoRAMixingLLM, docs: Sequence[Document], quest
                    ratio_recite_warm_over_in_context=sum(warm) / n / per["in_context"], **extra)
 
 
-FIGURES = ("1_parametric_vs_in_context", "G1_tokens_per_s", "G2_mixtures_16_vs_1")
+FIGURES = ("1_parametric_vs_in_context", "G1_tokens_per_s", "G2_mixtures_16_vs_1", "G3_captured_vs_eager")
 
 
 def main(argv: list[str] | None = None) -> int:

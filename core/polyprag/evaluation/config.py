@@ -93,7 +93,8 @@ class EvalConfig:
     texts: str | None = _help("training texts, comma-separated from passage,rewrite,qa,qa_context",
                               default=None)
     lag_k: int = _help("LAG: adapters kept by the Arrow filter", default=5)
-    augment_batch_size: int = _help("passages augmented per batched generation", default=8)
+    augment_batch_size: int = _help("passages augmented per cache write (generation batches their prompts by length "
+                                    "and memory)", default=64)
     batch_size: int = _help("Poly-PRAG training batch size", default=8)
     max_length: int = _help("training tokens per example (longer ones are cut)", default=256)
     max_batch_tokens: int = _help("padded tokens per training micro-batch", default=2048)
