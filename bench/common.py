@@ -38,7 +38,9 @@ def machine(llm: LoRAMixingLLM) -> dict:
     info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "device": str(dev),
             "model": llm.name, "dtype": str(llm.dtype).replace("torch.", ""),
-            "model_parameters": sum(p.numel() for p in llm.model.parameters()),
+            "model_parameters": sum(p.numel() for p in llm.model.parameters()) - (  # as loaded: not a bf16 head copy
+                llm.model.get_output_embeddings().weight.numel() if getattr(llm.model, "_polyprag_untied_head", False)
+                else 0),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)

@@ -95,11 +95,35 @@ def test_pick_compute_dtype():
         tiny_llm(compute_dtype="banana")
 
 
+def test_linear_weights_stored_in_the_compute_dtype_compute_what_autocast_computes():
+    """bf16 compute stores the frozen linear weights in bf16: bit for bit what autocast computes from float32."""
+    import copy
+
+    from tiny import tiny_model, tiny_tokenizer
+
+    from polyprag import LoRAMixingLLM
+
+    model = tiny_model()
+    model.lm_head.weight = model.model.embed_tokens.weight  # tied, as in SmolLM2
+    reference = copy.deepcopy(model)
+    llm = LoRAMixingLLM(model, tiny_tokenizer(), compute_dtype="bfloat16")
+    enc = llm.encode(["the capital of zorvania is", "who built the krell lighthouse"])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = reference(**enc).logits
+    assert torch.equal(llm.logits(**enc), want)
+    linears = [m for m in llm.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    embeddings = llm.model.model.embed_tokens.weight
+    assert embeddings.dtype == torch.float32 and llm.model.lm_head.weight is not embeddings  # own bf16 head
+    assert llm.fingerprint() == LoRAMixingLLM(copy.deepcopy(reference), tiny_tokenizer()).fingerprint()
+    assert LoRAMixingLLM(llm.model, llm.tokenizer).fingerprint() == llm.fingerprint()  # a second wrapper
+
+
 def test_bfloat16_compute_runs_every_path_and_stays_close(docs):
     from conftest import random_poly_library
 
     exact, mixed = tiny_llm(), tiny_llm(compute_dtype="bfloat16")
-    assert mixed.dtype == torch.float32  # weights untouched: only the arithmetic is bf16
+    assert mixed.dtype == torch.float32  # embeddings, norms and LoRA factors stay float32
     lib = random_poly_library(exact, docs, m=3)
     mix = lib.mixture(["d0", "d2"])
     enc = exact.encode(["the capital of zorvania is", "who built the krell lighthouse"])

@@ -56,6 +56,7 @@ def store_linears_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
             continue
         if module.weight is tied:  # untie: the head's own bf16 copy; the embedding table is unchanged
             module.weight = torch.nn.Parameter(tied.detach().to(dtype), requires_grad=False)
+            model._polyprag_untied_head = True  # the head's weight is a copy, not a parameter as loaded
         else:
             module.weight.data = module.weight.data.to(dtype)
         if module.bias is not None:
@@ -149,7 +150,10 @@ class LoRAMixingLLM:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     def fingerprint(self) -> dict:
-        """What identifies the base model: architecture, sizes and a hash of a few weights."""
+        """What identifies the base model: architecture, sizes and a hash of a few weights as loaded (kept on
+        the model, so a wrapper of a model whose weights were already stored in bf16 names the same model)."""
+        if self._fingerprint is None:
+            self._fingerprint = getattr(self.model, "_polyprag_fingerprint", None)
         if self._fingerprint is None:
             cfg = self.model.config
             h = hashlib.sha256()
@@ -164,6 +168,7 @@ class LoRAMixingLLM:
                 "vocab_size": getattr(cfg, "vocab_size", None),
                 "weights_sha256": h.hexdigest(),
             }
+            self.model._polyprag_fingerprint = self._fingerprint
         return self._fingerprint
 
     # ---- prompts ---------------------------------------------------------------------------
