@@ -302,8 +302,8 @@ class LoRAMixingLLM:
         """``_generate_batch`` with a static KV cache and a compiled decode step reading a ``MixtureSlot``.
 
         Shapes are bucketed so that few graphs are compiled: rows to a power of two (the extra rows repeat
-        the last prompt with no mixture and are dropped), the prompt width to a multiple of 64, the slot's
-        rank to a power of two (at least 8)."""
+        the last prompt and are dropped), the prompt width to a multiple of 64, the slot's rank to a power
+        of two (at least 8). Streaming (``stream``) and mixtures other than bank mixtures decode eagerly."""
         from transformers import CompileConfig
 
         n = len(ids)
