@@ -77,8 +77,13 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     from .evaluation import METHODS, EvalConfig
 
     # progress, device and compute_dtype are options of every command (--quiet, --device, --compute-dtype)
-    options_from(p, EvalConfig, skip=("progress", "device", "compute_dtype"),
+    options_from(p, EvalConfig, skip=("progress", "device", "compute_dtype", "workers"),
                  notes={"methods": ": " + ",".join(METHODS)})
+    # the command trains its libraries side by side by default; run_evaluation() in a user's script does not
+    # (worker processes re-import the script that starts them, which then needs an `if __name__` guard)
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that train the libraries side by side (0: one per library, up to the CPU "
+                        "cores; 1: all in this process) (default: 0)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

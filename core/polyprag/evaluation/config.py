@@ -111,7 +111,9 @@ class EvalConfig:
     cache: str | None = _help("augmentation cache folder (default: $POLYPRAG_CACHE/augment)", default=None)
     device: str | None = _help("cpu, cuda, cuda:1 … (default: CUDA when available)", default=None)
     workers: int = _help("processes that train the libraries side by side (0: one per library, up to the CPU "
-                         "cores; 1: all in this process)", default=0)
+                         "cores, what `polyprag eval` does; 1: all in this process). Worker processes import the "
+                         "script that starts them: a script calling run_evaluation with 0 needs an "
+                         "`if __name__ == '__main__':` guard", default=1)
     progress: bool = _help("progress bars", default=True)
 
     def __post_init__(self) -> None:
