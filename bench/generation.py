@@ -151,8 +151,8 @@ def captured_vs_eager(llm: LoRAMixingLLM, library: AdapterLibrary, base: Baselin
     peft LoRA and / the bare model, and how many of the 16 answers are the same token for token. The first
     captured call compiles (timed apart: ``compile_s``); a new request of the same shape does not."""
     captured = LoRAMixingLLM(llm.model, llm.tokenizer, llm.target_modules, name=llm.name, captured=True,
-                             max_batch_rows=llm.max_batch_rows, batch_memory=llm.batch_memory)
-    captured.compute_dtype = llm.compute_dtype  # the weights are already stored as llm stores them
+                             compute_dtype=llm.compute_dtype, max_batch_rows=llm.max_batch_rows,
+                             batch_memory=llm.batch_memory)  # the same model and stored weights
     prompts = [llm.question_prompt(q) for q in _rows(questions, rows)]
     ids = _rows(library.doc_ids, rows)
     enc = llm.encode(prompts)

@@ -49,27 +49,29 @@ def _load_llm(model: str | None, device: str | None, compute_dtype: str | None =
 
 
 def options_from(p: argparse.ArgumentParser, config: type, skip: Sequence[str] = (),
-                 notes: dict[str, str] | None = None) -> None:
+                 notes: dict[str, str] | None = None, defaults: dict | None = None) -> None:
     """One ``--option`` per field of the ``config`` dataclass, its help the field's ``metadata={"help"}``
-    (plus ``notes[name]``); a field without a default is required, a tuple one is comma-separated."""
+    (plus ``notes[name]``), its default the field's (or ``defaults[name]``); a field without a default is
+    required, a tuple one is comma-separated."""
     hints = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
         if f.name in skip:
             continue
+        default = (defaults or {}).get(f.name, f.default)
         flag = "--" + f.name.replace("_", "-")
         text = f.metadata.get("help", "") + (notes or {}).get(f.name, "")
         hint = hints[f.name]
         kind = ([t for t in typing.get_args(hint) if t is not type(None)] or [hint])[0]
-        if f.default is dataclasses.MISSING:
+        if default is dataclasses.MISSING:
             p.add_argument(flag, required=True, help=text.replace("%", "%%"))
         elif typing.get_origin(hint) is tuple:
-            p.add_argument(flag, type=_csv, default=f.default,
-                           help=f"{text} (default: {','.join(f.default)})".replace("%", "%%"))
+            p.add_argument(flag, type=_csv, default=default,
+                           help=f"{text} (default: {','.join(default)})".replace("%", "%%"))
         elif kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                           help=f"{text} (default: {f.default})".replace("%", "%%"))
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                           help=f"{text} (default: {default})".replace("%", "%%"))
         else:
-            p.add_argument(flag, type=kind, default=f.default, help=f"{text} (default: {f.default})".replace("%", "%%"))
+            p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})".replace("%", "%%"))
 
 
 # ---- eval ---------------------------------------------------------------------------------------
@@ -77,13 +79,9 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     from .evaluation import METHODS, EvalConfig
 
     # progress, device and compute_dtype are options of every command (--quiet, --device, --compute-dtype)
-    options_from(p, EvalConfig, skip=("progress", "device", "compute_dtype", "workers"),
-                 notes={"methods": ": " + ",".join(METHODS)})
-    # the command trains its libraries side by side by default; run_evaluation() in a user's script does not
-    # (worker processes re-import the script that starts them, which then needs an `if __name__` guard)
-    p.add_argument("--workers", type=int, default=0,
-                   help="processes that train the libraries side by side (0: one per library, up to the CPU "
-                        "cores; 1: all in this process) (default: 0)")
+    # the command trains its libraries side by side (workers 0); run_evaluation() in a user's script does not
+    options_from(p, EvalConfig, skip=("progress", "device", "compute_dtype"),
+                 notes={"methods": ": " + ",".join(METHODS)}, defaults={"workers": 0})
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -14,8 +14,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 
 from . import batching
 from .errors import InvalidInputError, ModelLoadError
-from .engine import Mixture, attach, use_mixture
-from .engine.captured import MixtureSlot, tracing_mixture
+from .engine import Mixture, MixtureSlot, attach, tracing_mixture, use_mixture
 from .models import pick_compute_dtype, pick_device, resolve_model
 from .prompts import ANSWER_PREFIX, first_sentence, question_message, sentence_end, text_start_id
 

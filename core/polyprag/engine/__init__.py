@@ -3,8 +3,8 @@ adapters (``bank``), what a batch row mixes from it (``mixtures``), the forward 
 the fixed slots a compiled decode step reads its rows' mixtures from (``captured``)."""
 from .bank import LoRABank
 from .captured import MixtureSlot
-from .hooks import active_mixture, attach, use_mixture
+from .hooks import active_mixture, attach, tracing_mixture, use_mixture
 from .mixtures import BankMixture, Mixture, SumMixture, lowrank_delta
 
 __all__ = ["BankMixture", "LoRABank", "Mixture", "MixtureSlot", "SumMixture", "active_mixture", "attach",
-           "lowrank_delta", "use_mixture"]
+           "lowrank_delta", "tracing_mixture", "use_mixture"]

@@ -7,17 +7,13 @@ would make it recompile with every request. So a captured generation copies its 
 compute dtype, zero beyond each row's own rank (a zero rank adds exactly zero; a row without a mixture is
 all zeros). Slots are kept per (rows, R) and reused, so the compiled step reads the same tensors at the same
 addresses every time — what CUDA graphs need — and a new request only writes new values into them. While
-the compiler traces, the hooks read the slot from ``tracing_mixture`` instead of the ContextVar; eager
+the compiler traces, the hooks read the slot (``hooks.tracing_mixture``) instead of the ContextVar; eager
 forward passes (the prefill, other threads) keep reading the ContextVar.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 
-from .hooks import _TRACED
 from .mixtures import BankMixture, Mixture
 
 
@@ -77,13 +73,3 @@ class MixtureSlot(Mixture):
         x = x.to(output.dtype)  # under autocast the layer's input and output dtypes can differ
         return torch.baddbmm(output, torch.bmm(x, A.transpose(1, 2)), self.B[name].transpose(1, 2))
 
-
-@contextlib.contextmanager
-def tracing_mixture(slot: MixtureSlot) -> Iterator[None]:
-    """While tracing (``torch.compile``) inside this block, the hooks apply ``slot``."""
-    before = _TRACED[0]
-    _TRACED[0] = slot
-    try:
-        yield
-    finally:
-        _TRACED[0] = before

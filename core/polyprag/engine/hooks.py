@@ -60,6 +60,18 @@ def use_mixture(mixture: Mixture | None) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
+@contextlib.contextmanager
+def tracing_mixture(mixture: Mixture | None) -> Iterator[None]:
+    """While torch.compile traces inside this block, the hooks apply ``mixture`` (a fixed ``MixtureSlot``:
+    a compiled step cannot read the ContextVar); eager forward passes keep reading the ContextVar."""
+    before = _TRACED[0]
+    _TRACED[0] = mixture
+    try:
+        yield
+    finally:
+        _TRACED[0] = before
+
+
 def active_mixture() -> Mixture | None:
     """The mixture active in the current context, if any."""
     return _ACTIVE.get()

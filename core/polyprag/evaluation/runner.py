@@ -257,8 +257,8 @@ class _Encoded:
 def encode_processes(cfg: EvalConfig, libraries: int, llm_given: bool = False,
                      device: torch.device | str = "cpu") -> int:
     """How many processes train the run's libraries: ``cfg.workers`` (at most one per library), or with 0
-    one per library up to the CPU cores this process may use. One process (this one) on a GPU, for a model handed in as an object
-    (a worker can only load it by name) and for a single library.
+    one per library up to the CPU cores this process may use. One process (this one) on a GPU, for a model
+    handed in as an object (a worker can only load it by name) and for a single library.
 
     Why processes, not threads: a 135M model's GEMMs do not speed up with a second torch thread on this
     2-core machine (a LoRA step on 8×128 tokens: 2.49 s on one thread, 2.56 s on two), while two
