@@ -80,7 +80,7 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
 
     def _check(self) -> None:
         if self.mode not in MODES:
-            raise InvalidInputError(f"mode must be one of {MODES}, got {self.mode!r}.")
+            raise InvalidInputError(f"mode must be one of {tuple(MODES)}, got {self.mode!r}.")
         if self.rag is None and self.retriever is None:
             raise InvalidInputError("PolyPRAGRunnable needs retriever=<a LangChain retriever> (with library=...) or "
                                     "rag=PolyPRAG(...).")
@@ -162,7 +162,7 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
         if self.return_documents:
             yield AddableDict(question=p.question, documents=self._documents(p))
         rag = self.pipeline()
-        for piece in rag.llm.stream(p.prompt, p.mixture, config=rag.generation, **self._generation()):
+        for piece in rag.stream_prepared(p, **self._generation()):
             yield AddableDict(answer=piece) if self.return_documents else piece
 
     # ---- Runnable ---------------------------------------------------------------------------------

@@ -126,6 +126,11 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
 
     def custom_query(self, query_str: str) -> Response | StreamingResponse:
         prepared, nodes, meta = self._prepare(query_str)
+        if prepared.ensemble:  # one row per document, decoded together: the pipeline's own generation
+            text = self._rag.generate([prepared])[0].text
+            if self.streaming:
+                return StreamingResponse(response_gen=iter([text] if text else []), source_nodes=nodes, metadata=meta)
+            return Response(text, source_nodes=nodes, metadata=meta)
         if self.streaming:
             stream = self.llm.stream_complete(prepared.prompt, formatted=True, mixture=prepared.mixture)
             return StreamingResponse(response_gen=(r.delta for r in stream), source_nodes=nodes, metadata=meta)
@@ -134,6 +139,12 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
 
     async def acustom_query(self, query_str: str) -> Response | AsyncStreamingResponse:
         prepared, nodes, meta = await asyncio.to_thread(self._prepare, query_str)
+        if prepared.ensemble:
+            text = (await asyncio.to_thread(self._rag.generate, [prepared]))[0].text
+            if self.streaming:
+                return AsyncStreamingResponse(response_gen=_pieces([text] if text else []), source_nodes=nodes,
+                                              metadata=meta)
+            return Response(text, source_nodes=nodes, metadata=meta)
         if self.streaming:
             stream = await self.llm.astream_complete(prepared.prompt, formatted=True, mixture=prepared.mixture)
             return AsyncStreamingResponse(response_gen=_deltas(stream), source_nodes=nodes, metadata=meta)
@@ -153,6 +164,11 @@ def _metadata(prepared: Prepared, nodes: list[NodeWithScore]) -> dict[str, Any]:
         "routing_weights": {n.node.node_id: n.node.metadata.get("routing_weights") for n in nodes},
         "prompt": prepared.prompt,
     }
+
+
+async def _pieces(pieces):
+    for piece in pieces:
+        yield piece
 
 
 async def _deltas(stream):

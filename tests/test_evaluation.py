@@ -96,7 +96,7 @@ def test_end_to_end_on_tiny_slice(llm, docs, tmp_path):
     assert list(by) == list(cfg.methods)
     for r in report.results:
         assert 0 <= r.em <= r.f1 <= 100 and 0 <= r.accuracy <= 100
-        assert len(r.predictions) == 10 and r.latency_p50_s > 0
+        assert len(r.predictions) == 10 and (r.method == "prior" or r.latency_p50_s > 0)  # prior: no model
     assert by["closed_book"].recall_at_k is None and 0 < by["in_context"].recall_at_k <= 100
     # PRAG stores a whole adapter per document; Poly-PRAG's new document costs only its routing row
     assert by["prag"].storage_bytes_new_doc > by["polyprag"].storage_bytes_new_doc > 0

@@ -222,16 +222,16 @@ class LoRAMixingLLM:
                 mask[i, width - len(row):] = 1
         return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
 
-    def plan_batches(self, lengths: Sequence[int], new_tokens: int) -> list[list[int]]:
-        """Rows (their prompt lengths in tokens) grouped into generation batches that fit this device:
-        similar lengths together, each batch within ``batch_memory`` and ``max_batch_rows``."""
+    def plan_batches(self, lengths: Sequence[int], new_tokens: int, rows_each: int = 1) -> list[list[int]]:
+        """Items (their prompt lengths in tokens, ``rows_each`` rows apiece) grouped into generation batches
+        that fit this device: similar lengths together, each batch within ``batch_memory`` and ``max_batch_rows``."""
         kind = self.device.type
         budget = self.batch_memory or int(batching.MEMORY_SHARE.get(kind, 0.5) * batching.free_memory(self.device))
         cache_bytes = (self.compute_dtype or self.dtype).itemsize
 
         def capacity(width: int) -> int:
             return min(self.max_batch_rows, budget // batching.row_bytes(self.model.config, width, new_tokens,
-                                                                         cache_bytes))
+                                                                         cache_bytes)) // rows_each
 
         return batching.plan(lengths, capacity, overhead=batching.STEP_TOKENS.get(kind, 2000.0) * new_tokens)
 
@@ -283,14 +283,63 @@ class LoRAMixingLLM:
                 texts[i] = text
         return texts
 
+    def generate_ensemble(self, groups: Sequence[Sequence[str]],
+                          mixtures: Sequence[Sequence[Mixture | None]] | None = None,
+                          weights: Sequence[Sequence[float]] | None = None,
+                          config: GenerationConfig | None = None, **overrides) -> list[str]:
+        """One answer per group of prompts, decoded together as an ensemble (REPLUG, Shi et al. 2023): each
+        prompt is a row with its own mixture, and at every step the group's rows all take the token that
+        maximises the weighted mean of their next-token distributions,
+
+            p(y_t | y_<t) = Σ_d w_d · p(y_t | prompt_d, y_<t; mixture_d)        (w: the group's weights, Σ w = 1)
+
+        so a row that knows the answer (a peaked distribution) outvotes rows that do not. Greedy only."""
+        cfg = _config(config, overrides)
+        if cfg.temperature and cfg.temperature > 0:
+            raise InvalidInputError("Ensemble decoding is greedy: every row of a group must take the same token. "
+                                    "Use temperature=0, or a mode that is not an ensemble to sample.")
+        groups = [list(g) for g in groups]
+        if any(not g for g in groups):
+            raise InvalidInputError("Every ensemble group needs at least one prompt.")
+        mixtures = [[None] * len(g) for g in groups] if mixtures is None else [list(m) for m in mixtures]
+        weights = [[1.0] * len(g) for g in groups] if weights is None else [list(map(float, w)) for w in weights]
+        for g, m, w in zip(groups, mixtures, weights):
+            if len(m) != len(g) or len(w) != len(g):
+                raise InvalidInputError("Give one mixture and one weight per prompt of each ensemble group.")
+            if any(not (x >= 0) for x in w) or sum(w) <= 0:
+                raise InvalidInputError(f"Ensemble weights must be >= 0 with a positive sum, got {w}.")
+        if len(mixtures) != len(groups) or len(weights) != len(groups):
+            raise InvalidInputError(f"Got {len(mixtures)} mixture lists and {len(weights)} weight lists for "
+                                    f"{len(groups)} groups; give one of each per group.")
+        ids = [self._token_ids(g, max(8, self.context_window - cfg.max_new_tokens)) for g in groups]
+        width_of = [max(len(r) for r in rows) for rows in ids]
+        texts: list[str] = [""] * len(groups)
+        for batch in self.plan_batches(width_of, cfg.max_new_tokens, rows_each=max(len(g) for g in groups)):
+            flat, mix, logw, spans, short = [], [], [], [], []
+            for i in batch:
+                total = sum(weights[i])
+                spans.append((len(flat), len(flat) + len(ids[i])))
+                flat += ids[i]
+                mix += mixtures[i]
+                logw += [float("-inf") if w == 0 else float(torch.tensor(w / total).log()) for w in weights[i]]
+                short += [_is_short(p, cfg) for p in groups[i]]
+            ensemble = _Ensemble(spans, torch.tensor(logw, device=self.device))
+            answers = self._generate_batch(flat, self._batch_mixture(mix, len(flat)), cfg, short, ensemble)
+            for i, (a, _) in zip(batch, spans):
+                texts[i] = answers[a]  # every row of a group decoded the same tokens
+        return texts
+
     def _generate_batch(self, ids: Sequence[Sequence[int]], mixture: Mixture | None, cfg: GenerationConfig,
-                        short: Sequence[bool]) -> list[str]:
-        """One batched ``model.generate``; question rows (``short``) stop at their first sentence."""
-        if self.captured and MixtureSlot.fits(mixture, len(ids)):
+                        short: Sequence[bool], ensemble: "_Ensemble | None" = None) -> list[str]:
+        """One batched ``model.generate``; question rows (``short``) stop at their first sentence; with
+        ``ensemble``, each group of rows decodes one sequence from the weighted mean of its rows' distributions."""
+        if self.captured and ensemble is None and MixtureSlot.fits(mixture, len(ids)):
             return self._generate_captured(ids, mixture, cfg, short)
         enc = self._pad(ids)
         width = enc["input_ids"].shape[1]
         kwargs = self._generate_kwargs(cfg, width, short, every_row=bool(cfg.stop))
+        if ensemble is not None:  # last: it reads the scores every other processor has shaped
+            kwargs["logits_processor"] = list(kwargs.get("logits_processor", [])) + [ensemble]
         with self.compute(mixture), torch.no_grad():
             out = self.model.generate(**enc, **kwargs)
         texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
@@ -476,6 +525,21 @@ class _NoEmptyAnswer(LogitsProcessor):
                 still.append(i)
         self.waiting = still
         return scores
+
+
+class _Ensemble(LogitsProcessor):
+    """Every row of a group gets the group's log of the weighted mean of its rows' next-token probabilities,
+    log Σ_d w_d p_d(y), so greedy decoding takes one token for the whole group (``generate_ensemble``)."""
+
+    def __init__(self, spans: Sequence[tuple[int, int]], log_weights: torch.Tensor):
+        self.spans, self.log_weights = list(spans), log_weights  # [(first row, end row)] per group; [rows]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(scores.float(), dim=-1) + self.log_weights[:, None]  # [rows, vocab]
+        out = scores.clone()
+        for a, b in self.spans:
+            out[a:b] = torch.logsumexp(logp[a:b], dim=0, keepdim=True).to(scores.dtype)
+        return out
 
 
 def _finish(text: str, stop: Sequence[str], short: bool) -> str:

@@ -20,18 +20,50 @@ from .parametric import ParametricRetriever, check_retriever, retrieve_from
 from .retrieval import ScoredDocument, check_query, check_top_k
 from .state import LibraryState
 
-MODES = ("parametric", "recite", "combine", "in_context", "closed_book", "lag", "lag_in_context", "lag_parametric")
 log = logging.getLogger(__name__)
 MIN_PASSAGE_TOKENS = 8  # a passage cut shorter than this is dropped instead: a fragment tells the model little
 
-_USES_MIXTURE = ("parametric", "recite", "combine", "lag_parametric")  # the retrieved documents' mixture
-_USES_PASSAGES = ("in_context", "combine", "lag_in_context")  # the retrieved passages in the prompt
-_USES_LAG = ("lag", "lag_in_context", "lag_parametric")       # the data-free LAG router
+
+@dataclass(frozen=True)
+class Mode:
+    """What a mode puts where: the retrieved documents' mixture on the model, their passages or their recitals in
+    the prompt, the LAG router, and whether each retrieved document answers on a row of its own (an ensemble)."""
+
+    mixture: bool = False    # the retrieved documents' adapters are applied
+    passages: bool = False   # the retrieved passages are in the prompt
+    recite: bool = False     # each encoded document's recital (what its adapter writes back) is in the prompt
+    lag: bool = False        # the data-free LAG router is applied
+    ensemble: bool = False   # one row per retrieved document (its own passage / recital / mixture), decoded together
+
+    @property
+    def library(self) -> bool:
+        """Whether the mode reads the adapter library (needs a ParametricRetriever)."""
+        return self.mixture or self.recite
+
+
+# The one table of modes; the evaluation's methods are these modes with a library, documents and routing.
+MODES: dict[str, Mode] = {
+    "parametric": Mode(mixture=True),
+    "recite": Mode(recite=True),
+    "combine": Mode(mixture=True, passages=True),
+    "in_context": Mode(passages=True),
+    "closed_book": Mode(),
+    "lag": Mode(lag=True),
+    "lag_in_context": Mode(lag=True, passages=True),
+    "lag_parametric": Mode(lag=True, mixture=True),
+    # per-document reading: each retrieved document answers on its own row, the rows vote token by token
+    "parametric_ensemble": Mode(mixture=True, ensemble=True),
+    "recite_ensemble": Mode(recite=True, ensemble=True),
+    "combine_ensemble": Mode(mixture=True, passages=True, ensemble=True),
+    "in_context_ensemble": Mode(passages=True, ensemble=True),
+}
+ENSEMBLE_WEIGHTS = ("uniform", "rank")
 
 
 @dataclass
 class Answer:
-    """An answer with the documents that shaped it and the mixture that was applied."""
+    """An answer with the documents that shaped it and the mixture that was applied (an ensemble mode applies
+    one mixture per document: ``row_mixtures``, with the ensemble ``weights``)."""
 
     text: str
     documents: list[ScoredDocument] = field(default_factory=list)
@@ -39,11 +71,18 @@ class Answer:
     mode: str = "parametric"
     prompt: str = field(default="", repr=False)
     recitals: list[str] = field(default_factory=list)  # mode "recite": what each document's adapter wrote back
+    rows: list[tuple[str, Mixture | None]] = field(default_factory=list, repr=False)  # ensemble: (prompt, mixture)
+    weights: list[float] = field(default_factory=list)  # ensemble: each row's weight in the vote
+
+    @property
+    def row_mixtures(self) -> list[Mixture | None]:
+        return [m for _, m in self.rows]
 
 
 @dataclass
 class Prepared:
-    """Everything decided before generation: prompt, mixture, documents."""
+    """Everything decided before generation: prompt, mixture, documents; an ensemble mode has one
+    (prompt, mixture) row per document and their weights instead (``prompt`` is then its first row's)."""
 
     question: str
     prompt: str
@@ -51,17 +90,28 @@ class Prepared:
     documents: list[ScoredDocument]
     mode: str
     recitals: list[str] = field(default_factory=list)  # mode "recite": each encoded document's recital, rank order
+    rows: list[tuple[str, Mixture | None]] = field(default_factory=list)  # ensemble modes only
+    weights: list[float] = field(default_factory=list)
+
+    @property
+    def ensemble(self) -> bool:
+        return bool(self.rows)
 
 
 @dataclass
 class _Pending:
-    """A question retrieved but not yet prompted: its passages in rank order, each a text or a document to recite."""
+    """A question retrieved but not yet prompted: its rows (one, or one per document in an ensemble mode), each
+    with its passages in rank order (a text, or a document to recite) and its mixture."""
 
     question: str
     mode: str
     documents: list[ScoredDocument]
-    mixture: Mixture | None
-    parts: list[str | tuple[LibraryState, str]]  # a passage's text, or (library state, document id) to recite
+    rows: list[tuple[list[str | tuple[LibraryState, str]], Mixture | None]]
+    ensemble: bool = False
+
+    @property
+    def mixture(self) -> Mixture | None:
+        return None if self.ensemble else self.rows[0][1]
 
 
 class PolyPRAG:
@@ -71,6 +121,14 @@ class PolyPRAG:
     router (``lag=``, see ``polyprag.lag``): ``lag`` (router only, no retriever needed),
     ``lag_in_context`` (router + passages) and ``lag_parametric`` (router + retrieved mixture).
 
+    Ensemble modes read each retrieved document on its own: ``recite_ensemble`` (a row per document with its
+    own recital), ``combine_ensemble`` (its passage and its own adapter), ``parametric_ensemble`` (its own
+    adapter only) and ``in_context_ensemble`` (its passage only); the rows are decoded together and each step
+    takes the token of the weighted mean of their distributions (REPLUG), so a small model is not misled by
+    the distractors beside the document that holds the answer. ``ensemble_weights``: ``"uniform"`` or
+    ``"rank"`` (the document at retrieval rank r weighs 1/(r+1)). Cost: k rows of one document each
+    instead of one row of k documents (the same prefill tokens, k times the decode rows).
+
     Example:
         rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(docs, k=3), library), mode="parametric")
         rag.answer("Who …?").text
@@ -79,7 +137,7 @@ class PolyPRAG:
     def __init__(self, llm: LoRAMixingLLM, retriever: ParametricRetriever | Any | None = None,
                  mode: str = "parametric", k: int | None = None, max_new_tokens: int = 32,
                  temperature: float = 0.0, stop: Sequence[str] = (), lag: Mixture | None = None,
-                 recite_tokens: int = 160):
+                 recite_tokens: int = 160, ensemble_weights: str = "rank"):
         self.llm = llm
         self.retriever = retriever if retriever is None else check_retriever(retriever)
         self.lag = lag
@@ -92,18 +150,22 @@ class PolyPRAG:
                                            stop=tuple(stop))
         if recite_tokens < 1:
             raise InvalidInputError(f"recite_tokens must be >= 1, got {recite_tokens}.")
+        if ensemble_weights not in ENSEMBLE_WEIGHTS:
+            raise InvalidInputError(f"ensemble_weights must be one of {ENSEMBLE_WEIGHTS}, got {ensemble_weights!r}.")
+        self.ensemble_weights = ensemble_weights
         # a recital is greedy and decodes to its end-of-text token (or this budget): the passage, not a sentence
         self.recital = GenerationConfig(max_new_tokens=recite_tokens, short=False)
 
     def _check_mode(self, mode: str) -> str:
-        if mode not in MODES:
-            raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}.")
-        if mode in _USES_MIXTURE and not isinstance(self.retriever, ParametricRetriever):
+        spec = MODES.get(mode) if isinstance(mode, str) else None
+        if spec is None:
+            raise InvalidInputError(f"mode must be one of {tuple(MODES)}, got {mode!r}.")
+        if spec.library and not isinstance(self.retriever, ParametricRetriever):
             raise InvalidInputError(f"mode={mode!r} needs a ParametricRetriever (a retriever + an AdapterLibrary): "
                                     "PolyPRAG(llm, ParametricRetriever(retriever, library)).")
-        if mode in _USES_PASSAGES and self.retriever is None:
+        if spec.passages and self.retriever is None:
             raise InvalidInputError(f"mode={mode!r} needs a retriever for its passages.")
-        if mode in _USES_LAG and self.lag is None:
+        if spec.lag and self.lag is None:
             raise InvalidInputError(f"mode={mode!r} needs a LAG router: PolyPRAG(..., lag=LAGRouter(...)).")
         return mode
 
@@ -117,16 +179,27 @@ class PolyPRAG:
         return self.prepare_batch([question], mode, k)[0]
 
     def prepare_batch(self, questions: Sequence[str], mode: str | None = None, k: int | None = None) -> list[Prepared]:
-        """``prepare`` for many questions; mode ``recite`` writes every question's recitals in one batch."""
+        """``prepare`` for many questions; the recite modes write every question's recitals in one batch."""
         pending = [self._retrieve(q, mode, k) for q in questions]
-        self._recite([p for q in pending for p in q.parts if not isinstance(p, str)])
+        self._recite([p for q in pending for parts, _ in q.rows for p in parts if not isinstance(p, str)])
         out = []
         for q in pending:
-            parts = [p if isinstance(p, str) else p[0].recitals[self._recital_key(p[1])] for p in q.parts]
-            recitals = [t for t, p in zip(parts, q.parts) if not isinstance(p, str)]
-            out.append(Prepared(q.question, self._prompt(q.question, parts), q.mixture, q.documents, q.mode,
-                                recitals))
+            rows, recitals = [], []
+            for parts, mixture in q.rows:
+                texts = [p if isinstance(p, str) else p[0].recitals[self._recital_key(p[1])] for p in parts]
+                recitals += [t for t, p in zip(texts, parts) if not isinstance(p, str)]
+                rows.append((self._prompt(q.question, texts), mixture))
+            if q.ensemble:
+                out.append(Prepared(q.question, rows[0][0], None, q.documents, q.mode, recitals, rows,
+                                    self._weights(len(rows))))
+            else:
+                out.append(Prepared(q.question, rows[0][0], rows[0][1], q.documents, q.mode, recitals))
         return out
+
+    def _weights(self, n: int) -> list[float]:
+        """The ensemble weights of ``n`` rows in retrieval rank order."""
+        w = [1.0] * n if self.ensemble_weights == "uniform" else [1.0 / (r + 1) for r in range(n)]
+        return [x / sum(w) for x in w]
 
     def _recital_key(self, doc_id: str) -> tuple:
         return doc_id, self.recital.max_new_tokens, str(self.llm.compute_dtype)
@@ -146,27 +219,37 @@ class PolyPRAG:
     def _retrieve(self, question: str, mode: str | None, k: int | None) -> _Pending:
         question = check_text(check_query(question), "The query")
         mode = self._check_mode(mode or self.mode)
+        spec = MODES[mode]
         k = self.k if k is None else self._check_k(k)
         docs: list[ScoredDocument] = []
-        parts: list[str | tuple[LibraryState, str]] = []
-        mixture = None
-        if mode in _USES_MIXTURE:
+        rows: list[tuple[list, Mixture | None]] = []
+        if spec.library:
             found = self.retriever.retrieve(question, k)
             docs = found.documents
-            if mode == "recite":  # encoded documents are recited by their own mixtures; unknown ones go in as text
-                parts = [s.document.full_text if i is None else (found.state, i)
-                         for s, i in zip(docs, found.library_ids)]
+
+            def part(s: ScoredDocument, i: str | None):  # encoded documents are recited; unknown ones go in as text
+                return s.document.full_text if i is None or not spec.recite else (found.state, i)
+
+            if spec.ensemble:  # a row per document: its passage or recital, its own adapter
+                for s, i in zip(docs, found.library_ids):
+                    own = None if i is None or not spec.mixture else found.state.mixture([i])
+                    shown = spec.recite or spec.passages or i is None
+                    rows.append(([part(s, i)] if shown else [], own))
+            elif spec.recite:
+                rows.append(([part(s, i) for s, i in zip(docs, found.library_ids)], None))
             else:
-                mixture = found.mixture
-                in_prompt = docs if mode in _USES_PASSAGES else found.in_context  # unknown documents: in context
-                parts = [s.document.full_text for s in in_prompt]
-        elif mode in _USES_PASSAGES:  # passages only: the library, if any, plays no part
+                in_prompt = docs if spec.passages else found.in_context  # unknown documents: in context
+                rows.append(([s.document.full_text for s in in_prompt], found.mixture))
+        elif spec.passages:  # passages only: the library, if any, plays no part
             raw = self.retriever.retriever if isinstance(self.retriever, ParametricRetriever) else self.retriever
             docs = retrieve_from(raw, question, k)
-            parts = [s.document.full_text for s in docs]
-        if mode in _USES_LAG:
-            mixture = self.lag if mixture is None else SumMixture([self.lag, mixture])
-        return _Pending(question, mode, docs, mixture, parts)
+            texts = [s.document.full_text for s in docs]
+            rows = [([t], None) for t in texts] if spec.ensemble else [(texts, None)]
+        if not rows:  # closed book, lag, or an ensemble that retrieved nothing: one row without documents
+            rows = [([], None)]
+        if spec.lag:
+            rows = [(parts, self.lag if m is None else SumMixture([self.lag, m])) for parts, m in rows]
+        return _Pending(question, mode, docs, rows, ensemble=spec.ensemble)
 
     def _prompt(self, question: str, passages: Sequence[str]) -> str:
         """The question prompt, fitted to the model's context with room for the answer: passages give way first
@@ -221,17 +304,38 @@ class PolyPRAG:
         return self.generate(self.prepare_batch(questions, mode, k), **generation)
 
     def generate(self, prepared: Sequence[Prepared], **generation) -> list[Answer]:
-        """Generate answers for prepared questions in one batch."""
-        if not prepared:
-            return []
-        texts = self.llm.generate([p.prompt for p in prepared], [p.mixture for p in prepared],
-                                  config=self.generation, **generation)
-        return [Answer(t, p.documents, p.mixture, p.mode, p.prompt, list(p.recitals)) for t, p in zip(texts, prepared)]
+        """Generate answers for prepared questions in one batch (ensembles in one batch of their own)."""
+        texts = [""] * len(prepared)
+        plain = [i for i, p in enumerate(prepared) if not p.ensemble]
+        grouped = [i for i, p in enumerate(prepared) if p.ensemble]
+        if plain:
+            out = self.llm.generate([prepared[i].prompt for i in plain], [prepared[i].mixture for i in plain],
+                                    config=self.generation, **generation)
+            for i, t in zip(plain, out):
+                texts[i] = t
+        if grouped:
+            out = self.llm.generate_ensemble([[r[0] for r in prepared[i].rows] for i in grouped],
+                                             [[r[1] for r in prepared[i].rows] for i in grouped],
+                                             [prepared[i].weights for i in grouped], config=self.generation,
+                                             **generation)
+            for i, t in zip(grouped, out):
+                texts[i] = t
+        return [Answer(t, p.documents, p.mixture, p.mode, p.prompt, list(p.recitals), list(p.rows), list(p.weights))
+                for t, p in zip(texts, prepared)]
 
     def stream(self, question: str, mode: str | None = None, k: int | None = None,
                **generation) -> Iterator[str]:
-        """Yield the answer to one question piece by piece."""
+        """Yield the answer to one question piece by piece (an ensemble mode yields it whole, once decoded)."""
         p = self.prepare(question, mode, k)
+        yield from self.stream_prepared(p, **generation)
+
+    def stream_prepared(self, p: Prepared, **generation) -> Iterator[str]:
+        """Yield the answer to a prepared question piece by piece (an ensemble's answer whole, once decoded)."""
+        if p.ensemble:
+            text = self.generate([p], **generation)[0].text
+            if text:
+                yield text
+            return
         yield from self.llm.stream(p.prompt, p.mixture, config=self.generation, **generation)
 
 

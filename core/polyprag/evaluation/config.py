@@ -25,22 +25,33 @@ class Method:
     library: str | None          # None, "prag", "poly", "poly_m1" or "lag"
     mode: str                    # PolyPRAG mode
     combine: str | None = None   # how the documents' adapters combine: "mean" or "sum"
-    documents: str = "retrieved"  # "retrieved" (BM25 top-k), "gold" (oracle) or "wrong"
+    documents: str = "retrieved"  # "retrieved" (BM25 top-k), "gold" (oracle), "wrong" or "top1" (the first retrieved)
     routing: str = "learned"     # "learned", "uniform" or "shuffled"
+    mixture_from: str | None = None  # "wrong": the passages are ``documents`` but the adapters are wrong documents'
 
 
 def _methods() -> dict[str, Method]:
     out = {"closed_book": Method(None, "closed_book"),
+           "prior": Method(None, "prior"),                                  # the slice's most frequent answer
            "in_context": Method(None, "in_context"),                        # standard RAG
+           "in_context_top1": Method(None, "in_context", documents="top1"),  # standard RAG, first passage only
+           "in_context_ensemble": Method(None, "in_context_ensemble"),      # a row per passage, rows vote
            "in_context_oracle": Method(None, "in_context", documents="gold"),  # the ceiling
            "lag": Method("lag", "lag"), "lag_in_context": Method("lag", "lag_in_context")}
     bases = {"prag": ("prag", "sum"), "polyprag": ("poly", "mean"), "polyprag_sum": ("poly", "sum")}
+    modes = (("parametric", ""), ("recite", "_recite"), ("combine", "_combine"),
+             ("parametric_ensemble", "_ensemble"), ("recite_ensemble", "_recite_ensemble"),
+             ("combine_ensemble", "_combine_ensemble"))
     for base, (lib, combine) in bases.items():
-        for mode, suffix in (("parametric", ""), ("recite", "_recite"), ("combine", "_combine")):
+        for mode, suffix in modes:
+            if base == "polyprag_sum" and mode.endswith("_ensemble"):
+                continue  # one document per row: mean and sum are the same mixture
             name = base + suffix
             out[name] = Method(lib, mode, combine)
             out[name + "_oracle"] = Method(lib, mode, combine, documents="gold")
-            if mode != "combine":
+            if mode.startswith("combine"):  # the retrieved passages, the adapters of wrong documents
+                out[name + "_wrong"] = Method(lib, mode, combine, mixture_from="wrong")
+            else:
                 out[name + "_wrong"] = Method(lib, mode, combine, documents="wrong")
             if lib == "poly":
                 for docs, tag in (("retrieved", ""), ("gold", "_oracle")):
@@ -51,7 +62,9 @@ def _methods() -> dict[str, Method]:
 
 
 METHODS: dict[str, Method] = _methods()
-DEFAULT_METHODS = ("closed_book", "in_context", "in_context_oracle",
+DEFAULT_METHODS = ("closed_book", "prior", "in_context", "in_context_top1", "in_context_ensemble", "in_context_oracle",
+                   "prag_recite_ensemble", "prag_recite_ensemble_wrong", "prag_combine_ensemble",
+                   "prag_combine_ensemble_wrong", "polyprag_recite_ensemble", "polyprag_recite_ensemble_wrong",
                    "prag", "prag_oracle", "prag_wrong", "prag_recite", "prag_recite_oracle", "prag_recite_wrong",
                    "prag_combine", "polyprag", "polyprag_oracle", "polyprag_oracle_shuffled", "polyprag_wrong",
                    "polyprag_recite", "polyprag_recite_oracle", "polyprag_recite_oracle_shuffled",
@@ -92,6 +105,15 @@ class EvalConfig:
     prag_lr: float | None = _help("PRAG learning rate", default=None)
     texts: str | None = _help("training texts, comma-separated from passage,rewrite,qa,qa_context",
                               default=None)
+    library: str = _help("documents encoded: 'questions' (the questions' retrieved and gold passages, PRAG's "
+                         "protocol), 'corpus' (the whole corpus) or a number N (the questions' passages plus N "
+                         "others of the corpus, seeded); the retriever always searches the whole corpus",
+                         default="questions")
+    libraries: str | None = _help("folder of trained libraries to reuse: a library trained with the same settings "
+                                  "and holding every document the run encodes is loaded instead of trained "
+                                  "(new ones are saved there)", default=None)
+    ensemble_weights: str = _help("ensemble methods: each document's weight in the vote, 'uniform' or 'rank' "
+                                  "(1/(rank+1))", default="rank")
     lag_k: int = _help("LAG: adapters kept by the Arrow filter", default=5)
     augment_batch_size: int = _help("passages augmented per cache write (generation batches their prompts by length "
                                     "and memory)", default=64)
@@ -127,6 +149,13 @@ class EvalConfig:
             raise InvalidInputError(f"Unknown method(s) {unknown}; choose from {list(METHODS)}.")
         if self.retriever not in ("bm25", "dense", "hybrid"):
             raise InvalidInputError(f"Unknown retriever {self.retriever!r}; use bm25, dense or hybrid.")
+        if isinstance(self.library, int) and not isinstance(self.library, bool):
+            self.library = str(self.library)
+        if not (self.library in ("questions", "corpus") or (self.library.isdigit())):
+            raise InvalidInputError(f"library must be 'questions', 'corpus' or a number of extra documents, "
+                                    f"got {self.library!r}.")
+        if self.ensemble_weights not in ("uniform", "rank"):
+            raise InvalidInputError(f"ensemble_weights must be 'uniform' or 'rank', got {self.ensemble_weights!r}.")
         if self.recipe not in RECIPES:
             raise InvalidInputError(f"Unknown recipe {self.recipe!r}; choose from {list(RECIPES)}.")
         if self.texts is not None:

@@ -22,10 +22,18 @@ class MethodResult:
     latency_p50_s: float | None = None             # one question alone: retrieve + mix + generate
     batched_s_per_question: float | None = None    # answering in batches
     predictions: list[dict] = field(default_factory=list, repr=False)
+    questions: int = 0                             # questions answered (oracles: those whose evidence answers)
+    by_kind: dict = field(default_factory=dict)    # question kind -> {"questions", "accuracy"}
 
-    def scores(self, metric: str = "accuracy") -> list[float]:
-        """Per-question scores (0/1 or F1) in question order."""
-        return [p[metric] for p in self.predictions]
+    def question_ids(self) -> list[str]:
+        return [p["id"] for p in self.predictions]
+
+    def scores(self, metric: str = "accuracy", ids: list[str] | None = None) -> list[float]:
+        """Per-question scores (0/1 or F1) in question order, or for the questions ``ids`` in their order."""
+        if ids is None:
+            return [p[metric] for p in self.predictions]
+        by_id = {p["id"]: p[metric] for p in self.predictions}
+        return [by_id[i] for i in ids]
 
 
 @dataclass
@@ -38,6 +46,7 @@ class Comparison:
     diff: float
     low: float
     high: float
+    questions: int = 0  # the questions both answered (an oracle method answers only those its evidence answers)
 
     @property
     def beyond_noise(self) -> bool:
@@ -82,11 +91,11 @@ class EvalReport:
     def markdown(self) -> str:
         """The results as markdown tables (metrics in percent): methods, then the control comparisons."""
         base = [b for b in ("closed_book", "in_context") if self.result(b) is not None]
-        head = ["method", "EM", "F1", "acc"] + [f"Δacc vs {b} [95% CI]" for b in base] + [
+        head = ["method", "n", "EM", "F1", "acc"] + [f"Δacc vs {b} [95% CI]" for b in base] + [
             "inj. eff.", "recall@k", "bytes/doc", "encode s/doc", "latency p50 s"]
         rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.results:
-            cells = [r.method, f"{r.em:.1f}", f"{r.f1:.1f}", f"{r.accuracy:.1f}"]
+            cells = [r.method, str(r.questions or len(r.predictions)), f"{r.em:.1f}", f"{r.f1:.1f}", f"{r.accuracy:.1f}"]
             for b in base:
                 c = self.comparison(r.method, b)
                 cells.append("–" if c is None else c.cell())
@@ -99,13 +108,22 @@ class EvalReport:
         if controls:
             rows += ["", "| control comparison (accuracy) | Δ points [95% CI] | beyond noise |", "|---|---|---|"]
             rows += [f"| {c.a} − {c.b} | {c.cell()} | {'yes' if c.beyond_noise else 'no'} |" for c in controls]
+        kinds = sorted({k for r in self.results for k in r.by_kind})
+        if len(kinds) > 1:
+            rows += ["", "| accuracy by question kind | " + " | ".join(
+                f"{k} (n={max(r.by_kind.get(k, {}).get('questions', 0) for r in self.results)})" for k in kinds) + " |",
+                "|---|" + "---|" * len(kinds)]
+            rows += ["| " + r.method + " | " + " | ".join(
+                _fmt(r.by_kind.get(k, {}).get("accuracy"), ".1f") for k in kinds) + " |" for r in self.results]
         f = self.facts
         rows.append("")
         rows.append(f"{f['questions']} questions, {f['documents']} documents encoded ({f['encoded_from']}), "
                     f"model {f['model']} ({f.get('compute_dtype', '?')} compute on {f['device']}, "
                     f"{f['torch_threads']} threads), recipe {f['recipe']}, wall {f['wall_s']:.0f} s; augmentation "
                     f"{f['augment_s']:.0f} s ({f['augment']['cache_hits']} cache hits, "
-                    f"{f['augment']['qa_failures']} QA failures). Intervals: paired bootstrap over questions.")
+                    f"{f['augment']['qa_failures']} QA failures). Intervals: paired bootstrap over questions. "
+                    f"Oracle methods answer the {f.get('oracle_questions', '?')} questions whose evidence states "
+                    "the answer (answer pages are never evidence); their comparisons pair those questions only.")
         if f.get("lag"):
             g = f["lag"]
             rows.append(f"LAG: {g['adapters']} adapters, factor library {g['library_bytes']:,} bytes, Arrow k={g['k']}, "

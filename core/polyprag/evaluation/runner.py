@@ -22,14 +22,15 @@ from ..augment import FixedAugmenter, GeneratedQAAugmenter, PassageAugmenter
 from ..documents import Document, Question, load_corpus, load_questions
 from ..errors import InvalidInputError, PolyPRAGError
 from ..library import AdapterLibrary
-from ..parametric import ParametricRetriever
-from ..pipeline import PolyPRAG
+from ..parametric import ParametricRetriever, Retrieval
+from ..pipeline import MODES, PolyPRAG
 from ..progress import progress_bar
 from ..recipes import FREE_TEXTS, check_texts, get_recipe
 from ..dense import build_retriever
 from ..retrieval import ScoredDocument
-from .config import METHODS, EvalConfig
+from .config import METHODS, EvalConfig, Method
 from .metrics import accuracy, exact_match, f1_score, mean, paired_bootstrap, recall_at_k
+from .questions import evidence, prior_answers, question_kind, states_answer
 from .report import Comparison, EvalReport, MethodResult, write_report
 
 if TYPE_CHECKING:
@@ -77,6 +78,24 @@ class FixedRetriever:
         return [ScoredDocument(self._by_id[i], 1.0 / (r + 1)) for r, i in enumerate(ids)]
 
 
+class WrongMixtureRetriever(ParametricRetriever):
+    """The ``_combine_wrong`` control: the retrieved passages, each paired with a wrong document's adapter, so the
+    prompt is the method's own and only the mixture holds the wrong knowledge."""
+
+    def __init__(self, passages: FixedRetriever, wrong: FixedRetriever, library: AdapterLibrary,
+                 combine: str | None = None):
+        super().__init__(wrong, library, combine)
+        self.passages = passages
+
+    def retrieve(self, query: str, k: int | None = None) -> Retrieval:
+        shown = self.passages.retrieve(query, k)
+        found = super().retrieve(query, k)
+        n = min(len(shown), len(found.documents))  # as many wrong documents as passages (choose_documents)
+        ids = found.library_ids[:n]
+        return Retrieval(shown[:n], found.state.mixture(ids, self.combine) if n else None,
+                         found.state.routing_weights(ids) if n else None, library_ids=ids, state=found.state)
+
+
 def routing_control(library: AdapterLibrary, kind: str, seed: int = 0) -> AdapterLibrary:
     """The library with its routing replaced: ``uniform`` (every document mixes the bank equally) or
     ``shuffled`` (each document gets another document's routing row: a seeded derangement)."""
@@ -102,15 +121,34 @@ def choose_documents(questions: Sequence[Question], retrieved: Sequence[list[str
     """Per question, the document ids of each source: retrieved, gold (those in the corpus) and wrong
     (random encoded documents neither retrieved nor gold, as many as the method would otherwise use)."""
     enc = set(encoded)
-    gold = [[g for g in q.gold if g in enc] for q in questions]
+    gold = [[g for g in evidence(q) if g in enc] for q in questions]
     rng = random.Random(seed)
     pool = sorted(enc)
     wrong = []
-    for ids, g in zip(retrieved, gold):
+    for q, ids, g in zip(questions, retrieved, gold):
         n = max(1, len(g)) if gold_only else len(ids)
-        banned = set(ids) | set(g)
+        banned = set(ids) | set(g) | set(q.metadata.get("answer_pages") or ())  # nothing that names the answer
         wrong.append(rng.sample([d for d in pool if d not in banned], min(n, len(pool) - len(banned))))
-    return {"retrieved": [list(r) for r in retrieved], "gold": gold, "wrong": wrong}
+    return {"retrieved": [list(r) for r in retrieved], "gold": gold, "wrong": wrong,
+            "top1": [list(r[:1]) for r in retrieved]}
+
+
+def library_documents(docs: Sequence[Document], questions: Sequence[Question], retrieved: Sequence[list[str]],
+                      use_retrieved: bool, use_gold: bool, library: str, seed: int) -> list[Document]:
+    """The documents a run encodes, in corpus order: the questions' retrieved passages (and their evidence when
+    an oracle method runs); with ``library="corpus"`` every document, with a number N that many others too."""
+    corpus_ids = {d.id for d in docs}
+    wanted: set[str] = set()
+    if use_retrieved or not use_gold:
+        wanted |= {i for ids in retrieved for i in ids}
+    if use_gold:
+        wanted |= {g for q in questions for g in evidence(q) if g in corpus_ids}
+    if library == "corpus":
+        wanted = corpus_ids
+    elif library.isdigit():
+        others = sorted(corpus_ids - wanted)
+        wanted |= set(random.Random(seed).sample(others, min(int(library), len(others))))
+    return [d for d in docs if d.id in wanted]
 
 
 def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
@@ -131,6 +169,7 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
     train = settings(cfg)
     torch.manual_seed(cfg.seed)
     docs, questions = load_slice(cfg.data, cfg.n, cfg.start)
+    questions = [replace(q, gold=evidence(q)) for q in questions]  # an answer's own article is never gold
     if llm is None:
         from ..llm import LoRAMixingLLM
 
@@ -141,17 +180,12 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
 
     # PRAG's protocol: encode the retrieved passages; with oracle methods, the gold passages too
     lib_specs = [s for s in specs.values() if s.library is not None]
-    use_retrieved = any(s.documents in ("retrieved", "wrong") for s in lib_specs) or "lag" in needs
+    use_retrieved = any(s.documents in ("retrieved", "wrong", "top1") for s in lib_specs) or "lag" in needs
     use_gold = any(s.documents == "gold" for s in specs.values())
-    corpus_ids = {d.id for d in docs}
-    wanted = set()
-    if use_retrieved or not use_gold:
-        wanted |= {i for ids in retrieved for i in ids}
-    if use_gold:
-        wanted |= {g for q in questions for g in q.gold if g in corpus_ids}
-    encoded = [d for d in docs if d.id in wanted]
+    encoded = library_documents(docs, questions, retrieved, use_retrieved, use_gold, cfg.library, cfg.seed)
     sources = choose_documents(questions, retrieved, [d.id for d in encoded], not use_retrieved, cfg.seed)
     by_id = {d.id: d for d in docs}
+    oracle_rows = [i for i, q in enumerate(questions) if states_answer(q)]  # evidence that states the answer
 
     out = Path(cfg.out) if cfg.out else None
     augmenter, fixed, augment_s = None, None, 0.0
@@ -169,37 +203,38 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
     n_docs = max(len(encoded), 1)
 
     kinds = [k for k in ("prag", "poly", "poly_m1") if k in needs or (k == "prag" and "lag" in needs)]
-    processes = encode_processes(cfg, len(kinds), llm_given=given_llm, device=llm.device)
+    libraries = {k: lib for k in kinds if (lib := _reuse(llm, cfg, train, k, encoded)) is not None}
+    todo = [k for k in kinds if k not in libraries]
+    processes = encode_processes(cfg, len(todo), llm_given=given_llm, device=llm.device)
     if processes > 1:
-        libraries = _encode_side_by_side(llm, encoded, kinds, cfg, train, fixed, out, processes, scratch)
+        libraries |= _encode_side_by_side(llm, encoded, todo, cfg, train, fixed, out, processes, scratch)
     else:
-        libraries = {kind: _encode(llm, encoded, kind, cfg, train, fixed, _save_path(out, scratch, kind))
-                     for kind in kinds}
+        libraries |= {kind: _encode(llm, encoded, kind, cfg, train, fixed, _save_path(out, scratch, kind))
+                      for kind in todo}
+    for kind in todo:
+        _keep(cfg, train, kind, libraries[kind], _save_path(out, scratch, kind))
     lag_router, lag_facts = None, None
     if "lag" in needs:
         lag_router, lag_facts = _lag(llm, libraries, cfg, questions)
 
     results = []
+    priors = prior_answers(questions)
     for method, spec in specs.items():
         enc = libraries.get(spec.library) if spec.library else None
-        chosen = sources[spec.documents]
-        per_question = {q.question: ids for q, ids in zip(questions, chosen)}
-        if spec.mode in ("closed_book", "lag"):
-            retriever = None
-        elif spec.library in ("prag", "poly", "poly_m1"):
-            library = enc.library
-            if spec.routing != "learned":
-                library = routing_control(library, spec.routing, cfg.seed)
-            retriever = ParametricRetriever(FixedRetriever(encoded, per_question), library, combine=spec.combine)
+        rows = oracle_rows if spec.documents == "gold" else range(len(questions))  # oracles: evidence that answers
+        asked = [questions[i] for i in rows]
+        chosen = [sources[spec.documents][i] for i in rows]
+        if spec.mode == "prior":
+            res = _scored(method, asked, [priors[i] for i in rows], [[] for _ in asked])
         else:
-            retriever = FixedRetriever(docs, per_question)
-        rag = PolyPRAG(llm, retriever, mode=spec.mode, max_new_tokens=cfg.max_new_tokens, lag=lag_router,
-                       recite_tokens=cfg.recite_tokens)
-        prompt_chars = [len(q.question) + (sum(len(by_id[i].full_text) for i in ids)
-                                           if spec.mode in ("in_context", "combine", "lag_in_context") else 0)
-                        for q, ids in zip(questions, chosen)]
-        res = _answer_all(rag, questions, chosen, method, cfg, prompt_chars)
-        if spec.mode not in ("closed_book", "lag"):
+            rag = PolyPRAG(llm, _retriever(spec, enc, asked, chosen, [sources["wrong"][i] for i in rows], encoded,
+                                           docs, cfg), mode=spec.mode, max_new_tokens=cfg.max_new_tokens,
+                           lag=lag_router, recite_tokens=cfg.recite_tokens, ensemble_weights=cfg.ensemble_weights)
+            shown = MODES[spec.mode].passages
+            prompt_chars = [len(q.question) + (sum(len(by_id[i].full_text) for i in ids) if shown else 0)
+                            for q, ids in zip(asked, chosen)]
+            res = _answer_all(rag, asked, chosen, method, cfg, prompt_chars)
+        if spec.mode not in ("closed_book", "lag", "prior"):
             res.recall_at_k = 100.0 * recall if spec.documents == "retrieved" and recall is not None else None
         if enc is not None:
             res.encode_s_per_doc = (augment_s + enc.train_s) / n_docs
@@ -211,8 +246,12 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
     stats = asdict(augmenter.stats) if isinstance(augmenter, GeneratedQAAugmenter) else {
         "cache_hits": 0, "generated": 0, "retries": 0, "qa_failures": 0, "rewrite_failures": 0}
     encoded_from = " ∪ ".join(([f"{cfg.retriever} top-{cfg.k}"] if use_retrieved or not use_gold else []) +
-                              (["gold passages"] if use_gold else []))
-    facts = {"questions": len(questions), "documents": len(encoded), "corpus": len(docs), "k": cfg.k,
+                              (["gold passages"] if use_gold else []) +
+                              ([f"{cfg.library} other documents"] if cfg.library.isdigit() else []))
+    if cfg.library == "corpus":
+        encoded_from = "the whole corpus"
+    facts = {"questions": len(questions), "oracle_questions": len(oracle_rows), "documents": len(encoded),
+             "library": cfg.library, "corpus": len(docs), "k": cfg.k,
              "encoded_from": encoded_from, "model": llm.name, "recipe": cfg.recipe, "training": train,
              "augment": stats, "augment_s": augment_s, "augment_s_per_doc": augment_s / n_docs,
              "train_s": {k: v.train_s for k, v in libraries.items()},
@@ -228,6 +267,25 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
     return report
 
 
+def _retriever(spec: Method, enc: "_Encoded | None", asked: Sequence[Question], chosen: Sequence[list[str]],
+               wrong: Sequence[list[str]], encoded: Sequence[Document], docs: Sequence[Document], cfg: EvalConfig):
+    """The retriever a method answers through: its chosen documents per question, mixed from its library (with
+    its routing control, or with wrong documents' adapters beside the right passages)."""
+    per_question = {q.question: ids for q, ids in zip(asked, chosen)}
+    if spec.mode in ("closed_book", "lag"):
+        return None
+    if spec.library not in ("prag", "poly", "poly_m1"):
+        return FixedRetriever(docs, per_question)
+    library = enc.library
+    if spec.routing != "learned":
+        library = routing_control(library, spec.routing, cfg.seed)
+    if spec.mixture_from == "wrong":
+        wrong_ids = {q.question: ids for q, ids in zip(asked, wrong)}
+        return WrongMixtureRetriever(FixedRetriever(docs, per_question), FixedRetriever(encoded, wrong_ids), library,
+                                     combine=spec.combine)
+    return ParametricRetriever(FixedRetriever(encoded, per_question), library, combine=spec.combine)
+
+
 def compare(results: Sequence[MethodResult], samples: int = 10_000, seed: int = 0) -> list[Comparison]:
     """Paired bootstrap comparisons: every method against closed_book and in_context, and every method
     against its controls (``X`` − ``X_shuffled`` / ``_uniform`` / ``_m1`` / ``_wrong``, oracle included)."""
@@ -240,9 +298,13 @@ def compare(results: Sequence[MethodResult], samples: int = 10_000, seed: int = 
                     pairs.append((m, control))
     out = []
     for a, b in pairs:
+        shared = [i for i in by[a].question_ids() if i in set(by[b].question_ids())]  # oracles: their questions
+        if not shared:
+            continue
         for metric in ("accuracy", "f1"):
-            diff, low, high = paired_bootstrap(by[a].scores(metric), by[b].scores(metric), samples, seed)
-            out.append(Comparison(a, b, metric, 100 * diff, 100 * low, 100 * high))
+            diff, low, high = paired_bootstrap(by[a].scores(metric, shared), by[b].scores(metric, shared), samples,
+                                               seed)
+            out.append(Comparison(a, b, metric, 100 * diff, 100 * low, 100 * high, questions=len(shared)))
     return out
 
 
@@ -269,6 +331,56 @@ def encode_processes(cfg: EvalConfig, libraries: int, llm_given: bool = False,
         return min(cfg.workers, libraries)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(libraries, cores))
+
+
+def _reuse_key(cfg: EvalConfig, train: dict, kind: str) -> tuple[str, dict]:
+    """The folder name a library of ``kind`` trained with these settings has in ``--libraries``, and the settings."""
+    import hashlib
+    import json
+
+    what = {"kind": kind, "model": cfg.model or "default", "seed": cfg.seed, "max_length": cfg.max_length,
+            "batch_size": cfg.batch_size, "compute_dtype": cfg.compute_dtype,
+            "training": {k: list(v) if isinstance(v, tuple) else v for k, v in train.items()}}
+    digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{kind}-{digest}", what
+
+
+def _reuse(llm, cfg: EvalConfig, train: dict, kind: str, docs: Sequence[Document]) -> "_Encoded | None":
+    """A library from ``cfg.libraries`` trained with this run's settings that holds every document to encode."""
+    import json
+
+    if not cfg.libraries:
+        return None
+    name, _ = _reuse_key(cfg, train, kind)
+    path = Path(cfg.libraries) / name
+    if not (path / "eval-encoding.json").is_file():
+        return None
+    library = AdapterLibrary.load(path, llm)
+    if not {d.id for d in docs} <= set(library.doc_ids):
+        return None  # trained on fewer documents: train anew (and keep the larger set next time)
+    cost = json.loads((path / "eval-encoding.json").read_text())
+    return _Encoded(library, cost["train_s"] * len(docs) / max(len(library), 1), cost["bytes_per_doc"],
+                    cost["bytes_new_doc"])
+
+
+def _keep(cfg: EvalConfig, train: dict, kind: str, enc: "_Encoded", saved: Path) -> None:
+    """Copy a freshly trained library into ``cfg.libraries`` with its settings and cost, for later runs."""
+    import json
+    import shutil
+
+    from ..storage import atomic_write_text
+
+    if not cfg.libraries:
+        return
+    name, what = _reuse_key(cfg, train, kind)
+    path = Path(cfg.libraries) / name
+    if path.exists():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(saved, path)
+    atomic_write_text(path / "eval-encoding.json", json.dumps(
+        {**what, "documents": len(enc.library), "train_s": enc.train_s, "bytes_per_doc": enc.bytes_per_doc,
+         "bytes_new_doc": enc.bytes_new_doc}, indent=2))
 
 
 def _save_path(out: Path | None, scratch: Path, kind: str) -> Path:
@@ -405,11 +517,22 @@ def _answer_all(rag: PolyPRAG, questions: Sequence[Question], chosen: Sequence[S
         t1 = time.perf_counter()
         rag.answer(q.question)
         latencies.append(time.perf_counter() - t1)
-    records = [{"id": q.id, "question": q.question, "answers": list(q.answers), "prediction": p,
-                "documents": list(ids), "em": exact_match(p, q.answers), "f1": f1_score(p, q.answers),
-                "accuracy": accuracy(p, q.answers), **({"recitals": recitals[i]} if recitals[i] else {})}
+    res = _scored(method, questions, preds, chosen, [recitals[i] for i in range(len(questions))])
+    res.latency_p50_s = statistics.median(latencies) if latencies else None
+    res.batched_s_per_question = batched
+    return res
+
+
+def _scored(method: str, questions: Sequence[Question], preds: Sequence[str], chosen: Sequence[Sequence[str]],
+            recitals: Sequence[list[str]] | None = None) -> MethodResult:
+    """A method's predictions scored: EM, F1 and accuracy overall and per question kind, with every record."""
+    records = [{"id": q.id, "question": q.question, "kind": question_kind(q), "answers": list(q.answers),
+                "prediction": p, "documents": list(ids), "em": exact_match(p, q.answers), "f1": f1_score(p, q.answers),
+                "accuracy": accuracy(p, q.answers), **({"recitals": recitals[i]} if recitals and recitals[i] else {})}
                for i, (q, p, ids) in enumerate(zip(questions, preds, chosen))]
     pct = lambda key: 100.0 * (mean([r[key] for r in records]) or 0.0)  # noqa: E731
+    kinds = sorted({r["kind"] for r in records})
+    by_kind = {k: {"questions": sum(r["kind"] == k for r in records),
+                   "accuracy": 100.0 * mean([r["accuracy"] for r in records if r["kind"] == k])} for k in kinds}
     return MethodResult(method=method, em=pct("em"), f1=pct("f1"), accuracy=pct("accuracy"), recall_at_k=None,
-                        latency_p50_s=statistics.median(latencies) if latencies else None,
-                        batched_s_per_question=batched, predictions=records)
+                        predictions=records, questions=len(records), by_kind=by_kind)
