@@ -124,10 +124,14 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
             return to_nodes(docs, rows)
         return [with_routing(originals[s.document.id], w) for s, w in zip(docs, rows)]
 
+    def _generation(self) -> dict[str, Any]:
+        """This engine's LLM's decoding settings, for the answers the pipeline decodes itself (ensembles)."""
+        return dict(max_new_tokens=self.llm.max_new_tokens, temperature=self.llm.temperature, stop=tuple(self.llm.stop))
+
     def custom_query(self, query_str: str) -> Response | StreamingResponse:
         prepared, nodes, meta = self._prepare(query_str)
         if prepared.ensemble:  # one row per document, decoded together: the pipeline's own generation
-            text = self._rag.generate([prepared])[0].text
+            text = self._rag.generate([prepared], **self._generation())[0].text
             if self.streaming:
                 return StreamingResponse(response_gen=iter([text] if text else []), source_nodes=nodes, metadata=meta)
             return Response(text, source_nodes=nodes, metadata=meta)
@@ -140,7 +144,7 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
     async def acustom_query(self, query_str: str) -> Response | AsyncStreamingResponse:
         prepared, nodes, meta = await asyncio.to_thread(self._prepare, query_str)
         if prepared.ensemble:
-            text = (await asyncio.to_thread(self._rag.generate, [prepared]))[0].text
+            text = (await asyncio.to_thread(lambda: self._rag.generate([prepared], **self._generation())))[0].text
             if self.streaming:
                 return AsyncStreamingResponse(response_gen=_pieces([text] if text else []), source_nodes=nodes,
                                               metadata=meta)

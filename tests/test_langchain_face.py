@@ -408,3 +408,15 @@ def test_runnable_needs_a_library_for_a_plain_retriever(library, docs):
     in_context = PolyPRAGRunnable(retriever=vector_retriever(docs), llm=library.llm, mode="in_context",
                                   return_documents=True, max_tokens=4).invoke(QUESTIONS[1])
     assert in_context["documents"] and "routing_weights" not in in_context["documents"][0].metadata
+
+
+@pytest.mark.parametrize("mode", ["recite_ensemble", "combine_ensemble", "parametric_ensemble"])
+def test_ensemble_modes_answer_as_the_core(library, mode):
+    """The runnable's ensemble modes give the core's answer: invoke, batch and stream."""
+    retriever = PolyPRAGRetriever(library=library, k=2)
+    runnable = PolyPRAGRunnable(retriever=retriever, library=library, mode=mode, max_tokens=8)
+    core = runnable.pipeline()
+    expected = [core.answer(q, mode=mode, max_new_tokens=8).text for q in QUESTIONS[:3]]
+    assert [runnable.invoke(q) for q in QUESTIONS[:3]] == expected
+    assert runnable.batch(QUESTIONS[:3]) == expected
+    assert "".join(runnable.stream(QUESTIONS[0])) == expected[0]

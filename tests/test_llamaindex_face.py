@@ -376,3 +376,18 @@ def test_documents_and_parsed_nodes_are_ready_to_encode():
     assert to_documents(documents) == DOCS
     with pytest.raises(InvalidInputError, match="BaseRetriever"):
         PolyPRAGQueryEngine(retriever=lambda q: [], library=None)
+
+
+@pytest.mark.parametrize("mode", ["recite_ensemble", "combine_ensemble", "in_context_ensemble"])
+def test_ensemble_modes_as_the_core(library, core, mode):
+    """An ensemble mode answers through the engine exactly as the core answers it, streamed or not."""
+    q = QUESTIONS[1]
+    llm = PolyPRAGLLM(llm=library.llm, max_new_tokens=N_TOKENS)
+    engine = PolyPRAGQueryEngine.from_library(library, k=2, llm=llm, mode=mode)
+    expected = core.answer(q, mode=mode)
+    r = engine.query(q)
+    assert r.response == expected.text and r.metadata["mode"] == mode
+    assert [n.node.node_id for n in r.source_nodes] == [s.document.id for s in expected.documents]
+    streamed = PolyPRAGQueryEngine.from_library(library, k=2, llm=llm, mode=mode, streaming=True).query(q)
+    assert "".join(streamed.response_gen) == expected.text
+    assert asyncio.run(engine.aquery(q)).response == expected.text

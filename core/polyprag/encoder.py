@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
+import re
 from typing import TYPE_CHECKING, Sequence
 
 from .augment import Augmenter, TrainingExample
@@ -33,9 +34,13 @@ class Encoder:
     def __init__(self, llm: "LoRAMixingLLM", train: dict, rank: int | None = None, alpha: float | None = None,
                  target_modules: Sequence[str] | None = None, augmenter: Augmenter | str | None = None,
                  batch_size: int = 8, max_length: int = 256, seed: int = 0, max_batch_tokens: int = 2048,
-                 progress: bool = True, recipe: str = "default"):
+                 progress: bool = True, recipe: str = "default", layers: int | None = None):
         r = get_recipe(recipe)
         self.recipe = recipe
+        layers = r.layers if layers is None else layers
+        if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
+            raise InvalidInputError(f"layers must be a positive number of (last) transformer layers, got {layers!r}.")
+        self.layers = layers  # LoRA on the last `layers` transformer layers only; None: on every layer
         rank = r.rank if rank is None else rank
         alpha = r.alpha if alpha is None else alpha
         if rank < 1:
@@ -56,8 +61,19 @@ class Encoder:
                                  progress=progress, max_batch_tokens=max_batch_tokens)
 
     def trained_modules(self) -> dict[str, tuple[int, int]]:
-        """The hooked modules this encoder trains LoRAs on, each with its (in, out) sizes."""
-        return {n: s for n, s in self.llm.module_shapes.items() if n.rsplit(".", 1)[-1] in self.target_modules}
+        """The hooked modules this encoder trains LoRAs on, each with its (in, out) sizes: the target modules,
+        of the last ``layers`` transformer layers when set (the backward pass then stops at the first of them,
+        so a step costs little more than a forward pass)."""
+        chosen = {n: s for n, s in self.llm.module_shapes.items() if n.rsplit(".", 1)[-1] in self.target_modules}
+        if self.layers is None:
+            return chosen
+        index = {n: layer_index(n) for n in chosen}
+        depth = 1 + max((i for i in index.values() if i is not None), default=-1)
+        if depth == 0:
+            raise InvalidInputError("layers= needs module names with a layer number (e.g. model.layers.3.mlp.up_proj); "
+                                    "this model's have none.")
+        first = max(0, depth - self.layers)
+        return {n: s for n, s in chosen.items() if index[n] is not None and index[n] >= first}
 
     def library_config(self, m: int, **training) -> LibraryConfig:
         """What a library trained by this encoder records: its kind, shapes, base model and training settings
@@ -68,7 +84,7 @@ class Encoder:
                              dtype=str(self.llm.dtype).replace("torch.", ""),
                              training={**asdict(self.train), "augmenter": type(self.augmenter).__name__,
                                        "texts": list(getattr(self.augmenter, "texts", ("passage",))),
-                                       "recipe": self.recipe, **training})
+                                       "recipe": self.recipe, "layers": self.layers, **training})
 
     def checked(self, documents: Sequence[Document]) -> list[Document]:
         """The documents to encode, refused unless their ids are unique and there is at least one."""
@@ -80,7 +96,7 @@ class Encoder:
 
     def run_identity(self) -> dict:
         """The settings besides ``TrainConfig`` that determine what ``fit`` trains (they name its checkpoint)."""
-        return {"rank": self.rank, "alpha": self.alpha, "modules": self.trained_modules()}
+        return {"rank": self.rank, "alpha": self.alpha, "modules": self.trained_modules(), "layers": self.layers}
 
     def fit(self, documents: Sequence[Document], checkpoint_dir: str | os.PathLike | None = None,
             checkpoint_every: int = 10) -> AdapterLibrary:
@@ -100,3 +116,9 @@ class Encoder:
                       checkpoint: Checkpoint | None) -> AdapterLibrary:
         """The library of ``docs`` trained on their training texts ``data`` (saving progress in ``checkpoint``)."""
         raise NotImplementedError
+
+
+def layer_index(module_name: str) -> int | None:
+    """The transformer layer a module belongs to (``model.layers.12.mlp.up_proj`` -> 12), None if it names none."""
+    found = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)\.", module_name)
+    return int(found.group(1)) if found else None

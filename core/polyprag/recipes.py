@@ -39,6 +39,8 @@ class Recipe:
     num_adapters: int | None  # Poly-PRAG bank size m; None: sized by the corpus (``bank_size``)
     temperature: float = 1.0
     routing_active: int = 0  # Poly-PRAG: adapters each document's routing starts on (0: all, near uniform)
+    layers: int | None = None  # LoRA on the last N transformer layers only (None: all): a shorter backward pass
+    stop_loss: float | None = None  # PRAG: a document stops training once its epoch loss is below this
 
 
 RECIPES: dict[str, Recipe] = {

@@ -33,6 +33,7 @@ class TrainConfig:
     routing_active: int = 0  # Poly-PRAG routing init: 0 = every adapter equally likely (Polytropon);
     #                          a > 0 = each document starts on `a` random adapters (sparse, specialising)
     weight_decay: float = 0.0
+    stop_loss: float | None = None  # PRAG: a document's adapter stops training once its epoch loss is below this
     seed: int = 0
     progress: bool = True
 
@@ -125,18 +126,23 @@ def bucketed_order(lengths: Sequence[int], batch_size: int, rng: random.Random, 
 
 def accumulate(llm: "LoRAMixingLLM", bank: LoRABank, rows: Sequence[Tokenized],
                weights: Callable[[list[int]], torch.Tensor], scale: float, max_tokens: int,
-               step: int) -> torch.Tensor:
+               step: int, per_row: list[float] | None = None) -> torch.Tensor:
     """Backward pass of ``scale`` × the summed row losses, in length-sorted micro-batches.
 
     ``weights(mb)`` gives the mixing weights [len(mb), m] of the rows ``mb``; gradients accumulate
-    in the trained tensors. Returns the (detached) scaled loss."""
+    in the trained tensors. Returns the (detached) scaled loss; ``per_row`` (len(rows) floats) gets each
+    row's own mean token loss."""
     loss = torch.zeros((), device=llm.device)
     for mb in micro_batches(rows, max_tokens):
         batch = collate([rows[i] for i in mb], llm.tokenizer.pad_token_id, llm.device)
-        part = row_losses(llm, batch, BankMixture(bank, weights(mb)[:, None, :])).sum() * scale
+        losses = row_losses(llm, batch, BankMixture(bank, weights(mb)[:, None, :]))
+        part = losses.sum() * scale
         _check_finite(part, step)
         part.backward()
         loss = loss + part.detach()
+        if per_row is not None:
+            for i, v in zip(mb, losses.detach().tolist()):
+                per_row[i] = v
     return loss
 
 

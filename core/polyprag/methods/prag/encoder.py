@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 from ...augment import TrainingExample
 from ...checkpoint import Checkpoint
 from ...documents import Document
+from ...errors import InvalidInputError
 from ...encoder import Encoder
 from ...library import AdapterLibrary
 from ...recipes import get_recipe
@@ -27,11 +28,16 @@ class PRAGEncoder(Encoder):
     phase = "prag-fit"
 
     def __init__(self, llm: "LoRAMixingLLM", rank: int | None = None, alpha: float | None = None,
-                 lr: float | None = None, epochs: int | None = None, group_size: int = 32, **options):
+                 lr: float | None = None, epochs: int | None = None, group_size: int = 32,
+                 stop_loss: float | None = None, **options):
         r = get_recipe(options.get("recipe", "default"))
         self.group_size = group_size
+        stop_loss = r.stop_loss if stop_loss is None else stop_loss
+        if stop_loss is not None and not stop_loss > 0:
+            raise InvalidInputError(f"stop_loss must be > 0 (a mean token loss), got {stop_loss!r}.")
         train = dict(lr=r.prag_lr if lr is None else lr, epochs=r.prag_epochs if epochs is None else epochs,
-                     routing_lr=None, routing_active=0, temperature=r.temperature)  # no routing to train
+                     routing_lr=None, routing_active=0, temperature=r.temperature,  # no routing to train
+                     stop_loss=stop_loss)
         super().__init__(llm, train, rank=rank, alpha=alpha, **options)
 
     def run_identity(self) -> dict:

@@ -66,22 +66,46 @@ def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequ
     eye = torch.eye(bank.m, device=llm.device)
     losses: list[float] = []
     n_steps = max(len(t) for t in toks)
+    done: dict[int, list[torch.Tensor]] = {}  # early-stopped documents: their adapter slices, kept as they were
     bar = progress_bar(cfg.epochs * n_steps, "encode (PRAG)", cfg.progress)
     try:
         for _ in range(cfg.epochs):
             orders = [rng.sample(range(len(t)), len(t)) for t in toks]
+            epoch_loss = [0.0] * len(toks)
             for step in range(n_steps):
-                docs = [g for g in range(len(toks)) if step < len(toks[g])]
+                docs = [g for g in range(len(toks)) if step < len(toks[g]) and g not in done]
+                if not docs:
+                    continue
                 rows = [toks[g][orders[g][step]] for g in docs]
                 opt.zero_grad(set_to_none=True)
+                per_row = [0.0] * len(rows)
                 # one-hot weights: each adapter's gradient comes from its own document only
                 loss = accumulate(llm, bank, rows, lambda mb: eye[[docs[i] for i in mb]], 1.0,
-                                   cfg.max_batch_tokens, len(losses) + 1)
+                                   cfg.max_batch_tokens, len(losses) + 1, per_row)
                 opt.step()
+                _keep_stopped(bank, done)
+                for g, v in zip(docs, per_row):
+                    epoch_loss[g] += v / len(toks[g])
                 losses.append(float(loss.detach()) / len(docs))
                 bar.update(1)
+            if cfg.stop_loss is not None:  # a document that recites its texts well enough trains no more
+                for g in range(len(toks)):
+                    if g not in done and epoch_loss[g] < cfg.stop_loss:
+                        done[g] = [t[g].detach().clone() for t in bank.parameters()]
+            if len(done) == len(toks):
+                break
     finally:
         bar.close()
         for p in bank.parameters():
             p.requires_grad_(False)
     return losses
+
+
+def _keep_stopped(bank: LoRABank, done: dict[int, list[torch.Tensor]]) -> None:
+    """Put the early-stopped documents' adapters back as they were: AdamW's moments would still move them."""
+    if not done:
+        return
+    with torch.no_grad():
+        for g, saved in done.items():
+            for t, v in zip(bank.parameters(), saved):
+                t[g].copy_(v)
