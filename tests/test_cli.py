@@ -142,3 +142,24 @@ def test_unknown_command_or_option_is_refused(capsys):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
+
+
+def test_encode_holds_the_questions_documents_and_prints_its_throughput(model_dir, corpus, tmp_path, capsys):
+    from polyprag import AdapterLibrary
+    from polyprag.llm import LoRAMixingLLM
+
+    questions = tmp_path / "q.jsonl"
+    save_jsonl([{"id": "q0", "question": "who built the krell lighthouse", "answers": ["farrant"], "gold": ["d1"]}],
+               questions)
+    lib = tmp_path / "lib"
+    assert main(["encode", corpus, str(lib), "--method", "prag", "--model", model_dir, "--augment", "passage",
+                 "--epochs", "1", "--library", "questions", "--questions", str(questions), "--k", "1",
+                 "--layers", "1", "--stop-loss", "0.5", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "documents/s" in out and "tokens/s" in out
+    library = AdapterLibrary.load(lib, LoRAMixingLLM.from_pretrained(model_dir))
+    assert library.doc_ids == ["d1"]  # BM25's top-1 is the gold passage itself
+    assert all(".layers.1." in n for n in library.bank.names)
+    assert main(["encode", corpus, str(tmp_path / "lib2"), "--model", model_dir, "--library", "questions",
+                 "-q"]) == 2
+    assert "--questions" in capsys.readouterr().err

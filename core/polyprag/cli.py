@@ -120,7 +120,37 @@ def _configure_encode(p: argparse.ArgumentParser) -> None:
                         "passage alone (default: the recipe's texts, generated only when they need it)")
     p.add_argument("--batch-size", type=int, default=None, help="training mini-batch per process (default 8)")
     p.add_argument("--lr", type=float, default=None, help=_recipe_default("learning rate, poly/prag", "lr", "prag_lr"))
+    p.add_argument("--layers", type=int, default=None,
+                   help="LoRA on the last N transformer layers only: the backward pass stops there (default: all)")
+    p.add_argument("--stop-loss", type=float, default=None,
+                   help="PRAG: a document stops training once its epoch loss is below this (default: none)")
+    p.add_argument("--library", dest="which", default="corpus",
+                   help="documents to encode: 'corpus' (all), 'questions' (the --questions' retrieved top-k and "
+                        "gold passages) or a number N (those plus N other documents, seeded)")
+    p.add_argument("--questions", default=None, help="questions JSONL, for --library questions or N")
+    p.add_argument("--k", type=int, default=3, help="with --questions: passages retrieved per question (BM25)")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _chosen_documents(docs: list, args: argparse.Namespace) -> list:
+    """The corpus documents ``--library`` picks: all of them, or the ``--questions``' passages (plus N others)."""
+    which = str(args.which)
+    if which == "corpus":
+        return docs
+    if not (which == "questions" or which.isdigit()):
+        raise InvalidInputError(f"--library must be 'corpus', 'questions' or a number, got {which!r}.")
+    if not args.questions:
+        raise InvalidInputError(f"--library {which} needs --questions FILE (the questions whose passages to encode).")
+    from .documents import load_questions
+    from .evaluation.questions import evidence
+    from .evaluation.runner import library_documents
+    from .retrieval import BM25Retriever
+
+    questions = load_questions(args.questions)
+    index = BM25Retriever(docs, k=min(args.k, len(docs)))
+    retrieved = [[s.document.id for s in index.retrieve(q.question)] for q in questions]
+    use_gold = any(evidence(q) for q in questions)
+    return library_documents(docs, questions, retrieved, True, use_gold, which, args.seed)
 
 
 def _recipe_default(what: str, *fields: str) -> str:
@@ -143,23 +173,29 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from .methods.polyprag.encoder import PolyPRAGEncoder
     from .methods.prag.encoder import PRAGEncoder
 
-    docs = load_corpus(args.docs)
+    docs = _chosen_documents(load_corpus(args.docs), args)
     llm = _load_llm(args.model, distributed.local_device(args.device), args.compute_dtype)
     # options left at None come from the recipe
     common = dict(recipe=args.recipe, rank=args.rank, epochs=args.epochs, lr=args.lr, augmenter=args.augment,
-                  seed=args.seed, progress=not args.quiet)
+                  seed=args.seed, progress=not args.quiet, layers=args.layers)
     if args.batch_size is not None:
         common["batch_size"] = args.batch_size
     if args.method == "prag":
-        encoder = PRAGEncoder(llm, **common)
+        encoder = PRAGEncoder(llm, stop_loss=args.stop_loss, **common)
     else:
+        if args.stop_loss is not None:
+            raise InvalidInputError("--stop-loss applies to --method prag (one adapter per document) only.")
         encoder = PolyPRAGEncoder(llm, num_adapters=args.num_adapters, **common)
+    t0 = time.perf_counter()
     library = distributed.fit(encoder, docs)
+    seconds = time.perf_counter() - t0
     if distributed.is_main_process():
         path = library.save(args.library)
         size = library.storage_bytes()
+        tokens = sum(len(llm.tokenizer(d.full_text, add_special_tokens=False)["input_ids"]) for d in docs)
         print(f"Encoded {len(library)} documents ({args.method}) into {path}: bank {size['bank']:,} bytes, "
-              f"routing {size['routing']:,} bytes, {size['per_document']:,} bytes per document.")
+              f"routing {size['routing']:,} bytes, {size['per_document']:,} bytes per document; "
+              f"{seconds:.0f} s, {len(docs) / seconds:.3f} documents/s, {tokens / seconds:.0f} tokens/s.")
     distributed.barrier()
     distributed.shutdown()
     return 0
