@@ -152,10 +152,8 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
 
     def _documents(self, prepared: Retrieved) -> list:
         """The retrieved documents as LangChain documents, with each one's routing weights when the library has it."""
-        core = self.pipeline().retriever
-        scored = prepared.documents
-        rows = core.routing_rows(scored) if isinstance(core, ParametricRetriever) else [None] * len(scored)
-        return [returned_document(s, w, prepared.originals) for s, w in zip(scored, rows)]
+        return [returned_document(s, w, prepared.originals)
+                for s, w in zip(prepared.documents, prepared.routing_rows())]  # the rows the mixture was made of
 
     def _pieces(self, item: Question, config: Optional[RunnableConfig] = None) -> Iterator[Output]:
         p = self._prepare(item, config)

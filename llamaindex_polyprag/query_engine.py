@@ -117,9 +117,8 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
 
     def _nodes(self, prepared: Prepared, originals: dict[str, NodeWithScore]) -> list[NodeWithScore]:
         """The source nodes: the user's retriever's own nodes (copies, with routing weights), or polyprag's."""
-        core = self._rag.retriever
         docs = prepared.documents
-        rows = core.routing_rows(docs) if isinstance(core, ParametricRetriever) else [None] * len(docs)
+        rows = prepared.routing_rows()  # as the retrieval read them: the rows the applied mixture was made of
         if isinstance(self.retriever, PolyPRAGRetriever):
             return to_nodes(docs, rows)
         return [with_routing(originals[s.document.id], w) for s, w in zip(docs, rows)]

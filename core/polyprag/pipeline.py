@@ -16,7 +16,7 @@ from .documents import check_text
 from .errors import IncompatibleModelError, InvalidInputError
 from .llm import GenerationConfig, LoRAMixingLLM
 from .engine import Mixture, SumMixture
-from .parametric import ParametricRetriever, check_retriever, retrieve_from
+from .parametric import ParametricRetriever, Retrieval, check_retriever, retrieve_from
 from .retrieval import ScoredDocument, check_query, check_top_k
 from .state import LibraryState
 
@@ -92,10 +92,16 @@ class Prepared:
     recitals: list[str] = field(default_factory=list)  # mode "recite": each encoded document's recital, rank order
     rows: list[tuple[str, Mixture | None]] = field(default_factory=list)  # ensemble modes only
     weights: list[float] = field(default_factory=list)
+    retrieval: Retrieval | None = field(default=None, repr=False)  # what the library matched, in the state it read
 
     @property
     def ensemble(self) -> bool:
         return bool(self.rows)
+
+    def routing_rows(self) -> list[list[float] | None]:
+        """Each document's routing weights ([m] floats, None for one the library does not hold) as the retrieval
+        read them: the rows the applied mixture was made of, whatever the library holds since."""
+        return self.retrieval.routing_rows() if self.retrieval is not None else [None] * len(self.documents)
 
 
 @dataclass
@@ -108,6 +114,7 @@ class _Pending:
     documents: list[ScoredDocument]
     rows: list[tuple[list[str | tuple[LibraryState, str]], Mixture | None]]
     ensemble: bool = False
+    retrieval: Retrieval | None = None
 
     @property
     def mixture(self) -> Mixture | None:
@@ -191,9 +198,10 @@ class PolyPRAG:
                 rows.append((self._prompt(q.question, texts), mixture))
             if q.ensemble:
                 out.append(Prepared(q.question, rows[0][0], None, q.documents, q.mode, recitals, rows,
-                                    self._weights(len(rows))))
+                                    self._weights(len(rows)), q.retrieval))
             else:
-                out.append(Prepared(q.question, rows[0][0], rows[0][1], q.documents, q.mode, recitals))
+                out.append(Prepared(q.question, rows[0][0], rows[0][1], q.documents, q.mode, recitals,
+                                    retrieval=q.retrieval))
         return out
 
     def _weights(self, n: int) -> list[float]:
@@ -223,6 +231,7 @@ class PolyPRAG:
         k = self.k if k is None else self._check_k(k)
         docs: list[ScoredDocument] = []
         rows: list[tuple[list, Mixture | None]] = []
+        found = None
         if spec.library:
             found = self.retriever.retrieve(question, k)
             docs = found.documents
@@ -249,7 +258,7 @@ class PolyPRAG:
             rows = [([], None)]
         if spec.lag:
             rows = [(parts, self.lag if m is None else SumMixture([self.lag, m])) for parts, m in rows]
-        return _Pending(question, mode, docs, rows, ensemble=spec.ensemble)
+        return _Pending(question, mode, docs, rows, ensemble=spec.ensemble, retrieval=found)
 
     def _prompt(self, question: str, passages: Sequence[str]) -> str:
         """The question prompt, fitted to the model's context with room for the answer: passages give way first
