@@ -65,3 +65,28 @@ def test_llamaindex_reports_the_routing_that_was_applied(llm, docs, monkeypatch,
     assert torch.allclose(torch.tensor(prepared.routing_rows()[0]), before[0])  # the state the retrieval read
     nodes = engine._nodes(prepared, {})
     assert torch.allclose(torch.tensor(nodes[0].node.metadata["routing_weights"]), before[0])
+
+
+def test_a_question_reads_its_routing_once_and_tokenises_its_prompt_once(llm, docs, monkeypatch, one_thread):
+    """Walked from the runnable's invoke to the hooks: one read of the routing weights, one tokenisation."""
+    from langchain_polyprag import PolyPRAGRetriever, PolyPRAGRunnable
+    from polyprag.methods.polyprag.kind import PolyPRAGKind
+
+    library = random_poly_library(llm, docs, m=3)
+    runnable = PolyPRAGRunnable(retriever=PolyPRAGRetriever(documents=docs, k=2), library=library,
+                                mode="parametric", return_documents=True, max_tokens=3)
+    runnable.invoke(Q)  # warm: the matcher's index is built once per library state
+    reads, tokenised = [], []
+    weights = PolyPRAGKind.weights
+    monkeypatch.setattr(PolyPRAGKind, "weights", lambda self, state, rows: reads.append(rows) or
+                        weights(self, state, rows))
+    tok = llm.tokenizer
+    call = type(tok).__call__
+    monkeypatch.setattr(type(tok), "__call__", lambda self, text, *a, **kw: tokenised.append(text) or
+                        call(self, text, *a, **kw))
+    out = runnable.invoke(Q)
+    assert len(reads) == 1 and len(reads[0]) == 2  # the two retrieved documents' rows, read once
+    prompt = llm.question_prompt(Q)
+    assert tokenised.count(prompt) == 1  # the prompt, tokenised once (for generation)
+    assert [d.metadata["routing_weights"] for d in out["documents"]] == library.routing_weights(
+        [d.id for d in out["documents"]]).tolist()

@@ -177,9 +177,9 @@ class ParametricRetriever:
             log.info("Skipped %d retrieved document(s) the library does not hold or deleted: %s", len(skipped),
                      ", ".join(describe(s.document) for s in skipped))
         known = [i for i in ids if i is not None]
-        weights = matcher.state.routing_weights(known) if known else None
-        return Retrieval(documents, matcher.state.mixture(known, self.combine), weights, library_ids=ids,
-                         skipped=skipped, state=matcher.state)
+        weights = matcher.state.routing_weights(known) if known else None  # read once: the mixture is made of them
+        mixture = matcher.state.mix(weights, self.combine) if known else None
+        return Retrieval(documents, mixture, weights, library_ids=ids, skipped=skipped, state=matcher.state)
 
 
 class LibraryMatcher:

@@ -197,11 +197,15 @@ class LibraryState:
         """The one-row mixture for these documents: mean of routing weights, or sum of their deltas."""
         if not doc_ids:
             return None
+        return self.mix(self.routing_weights(doc_ids), combine)
+
+    def mix(self, weights: torch.Tensor, combine: str | None = None) -> BankMixture:
+        """The one-row mixture of documents' routing weights [k, m] already read: their mean (one mixed adapter)
+        or each kept as a term (the sum of their deltas)."""
         combine = combine or self.library_kind.default_combine
         if combine not in COMBINES:
             raise InvalidInputError(f"combine must be one of {COMBINES}, got {combine!r}.")
-        w = self.routing_weights(doc_ids)  # [k, m]
-        terms = w.mean(0, keepdim=True) if combine == "mean" else w
+        terms = weights.mean(0, keepdim=True) if combine == "mean" else weights  # [T, m]
         return BankMixture(self.bank, terms[None])  # [1, T, m]
 
     # ---- the next state (pure: this state is left as it is) -----------------------------------
