@@ -21,7 +21,7 @@ def test_load_corpus_and_questions(tmp_path):
 
 def test_non_utf8_corpus_names_the_line(tmp_path):
     (tmp_path / "c.jsonl").write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "\xff\xfe"}\n')
-    with pytest.raises(CorpusFormatError, match="line 2: not valid UTF-8"):
+    with pytest.raises(CorpusFormatError, match=r"line 2: not valid UTF-8 .*re-encode the file as UTF-8"):
         load_corpus(tmp_path / "c.jsonl")
 
 

@@ -145,10 +145,20 @@ def test_polyprag_sum_combines_the_documents_deltas(llm, docs, tmp_path):
     report = run_evaluation(cfg, llm=llm)
     library = AdapterLibrary.load(tmp_path / "out" / "libraries" / "poly", llm)
     questions = [q for q, _, _ in QUESTIONS[:4]]
+    applied = {}
     for result, combine in zip(report.results, ("mean", "sum")):
         rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(docs, k=2), library, combine=combine),
                        mode="parametric", max_new_tokens=4)
-        assert [p["prediction"] for p in result.predictions] == [a.text for a in rag.answer_batch(questions)]
+        answers = rag.answer_batch(questions)
+        assert [p["prediction"] for p in result.predictions] == [a.text for a in answers]
+        applied[combine] = answers
+    # the two rules mix the same two retrieved documents into different adapters: sum is not mean again
+    for question, mean, summed in zip(questions, applied["mean"], applied["sum"]):
+        assert [d.document.id for d in mean.documents] == [d.document.id for d in summed.documents]
+        assert len(mean.documents) == 2
+        ids = llm.encode([llm.question_prompt(question)])["input_ids"]
+        logits = [llm.logits(ids, mixture=a.mixture)[0, -1] for a in (mean, summed)]
+        assert (logits[0] - logits[1]).abs().max() > 1e-3
 
 
 def test_libraries_trained_side_by_side_are_the_ones_trained_in_turn(docs, tmp_path):

@@ -70,7 +70,15 @@ def test_prepare_mixes_every_module_once_and_generation_reuses_it(llm):
 
 
 def test_min_new_tokens_fixes_the_answer_length(llm):
-    enc_len = len(llm.encode(["the capital of"])["input_ids"][0])
-    cfg = GenerationConfig(max_new_tokens=6, min_new_tokens=6)
-    out = llm.model.generate(**llm.encode(["the capital of"]), **llm._generate_kwargs(cfg))
-    assert out.shape[1] - enc_len == 6
+    enc = llm.encode(["the capital of"])
+    width = enc["input_ids"].shape[1]
+    first = llm.model.generate(**enc, **llm._generate_kwargs(GenerationConfig(max_new_tokens=1)))[0, width:]
+    text = llm.tokenizer.decode(first)
+    for min_new in (0, 6):  # the model's first token ends the answer: at once, unless 6 tokens are asked for
+        kwargs = llm._generate_kwargs(GenerationConfig(max_new_tokens=6, min_new_tokens=min_new))
+        kwargs["eos_token_id"] = [int(first[0])]  # as an end-of-turn token
+        out = llm.model.generate(**enc, **kwargs)
+        assert out.shape[1] - width == (min_new or 1)
+        cfg = GenerationConfig(max_new_tokens=8, min_new_tokens=min_new, stop=(text,))  # as a stop string
+        out = llm.model.generate(**enc, **llm._generate_kwargs(cfg, width, [True], every_row=True))
+        assert out.shape[1] - width == (min_new or 1)

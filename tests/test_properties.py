@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from polyprag import (AdapterLibrary, BM25Retriever, Document, ParametricRetriever, PolyPRAG, PolyPRAGEncoder,
@@ -35,6 +35,18 @@ def documented_only(call, *args, **kwargs):
         return None
 
 
+def valid_k(k) -> bool:
+    return isinstance(k, int) and not isinstance(k, bool) and k >= 1
+
+
+def utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def setup():
     llm = word_llm()
@@ -49,12 +61,17 @@ def setup():
 @given(docs=st.data(), query=TEXT, k=K)
 def test_retriever(docs, query, k):
     built = documented_only(lambda: docs.draw(documents))
-    if built is None:
-        return
+    assume(built is not None)
     retriever = documented_only(BM25Retriever, built, k=2)
-    if retriever is not None:
-        hits = documented_only(retriever.retrieve, query, k)
-        assert hits is None or len(hits) <= len(built)
+    assert (retriever is None) == (not built or len({d.id for d in built}) < len(built))  # empty or a repeated id
+    assume(retriever is not None)
+    hits = documented_only(retriever.retrieve, query, k)
+    if not (k is None or valid_k(k)) or not query.strip():
+        assert hits is None
+        return
+    assert len(hits) == min(2 if k is None else k, len(built))  # the k best, or all of a smaller corpus
+    assert len({h.document.id for h in hits}) == len(hits) and all(h.document in built for h in hits)
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))  # best first
 
 
 @settings(max_examples=15, **SETTINGS)
@@ -62,24 +79,37 @@ def test_retriever(docs, query, k):
 def test_encoder(setup, data):
     llm, _, _ = setup
     built = documented_only(lambda: data.draw(documents))
-    if built is None:
-        return
+    assume(built is not None)
     lib = documented_only(PolyPRAGEncoder(llm, num_adapters=2, augmenter="passage", epochs=1, batch_size=4,
                                           max_length=64, progress=False).fit, built)
-    if lib is not None:
+    if not built or len({d.id for d in built}) < len(built):  # nothing to encode, or a repeated id
+        assert lib is None
+    else:
         assert lib.doc_ids == [d.id for d in built]
 
 
 @settings(max_examples=40, **SETTINGS)
 @given(query=TEXT, k=K, mode=st.sampled_from(["parametric", "combine", "in_context", "closed_book", "lag", "x"]),
-       ids=st.lists(TEXT, max_size=3))
+       ids=st.lists(st.one_of(TEXT, st.sampled_from(["d0", "d1", "d2"])), max_size=3))  # unknown and known ids
 def test_pipeline_and_library(setup, query, k, mode, ids):
     llm, docs, lib = setup
-    rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(docs, k=2), lib), max_new_tokens=2)
+    bm25 = BM25Retriever(docs, k=2)
+    rag = PolyPRAG(llm, ParametricRetriever(bm25, lib), max_new_tokens=2)
     answer = documented_only(rag.answer, query, mode=mode, k=k)
-    assert answer is None or isinstance(answer.text, str)
-    documented_only(lib.mixture, ids)
-    documented_only(lib.mixture, query)
+    usable = query.strip() and utf8(query) and (k is None or (valid_k(k) and k <= len(docs)))
+    if not usable or mode in ("lag", "x"):  # no LAG router was given; "x" is no mode
+        assert answer is None
+    else:
+        assert isinstance(answer.text, str) and answer.mode == mode
+        retrieved = [] if mode == "closed_book" else bm25.retrieve(query, k)  # the k best (2 unless k says)
+        assert [d.document.id for d in answer.documents] == [h.document.id for h in retrieved]
+        assert (answer.mixture is not None) == (mode in ("parametric", "combine"))  # the documents' adapters
+    mixture = documented_only(lib.mixture, ids)
+    if not ids:
+        assert mixture is None  # no documents, no mixture
+    else:
+        assert (mixture is not None) == all(i in lib.doc_ids for i in ids)  # an unknown id is refused
+    assert documented_only(lib.mixture, query) is None  # a string is no list of ids (refused; empty: no mixture)
 
 
 ROWS = st.lists(st.dictionaries(st.sampled_from(["id", "title", "text", "x"]),

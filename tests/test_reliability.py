@@ -81,13 +81,6 @@ def test_k_larger_than_the_corpus_or_not_positive(llm, docs, rag, lib):
 
 
 # ---- corpora and documents ------------------------------------------------------------------------
-def test_non_utf8_corpus_names_the_line(tmp_path):
-    f = tmp_path / "corpus.jsonl"
-    f.write_bytes(b'{"id": "a", "text": "fine"}\n{"id": "b", "text": "caf\xe9"}\n')
-    with pytest.raises(CorpusFormatError, match=r"line 2: not valid UTF-8 .*re-encode the file as UTF-8"):
-        load_corpus(f)
-
-
 def test_duplicate_ids(llm, docs, tmp_path):
     f = tmp_path / "corpus.jsonl"
     f.write_text('{"id": "a", "text": "one"}\n{"id": "a", "text": "two"}\n')
