@@ -116,3 +116,15 @@ def test_a_library_trained_once_is_reused(llm, docs, tmp_path):
     other = run_evaluation(EvalConfig(**{**cfg.__dict__, "prag_epochs": 2}), llm=llm)  # other settings: trained anew
     assert len(list(cache.iterdir())) == 2 and other.results[0].questions == 3
     assert AdapterLibrary.load(saved, llm).doc_ids == [d.id for d in docs]
+
+
+def test_libraries_of_two_corpora_are_kept_apart(llm, docs, tmp_path):
+    cache = tmp_path / "libs"
+    for name, corpus in (("a", docs), ("b", docs[:4])):
+        data = _slice(tmp_path / name, corpus, [{"id": "q", "question": "who built the krell lighthouse",
+                                                 "answers": ["farrant"], "gold": ["d1"]}])
+        run_evaluation(EvalConfig(data=data, k=1, methods=("prag",), texts="passage", prag_epochs=1,
+                                  max_new_tokens=3, latency_samples=0, libraries=str(cache), library="corpus",
+                                  progress=False), llm=llm)
+    held = sorted(json.loads((d / "eval-encoding.json").read_text())["documents"] for d in cache.iterdir())
+    assert held == [4, 5]  # the second corpus did not overwrite the first one's library

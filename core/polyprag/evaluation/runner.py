@@ -203,7 +203,7 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
     n_docs = max(len(encoded), 1)
 
     kinds = [k for k in ("prag", "poly", "poly_m1") if k in needs or (k == "prag" and "lag" in needs)]
-    libraries = {k: lib for k in kinds if (lib := _reuse(llm, cfg, train, k, encoded)) is not None}
+    libraries = {k: lib for k in kinds if (lib := _reuse(llm, cfg, train, k, encoded, docs)) is not None}
     todo = [k for k in kinds if k not in libraries]
     processes = encode_processes(cfg, len(todo), llm_given=given_llm, device=llm.device)
     if processes > 1:
@@ -212,7 +212,7 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
         libraries |= {kind: _encode(llm, encoded, kind, cfg, train, fixed, _save_path(out, scratch, kind))
                       for kind in todo}
     for kind in todo:
-        _keep(cfg, train, kind, libraries[kind], _save_path(out, scratch, kind))
+        _keep(cfg, train, kind, libraries[kind], _save_path(out, scratch, kind), docs)
     lag_router, lag_facts = None, None
     if "lag" in needs:
         lag_router, lag_facts = _lag(llm, libraries, cfg, questions)
@@ -333,25 +333,29 @@ def encode_processes(cfg: EvalConfig, libraries: int, llm_given: bool = False,
     return max(1, min(libraries, cores))
 
 
-def _reuse_key(cfg: EvalConfig, train: dict, kind: str) -> tuple[str, dict]:
-    """The folder name a library of ``kind`` trained with these settings has in ``--libraries``, and the settings."""
+def _reuse_key(cfg: EvalConfig, train: dict, kind: str, corpus: Sequence[Document]) -> tuple[str, dict]:
+    """The folder name a library of ``kind`` trained with these settings on documents of this corpus has in
+    ``--libraries``, and the settings."""
     import hashlib
     import json
 
-    what = {"kind": kind, "model": cfg.model or "default", "seed": cfg.seed, "max_length": cfg.max_length,
+    ids = hashlib.sha1("\n".join(sorted(d.id for d in corpus)).encode()).hexdigest()[:12]
+    what = {"kind": kind, "corpus": ids, "model": cfg.model or "default", "seed": cfg.seed,
+            "max_length": cfg.max_length,
             "batch_size": cfg.batch_size, "compute_dtype": cfg.compute_dtype,
             "training": {k: list(v) if isinstance(v, tuple) else v for k, v in train.items()}}
     digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{kind}-{digest}", what
 
 
-def _reuse(llm, cfg: EvalConfig, train: dict, kind: str, docs: Sequence[Document]) -> "_Encoded | None":
+def _reuse(llm, cfg: EvalConfig, train: dict, kind: str, docs: Sequence[Document],
+           corpus: Sequence[Document]) -> "_Encoded | None":
     """A library from ``cfg.libraries`` trained with this run's settings that holds every document to encode."""
     import json
 
     if not cfg.libraries:
         return None
-    name, _ = _reuse_key(cfg, train, kind)
+    name, _ = _reuse_key(cfg, train, kind, corpus)
     path = Path(cfg.libraries) / name
     if not (path / "eval-encoding.json").is_file():
         return None
@@ -363,7 +367,7 @@ def _reuse(llm, cfg: EvalConfig, train: dict, kind: str, docs: Sequence[Document
                     cost["bytes_new_doc"])
 
 
-def _keep(cfg: EvalConfig, train: dict, kind: str, enc: "_Encoded", saved: Path) -> None:
+def _keep(cfg: EvalConfig, train: dict, kind: str, enc: "_Encoded", saved: Path, corpus: Sequence[Document]) -> None:
     """Copy a freshly trained library into ``cfg.libraries`` with its settings and cost, for later runs."""
     import json
     import shutil
@@ -372,7 +376,7 @@ def _keep(cfg: EvalConfig, train: dict, kind: str, enc: "_Encoded", saved: Path)
 
     if not cfg.libraries:
         return
-    name, what = _reuse_key(cfg, train, kind)
+    name, what = _reuse_key(cfg, train, kind, corpus)
     path = Path(cfg.libraries) / name
     if path.exists():
         shutil.rmtree(path)
