@@ -1,19 +1,17 @@
 """PolyPRAGRetriever: polyprag's BM25 retrieval as a LangChain retriever, with routing weights in the metadata;
-and any LangChain retriever (a vector store's, …) as a retriever polyprag's pipeline can call."""
+and the conversions between LangChain and polyprag documents, both ways, that let any LangChain retriever (a
+vector store's, …) feed polyprag's pipeline through ``polyprag.FrameworkRetriever``."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
-from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from polyprag import (AdapterLibrary, BM25Retriever, Document, InvalidInputError, ParametricRetriever, ScoredDocument,
-                      passage_id)
+                      Source, passage_id)
 
 _OWN_KEYS = ("score", "routing_weights")  # metadata polyprag adds to the documents it returns
 
@@ -121,51 +119,20 @@ def to_polyprag_documents(documents: Iterable[Any]) -> list[Document]:
     return list(out.values())
 
 
-# The RunnableConfig of the run that is retrieving now, and the LangChain documents it got back by id.
-_run_config: ContextVar[Optional[RunnableConfig]] = ContextVar("polyprag_langchain_config", default=None)
-_retrieved: ContextVar[Optional[dict[str, LCDocument]]] = ContextVar("polyprag_langchain_retrieved", default=None)
+def to_scored_document(doc: LCDocument, position: int = 0) -> ScoredDocument | Document:
+    """A LangChain retriever's document as polyprag's: scored by its metadata "score" when it has one."""
+    converted = to_polyprag_document(doc, position)
+    score = (doc.metadata or {}).get("score")
+    return ScoredDocument(converted, float(score)) if isinstance(score, (int, float)) else converted
 
 
-@contextmanager
-def retrieving(config: Optional[RunnableConfig] = None) -> Iterator[dict[str, LCDocument]]:
-    """Within it, ``LangChainRetrieval`` runs under ``config`` and fills the yielded dict with its documents, by id."""
-    config_token, docs_token = _run_config.set(config), _retrieved.set({})
-    try:
-        yield _retrieved.get()
-    finally:
-        _run_config.reset(config_token)
-        _retrieved.reset(docs_token)
-
-
-class LangChainRetrieval:
-    """Any LangChain retriever as a polyprag retriever (``query -> scored Documents``): it runs with its own k,
-    search settings and the calling run's callbacks, and its documents are matched to the library by id or
-    content (see ``polyprag.ParametricRetriever``)."""
-
-    def __init__(self, retriever: BaseRetriever):
-        self.retriever = retriever
-
-    def __call__(self, query: str) -> list[ScoredDocument | Document]:
-        found = self.retriever.invoke(query, _run_config.get())
-        originals = _retrieved.get()
-        out: list[ScoredDocument | Document] = []
-        for i, lc in enumerate(found):
-            doc = to_polyprag_document(lc, i)
-            if originals is not None:
-                originals[doc.id] = lc
-            score = (lc.metadata or {}).get("score")
-            out.append(ScoredDocument(doc, float(score)) if isinstance(score, (int, float)) else doc)
-        return out
-
-
-def returned_document(scored: ScoredDocument, routing_weights: Optional[list[float]],
-                      originals: dict[str, LCDocument]) -> LCDocument:
-    """The LangChain document to hand back for a retrieved one: the user's own (a copy, with the routing weights
-    added to its metadata) when their retriever returned it, else polyprag's."""
-    original = originals.get(scored.document.id)
+def returned_document(source: Source) -> LCDocument:
+    """The LangChain document to hand back for a source of an answer: the user's own (a copy, with the routing
+    weights added to its metadata) when their retriever returned it, else polyprag's."""
+    original = source.original
     if original is None:
-        return to_langchain_document(scored, routing_weights)
+        return to_langchain_document(source.document, source.routing_weights)
     metadata = dict(original.metadata or {})
-    if routing_weights is not None:
-        metadata["routing_weights"] = [float(w) for w in routing_weights]
+    if source.routing_weights is not None:
+        metadata["routing_weights"] = [float(w) for w in source.routing_weights]
     return original.model_copy(update={"metadata": metadata})

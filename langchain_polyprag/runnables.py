@@ -3,29 +3,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
+from contextvars import copy_context
+from functools import partial
 from typing import Any, AsyncIterator, Iterator, Optional, Union
 
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import AddableDict, RunnableConfig, RunnableSerializable
+from langchain_core.runnables.config import var_child_runnable_config
 from pydantic import ConfigDict, PrivateAttr
 
-from polyprag import (MODES, AdapterLibrary, Answer, InvalidInputError, LoRAMixingLLM, ParametricRetriever, PolyPRAG,
-                      Prepared, iterate_in_thread)
+from polyprag import (MODES, AdapterLibrary, Answer, FrameworkRetriever, InvalidInputError, LoRAMixingLLM, PolyPRAG,
+                      Prepared, answer_sources, face_pipeline, iterate_in_thread)
 
 from .chat_models import ChatPolyPRAG
-from .retrievers import LangChainRetrieval, PolyPRAGRetriever, retrieving, returned_document
+from .retrievers import PolyPRAGRetriever, returned_document, to_scored_document
 
 Question = Union[str, dict]
 Output = Union[str, dict]
 _QUESTION_KEYS = ("question", "input", "query")
-
-
-@dataclass
-class Retrieved(Prepared):
-    """A prepared question and the LangChain documents the user's retriever returned for it, by id."""
-
-    originals: dict = field(default_factory=dict)
 
 
 class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
@@ -98,18 +93,20 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
                 else:
                     llm = self.llm.load() if isinstance(self.llm, ChatPolyPRAG) else self.llm
                     llm = llm or self._library().llm
-                    self._pipeline = PolyPRAG(llm, self._core(), mode=self.mode, k=self.k)
+                    self._pipeline = face_pipeline(llm, self._retrieval(), self._library(), self.combine,
+                                                   self.on_unknown, mode=self.mode, k=self.k)
             return self._pipeline
 
     def _library(self) -> Optional[AdapterLibrary]:
         own = self.retriever.library if isinstance(self.retriever, PolyPRAGRetriever) else None
         return self.library or own
 
-    def _core(self) -> Any:
-        """The polyprag retriever the pipeline calls: the user's retriever, with the library's mixtures."""
-        mine = isinstance(self.retriever, PolyPRAGRetriever)
-        own = self.retriever.core if mine else LangChainRetrieval(self.retriever)
-        return ParametricRetriever.wrap(own, self._library(), self.combine, self.on_unknown)
+    def _retrieval(self) -> Any:
+        """The user's retriever as polyprag's: a PolyPRAGRetriever's own, any other (its k, search settings and
+        callbacks kept) through the core's bridge."""
+        if isinstance(self.retriever, PolyPRAGRetriever):
+            return self.retriever.core
+        return FrameworkRetriever(self.retriever.invoke, to_scored_document)
 
     def _generation(self) -> dict[str, Any]:
         chat = self.llm if isinstance(self.llm, ChatPolyPRAG) else None
@@ -120,11 +117,15 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
                 "temperature"), "stop": None if stop is None else tuple(stop)}
 
     # ---- the work, on lists of inputs -----------------------------------------------------------
-    def _prepare(self, item: Question, config: Optional[RunnableConfig] = None) -> Retrieved:
-        """Retrieve (the user's retriever runs as a child of this run) and build the prompt and mixture."""
-        with retrieving(config) as originals:
-            prepared = self.pipeline().prepare(question_of(item), self.mode, self.k)
-        return Retrieved(**vars(prepared), originals=originals)
+    def _prepare(self, item: Question, config: Optional[RunnableConfig] = None) -> Prepared:
+        """Retrieve and build the prompt and mixture. The user's retriever runs as a child of this run: it is
+        called under ``config`` as LangChain calls any nested runnable (also for each question of a batch)."""
+        prepare = partial(self.pipeline().prepare, question_of(item), self.mode, self.k)
+        if config is None:
+            return prepare()
+        context = copy_context()
+        context.run(var_child_runnable_config.set, config)
+        return context.run(prepare)
 
     def _answer(self, inputs: list[Question], config: Optional[list[RunnableConfig]] = None,
                 return_exceptions: bool = False) -> list[Any]:
@@ -145,15 +146,14 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
         it = iter(answers)
         return [p if isinstance(p, Exception) else self._output(p, next(it)) for p in prepared]
 
-    def _output(self, prepared: Retrieved, answer: Answer) -> Output:
+    def _output(self, prepared: Prepared, answer: Answer) -> Output:
         if not self.return_documents:
             return answer.text
         return {"question": prepared.question, "answer": answer.text, "documents": self._documents(prepared)}
 
-    def _documents(self, prepared: Retrieved) -> list:
-        """The retrieved documents as LangChain documents, with each one's routing weights when the library has it."""
-        return [returned_document(s, w, prepared.originals)
-                for s, w in zip(prepared.documents, prepared.routing_rows())]  # the rows the mixture was made of
+    def _documents(self, prepared: Prepared) -> list:
+        """The retrieved documents as LangChain documents, with the routing weights the mixture was made of."""
+        return [returned_document(s) for s in answer_sources(prepared)]
 
     def _pieces(self, item: Question, config: Optional[RunnableConfig] = None) -> Iterator[Output]:
         p = self._prepare(item, config)

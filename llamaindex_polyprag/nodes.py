@@ -5,7 +5,7 @@ from typing import Iterable, Sequence
 
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, TextNode
 
-from polyprag import Document, InvalidInputError, ScoredDocument
+from polyprag import Document, InvalidInputError, ScoredDocument, Source
 
 ROUTING_KEY = "routing_weights"  # node metadata: the document's weights over the adapter bank, [m] floats
 TITLE_KEY = "title"
@@ -42,18 +42,34 @@ def to_nodes(found: Sequence[ScoredDocument], weights: Sequence[Sequence[float] 
     a context-pasting synthesizer sees the same passage text as with any other retriever."""
     if weights is not None and len(weights) != len(found):
         raise InvalidInputError(f"Got {len(weights)} routing rows for {len(found)} documents.")
-    nodes = []
-    for i, s in enumerate(found):
-        doc = s.document
-        meta = dict(doc.metadata)
-        if doc.title:
-            meta[TITLE_KEY] = doc.title
-        if weights is not None and weights[i] is not None:
-            meta[ROUTING_KEY] = [float(w) for w in weights[i]]
-        node = TextNode(id_=doc.id, text=doc.text, metadata=meta,
-                        excluded_llm_metadata_keys=[ROUTING_KEY], excluded_embed_metadata_keys=[ROUTING_KEY])
-        nodes.append(NodeWithScore(node=node, score=float(s.score)))
-    return nodes
+    return [to_node(s, None if weights is None else weights[i]) for i, s in enumerate(found)]
+
+
+def to_node(scored: ScoredDocument, weights: Sequence[float] | None = None) -> NodeWithScore:
+    """A scored TextNode for one retrieved document, its routing weights (if any) in its metadata."""
+    doc = scored.document
+    meta = dict(doc.metadata)
+    if doc.title:
+        meta[TITLE_KEY] = doc.title
+    if weights is not None:
+        meta[ROUTING_KEY] = [float(w) for w in weights]
+    node = TextNode(id_=doc.id, text=doc.text, metadata=meta,
+                    excluded_llm_metadata_keys=[ROUTING_KEY], excluded_embed_metadata_keys=[ROUTING_KEY])
+    return NodeWithScore(node=node, score=float(scored.score))
+
+
+def to_scored_document(scored: NodeWithScore, position: int = 0) -> ScoredDocument | Document:
+    """A LlamaIndex retriever's scored node as a polyprag document, with its score when it has one."""
+    doc = to_document(scored, position)
+    return doc if scored.score is None else ScoredDocument(doc, float(scored.score))
+
+
+def returned_node(source: Source) -> NodeWithScore:
+    """The node to hand back for a source of an answer: the user's retriever's own (a copy, with the routing
+    weights) when it returned it, else polyprag's."""
+    if source.original is None:
+        return to_node(source.document, source.routing_weights)
+    return with_routing(source.original, source.routing_weights)
 
 
 def with_routing(scored: NodeWithScore, weights: Sequence[float] | None) -> NodeWithScore:

@@ -13,12 +13,12 @@ from llama_index.core.callbacks.schema import CBEventType, EventPayload
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import BaseNode, NodeWithScore
 
-from polyprag import (AdapterLibrary, BankMixture, Document, InvalidInputError, Mixture, ParametricRetriever, PolyPRAG,
-                      Prepared)
+from polyprag import (AdapterLibrary, BankMixture, Document, FrameworkRetriever, InvalidInputError, Mixture, PolyPRAG,
+                      Prepared, answer_sources, face_pipeline)
 
 from .llm import PolyPRAGLLM
-from .nodes import to_nodes, with_routing
-from .retriever import LlamaIndexRetrieval, PolyPRAGRetriever, retrieving
+from .nodes import returned_node, to_scored_document
+from .retriever import PolyPRAGRetriever
 
 
 class PolyPRAGQueryEngine(CustomQueryEngine):
@@ -76,13 +76,15 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
             retriever.callback_manager = callback_manager
             llm.callback_manager = callback_manager
         # Loads the model now if the LLM has not yet; checks the mode against the retriever.
-        self._rag = PolyPRAG(llm.mixing_llm, self._core(), mode=mode, k=k, lag=lag)
+        self._rag = face_pipeline(llm.mixing_llm, self._retrieval(), library, combine, on_unknown, mode=mode, k=k,
+                                  lag=lag)
 
-    def _core(self) -> Any:
-        """The polyprag retriever the pipeline calls: the user's retriever, with the library's mixtures."""
-        mine = isinstance(self.retriever, PolyPRAGRetriever)
-        own = self.retriever.core if mine else LlamaIndexRetrieval(self.retriever)
-        return ParametricRetriever.wrap(own, self.library, self.combine, self.on_unknown)
+    def _retrieval(self) -> Any:
+        """The user's retriever as polyprag's: a PolyPRAGRetriever's own, any other (its top-k and callbacks kept)
+        through the core's bridge."""
+        if isinstance(self.retriever, PolyPRAGRetriever):
+            return self.retriever.core
+        return FrameworkRetriever(self.retriever.retrieve, to_scored_document)
 
     @classmethod
     def from_index(cls, index: Any, library: AdapterLibrary, k: int | None = None, **kwargs: Any
@@ -109,19 +111,15 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
     def _prepare(self, query_str: str) -> tuple[Prepared, list[NodeWithScore], dict[str, Any]]:
         with self.callback_manager.event(CBEventType.RETRIEVE,
                                          payload={EventPayload.QUERY_STR: query_str}) as event:
-            with retrieving() as originals:
-                prepared = self._rag.prepare(query_str, self.mode, self.k)
-            nodes = self._nodes(prepared, originals)
+            prepared = self._rag.prepare(query_str, self.mode, self.k)
+            nodes = self._nodes(prepared)
             event.on_end(payload={EventPayload.NODES: nodes})
         return prepared, nodes, _metadata(prepared, nodes)
 
-    def _nodes(self, prepared: Prepared, originals: dict[str, NodeWithScore]) -> list[NodeWithScore]:
-        """The source nodes: the user's retriever's own nodes (copies, with routing weights), or polyprag's."""
-        docs = prepared.documents
-        rows = prepared.routing_rows()  # as the retrieval read them: the rows the applied mixture was made of
-        if isinstance(self.retriever, PolyPRAGRetriever):
-            return to_nodes(docs, rows)
-        return [with_routing(originals[s.document.id], w) for s, w in zip(docs, rows)]
+    def _nodes(self, prepared: Prepared) -> list[NodeWithScore]:
+        """The source nodes: the user's retriever's own nodes (copies, with the routing weights the mixture was
+        made of), or polyprag's."""
+        return [returned_node(s) for s in answer_sources(prepared)]
 
     def _generation(self) -> dict[str, Any]:
         """This engine's LLM's decoding settings, for the answers the pipeline decodes itself (ensembles)."""

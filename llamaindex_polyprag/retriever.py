@@ -1,33 +1,18 @@
-"""PolyPRAGRetriever: polyprag's BM25 (plus the library's routing) as a LlamaIndex retriever; and any LlamaIndex
-retriever (a vector index's, …) as a retriever polyprag's pipeline can call."""
+"""PolyPRAGRetriever: polyprag's BM25 (plus the library's routing) as a LlamaIndex retriever. Any other LlamaIndex
+retriever (a vector index's, …) feeds polyprag's pipeline through ``polyprag.FrameworkRetriever``, its nodes
+converted by ``nodes.to_scored_document``."""
 from __future__ import annotations
 
 import asyncio
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks.base import CallbackManager
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 
-from polyprag import (AdapterLibrary, BM25Retriever, Document, InvalidInputError, ParametricRetriever,
-                      ScoredDocument)
+from polyprag import AdapterLibrary, BM25Retriever, Document, InvalidInputError, ParametricRetriever, ScoredDocument
 
-from .nodes import to_document, to_documents, to_nodes
-
-# The nodes the retrieval running now got back from the user's retriever, by id.
-_retrieved: ContextVar[Optional[dict[str, NodeWithScore]]] = ContextVar("polyprag_llamaindex_retrieved", default=None)
-
-
-@contextmanager
-def retrieving() -> Iterator[dict[str, NodeWithScore]]:
-    """Within it, ``LlamaIndexRetrieval`` fills the yielded dict with the nodes it gets back, by id."""
-    token = _retrieved.set({})
-    try:
-        yield _retrieved.get()
-    finally:
-        _retrieved.reset(token)
+from .nodes import to_documents, to_nodes
 
 
 class PolyPRAGRetriever(BaseRetriever):
@@ -86,22 +71,3 @@ class PolyPRAGRetriever(BaseRetriever):
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return await asyncio.to_thread(self._retrieve, query_bundle)
-
-
-class LlamaIndexRetrieval:
-    """Any LlamaIndex retriever as a polyprag retriever (``query -> scored Documents``): it runs with its own
-    top-k and callbacks, and its nodes are matched to the library by node id, ``ref_doc_id``, metadata ``id`` or
-    content (see ``polyprag.ParametricRetriever``)."""
-
-    def __init__(self, retriever: BaseRetriever):
-        self.retriever = retriever
-
-    def __call__(self, query: str) -> list[ScoredDocument | Document]:
-        originals = _retrieved.get()
-        out: list[ScoredDocument | Document] = []
-        for i, scored in enumerate(self.retriever.retrieve(query)):
-            doc = to_document(scored, i)
-            if originals is not None:
-                originals[doc.id] = scored
-            out.append(doc if scored.score is None else ScoredDocument(doc, float(scored.score)))
-        return out

@@ -63,7 +63,7 @@ def test_llamaindex_reports_the_routing_that_was_applied(llm, docs, monkeypatch,
     library.update_documents([Document(id=top, text="the krell lighthouse is green", title="krell")], epochs=1)
     assert _changed(library.routing_weights([top]), before)
     assert torch.allclose(torch.tensor(prepared.routing_rows()[0]), before[0])  # the state the retrieval read
-    nodes = engine._nodes(prepared, {})
+    nodes = engine._nodes(prepared)
     assert torch.allclose(torch.tensor(nodes[0].node.metadata["routing_weights"]), before[0])
 
 

@@ -1,5 +1,6 @@
 """polyprag: parametric retrieval-augmented generation (Poly-PRAG, PRAG, LAG) on one LoRA-mixing engine."""
 from .augment import GeneratedQAAugmenter, PassageAugmenter, TrainingExample
+from .bridge import FrameworkRetriever, Source, SourcedDocument, answer_sources, face_pipeline
 from .dense import RETRIEVERS, DenseRetriever, HybridRetriever, SentenceEmbedder, build_retriever
 from .documents import Document, Question, load_corpus, load_questions, passage_id
 from .errors import (CheckpointError, CorpusFormatError, DuplicateDocumentError, IncompatibleModelError,
@@ -28,4 +29,5 @@ __all__ = [
     "load_corpus", "load_questions", "use_mixture",
     "DEFAULT_MODEL", "DenseRetriever", "HybridRetriever", "MODES", "ON_UNKNOWN", "Prepared", "RETRIEVERS",
     "SentenceEmbedder", "build_retriever", "iterate_in_thread", "passage_id",
+    "FrameworkRetriever", "Source", "SourcedDocument", "answer_sources", "face_pipeline",
 ]
