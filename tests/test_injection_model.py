@@ -3,7 +3,8 @@ no recipe arguments make their questions answerable from the adapters alone (par
 with no passage in the prompt.
 
 The six questions are a fixed rule, not a pick: the first PopQA place-of-birth questions (rows 457+ of
-../shared/data/popqa) whose gold passages are at most 120 words (to keep the test short).
+../shared/data/popqa) whose evidence states the answer (``gold_states_answer``) and is at most 120 words (to keep
+the test short). Only the evidence is encoded: never the answer's own article, which names the answer by its title.
 """
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def test_default_recipe_injects_real_passages(fast_llm, sample, encoder):
     n_recite = sum(accuracy(a.text, r["answers"]) for a, r in zip(recited, rows))
     print(f"{encoder.__name__}: closed-book {n_closed:.0f}/6, parametric {n_param:.0f}/6, recite {n_recite:.0f}/6: "
           f"{param} {[a.text for a in recited]}")
-    # measured on the 2-core CPU (2026-12-01, default recipe): closed-book 0/6; parametric PRAG 0/6, Poly-PRAG
-    # 1/6; recite PRAG 5/6, Poly-PRAG 4/6. Answering straight from the mixture does not beat the bare model on
-    # real passages (its answers start reciting the passage: "Belarmino: Chipongue, a former:"), so only the
-    # recite mode, which reaches a majority, is asserted (issue 15's target)
-    assert n_recite > len(rows) / 2 and n_recite > n_closed
+    # measured on the 2-core CPU (2026-12-03, default recipe, evidence only: no answer page): closed-book 0/6;
+    # parametric PRAG 3/6, Poly-PRAG 3/6; recite PRAG 2/6, Poly-PRAG 2/6. (With each question's answer page
+    # encoded too, as before 2026-12-03, recite answered 5/6 and 4/6: the page names the answer by its title.)
+    # Asserted: both ways of answering from the adapters alone beat the bare model, and one of them answers two
+    # or more; tests/test_ensemble_model.py asserts the majority under real retrieval (recite_ensemble)
+    assert n_recite > n_closed and n_param > n_closed and max(n_recite, n_param) >= 2
