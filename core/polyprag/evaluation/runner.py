@@ -237,7 +237,7 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
         if spec.mode not in ("closed_book", "lag", "prior"):
             res.recall_at_k = 100.0 * recall if spec.documents == "retrieved" and recall is not None else None
         if enc is not None:
-            res.encode_s_per_doc = (augment_s + enc.train_s) / n_docs
+            res.encode_s_per_doc = None if enc.train_s is None else (augment_s + enc.train_s) / n_docs
             res.storage_bytes_per_doc, res.storage_bytes_new_doc = enc.bytes_per_doc, enc.bytes_new_doc
         results.append(res)
         if on_method:
@@ -363,8 +363,9 @@ def _reuse(llm, cfg: EvalConfig, train: dict, kind: str, docs: Sequence[Document
     if not {d.id for d in docs} <= set(library.doc_ids):
         return None  # trained on fewer documents: train anew (and keep the larger set next time)
     cost = json.loads((path / "eval-encoding.json").read_text())
-    return _Encoded(library, cost["train_s"] * len(docs) / max(len(library), 1), cost["bytes_per_doc"],
-                    cost["bytes_new_doc"])
+    train_s = cost.get("train_s")  # None: not measured (the library was trained elsewhere)
+    return _Encoded(library, None if train_s is None else train_s * len(docs) / max(len(library), 1),
+                    cost["bytes_per_doc"], cost["bytes_new_doc"])
 
 
 def _keep(cfg: EvalConfig, train: dict, kind: str, enc: "_Encoded", saved: Path, corpus: Sequence[Document]) -> None:
