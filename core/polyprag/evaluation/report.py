@@ -25,14 +25,15 @@ class MethodResult:
     questions: int = 0                             # questions answered (oracles: those whose evidence answers)
     by_kind: dict = field(default_factory=dict)    # question kind -> {"questions", "accuracy"}
 
-    def question_ids(self) -> list[str]:
-        return [p["id"] for p in self.predictions]
+    def question_ids(self) -> list:
+        """Each prediction's question id (its position when a prediction carries none)."""
+        return [p.get("id", i) for i, p in enumerate(self.predictions)]
 
     def scores(self, metric: str = "accuracy", ids: list[str] | None = None) -> list[float]:
         """Per-question scores (0/1 or F1) in question order, or for the questions ``ids`` in their order."""
         if ids is None:
             return [p[metric] for p in self.predictions]
-        by_id = {p["id"]: p[metric] for p in self.predictions}
+        by_id = {p.get("id", i): p[metric] for i, p in enumerate(self.predictions)}
         return [by_id[i] for i in ids]
 
 
