@@ -5,6 +5,7 @@ import contextlib
 import contextvars
 import hashlib
 import logging
+import math
 import string
 import threading
 from dataclasses import dataclass
@@ -304,14 +305,14 @@ class LoRAMixingLLM:
             raise InvalidInputError("Every ensemble group needs at least one prompt.")
         mixtures = [[None] * len(g) for g in groups] if mixtures is None else [list(m) for m in mixtures]
         weights = [[1.0] * len(g) for g in groups] if weights is None else [list(map(float, w)) for w in weights]
+        if len(mixtures) != len(groups) or len(weights) != len(groups):
+            raise InvalidInputError(f"Got {len(mixtures)} mixture lists and {len(weights)} weight lists for "
+                                    f"{len(groups)} groups; give one of each per group.")
         for g, m, w in zip(groups, mixtures, weights):
             if len(m) != len(g) or len(w) != len(g):
                 raise InvalidInputError("Give one mixture and one weight per prompt of each ensemble group.")
             if any(not (x >= 0) for x in w) or sum(w) <= 0:
                 raise InvalidInputError(f"Ensemble weights must be >= 0 with a positive sum, got {w}.")
-        if len(mixtures) != len(groups) or len(weights) != len(groups):
-            raise InvalidInputError(f"Got {len(mixtures)} mixture lists and {len(weights)} weight lists for "
-                                    f"{len(groups)} groups; give one of each per group.")
         ids = [self._token_ids(g, max(8, self.context_window - cfg.max_new_tokens)) for g in groups]
         width_of = [max(len(r) for r in rows) for rows in ids]
         texts: list[str] = [""] * len(groups)
@@ -322,7 +323,7 @@ class LoRAMixingLLM:
                 spans.append((len(flat), len(flat) + len(ids[i])))
                 flat += ids[i]
                 mix += mixtures[i]
-                logw += [float("-inf") if w == 0 else float(torch.tensor(w / total).log()) for w in weights[i]]
+                logw += [math.log(w / total) if w > 0 else float("-inf") for w in weights[i]]
                 short += [_is_short(p, cfg) for p in groups[i]]
             ensemble = _Ensemble(spans, torch.tensor(logw, device=self.device))
             answers = self._generate_batch(flat, self._batch_mixture(mix, len(flat)), cfg, short, ensemble)

@@ -147,14 +147,6 @@ class ParametricRetriever:
             check_top_k(k, None if docs is None else len(docs))
         return self.resolve(retrieve_from(self.retriever, query, k))
 
-    def routing_rows(self, documents: Sequence[ScoredDocument]) -> list[list[float] | None]:
-        """Each document's routing weights over the bank ([m] floats), None for one the library does not hold."""
-        matcher = self.matcher
-        ids = [matcher.match(s.document) for s in documents]
-        known = [i for i in ids if i is not None]
-        rows = iter(matcher.state.routing_weights(known).tolist() if known else [])
-        return [None if i is None else next(rows) for i in ids]
-
     def resolve(self, found: Sequence[ScoredDocument]) -> Retrieval:
         """Match retrieved documents to the library, apply ``on_unknown``, and mix the known ones."""
         matcher = self.matcher  # one state of the library for the whole retrieval

@@ -116,10 +116,6 @@ class _Pending:
     ensemble: bool = False
     retrieval: Retrieval | None = None
 
-    @property
-    def mixture(self) -> Mixture | None:
-        return None if self.ensemble else self.rows[0][1]
-
 
 class PolyPRAG:
     """Question answering with a mode: ``parametric`` (mixture only), ``combine`` (mixture + passages),
