@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from polyprag import InvalidInputError, PolyPRAGEncoder, PRAGEncoder
-from polyprag.encoder import layer_index
+from polyprag.training import layer_index
 
 
 def test_layer_index_reads_the_module_name():
@@ -67,3 +67,95 @@ def test_stopped_adapters_stay_while_the_others_train(llm, docs, one_thread):
     for a, b in zip(one.parameters(), trained.parameters()):
         for g, stopped in enumerate(stops):
             assert torch.equal(a[g], b[g]) == stopped
+
+
+def _train(llm, docs, prefix_on: bool, method=PRAGEncoder, **options):
+    import polyprag.training as training
+
+    real = training.FrozenPrefix.of
+    if not prefix_on:
+        training.FrozenPrefix.of = classmethod(lambda cls, llm, bank, max_bytes=0: None)
+    try:
+        torch.manual_seed(0)
+        return method(llm, augmenter="passage", progress=False, **options).fit(docs)
+    finally:
+        training.FrozenPrefix.of = real
+
+
+@pytest.mark.parametrize("method,options", [(PRAGEncoder, dict(epochs=3)),
+                                            (PolyPRAGEncoder, dict(epochs=3, num_adapters=2))])
+def test_the_frozen_prefix_trains_the_same_adapters(llm, docs, one_thread, method, options):
+    """Layers below the adapters served from the cache: the same adapters as full forward passes every step."""
+    cached = _train(llm, docs, True, method, layers=1, **options)
+    full = _train(llm, docs, False, method, layers=1, **options)
+    for name, t in full.bank.tensors().items():
+        assert torch.allclose(cached.bank.tensors()[name], t, atol=1e-5, rtol=1e-4), name
+
+
+def test_the_frozen_prefix_runs_the_lower_layers_once_per_text(llm, docs, one_thread):
+    """Over 4 epochs the first layer runs once per document (its text is the same each epoch); the trained
+    layer runs every epoch. Without ``layers`` nothing is skipped."""
+    counts = {0: 0, 1: 0}
+    layers = llm.model.base_model.layers
+    hooks = [layers[i].register_forward_hook(lambda m, a, o, i=i: counts.__setitem__(i, counts[i] + a[0].shape[0]))
+             for i in (0, 1)]
+    try:
+        PRAGEncoder(llm, epochs=4, augmenter="passage", layers=1, progress=False).fit(docs)
+        first = dict(counts)
+        counts.update({0: 0, 1: 0})
+        PRAGEncoder(llm, epochs=4, augmenter="passage", progress=False).fit(docs)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert first[1] >= 4 * len(docs)
+    assert first[0] <= len(docs) + 2  # + one row twice: the first batch's check (full and split forward)
+    assert counts[0] == counts[1] >= 4 * len(docs)
+
+
+def test_a_model_that_cannot_be_split_trains_with_full_passes(llm, docs, one_thread):
+    """If the split forward differs from the full one, training warns and runs every layer, with the same result."""
+    from polyprag.training import FrozenPrefix
+
+    real = FrozenPrefix._check
+
+    def broken(self, batch):
+        self._checked = True
+        self._top = lambda **kw: (_ for _ in ()).throw(RuntimeError("unsplittable"))
+        real(self, batch)
+
+    FrozenPrefix._check = broken
+    try:
+        with pytest.warns(UserWarning, match="every layer"):
+            split = _train(llm, docs, True, layers=1, epochs=2)
+    finally:
+        FrozenPrefix._check = real
+    full = _train(llm, docs, False, layers=1, epochs=2)
+    for name, t in full.bank.tensors().items():
+        assert torch.allclose(split.bank.tensors()[name], t, atol=1e-6), name
+
+
+def test_the_prefix_cache_stays_within_its_bytes(llm, docs, one_thread):
+    from polyprag.augment import PassageAugmenter
+    from polyprag.training import FrozenPrefix, collate, tokenize
+
+    enc = PRAGEncoder(llm, layers=1, progress=False)
+    from polyprag.engine import LoRABank
+
+    bank = LoRABank.initialised(enc.trained_modules(), 2, 2, 32.0, seed=0)
+    rows = [tokenize(llm, ex, 256) for exs in PassageAugmenter(("passage",))(docs) for ex in exs]
+    one_row = None
+    prefix = FrozenPrefix.of(llm, bank)
+    assert prefix is not None and prefix.first == 1
+    batch = collate(rows[:1], llm.tokenizer.pad_token_id, llm.device)
+    with llm.compute(None):
+        prefix.top(batch, rows[:1])
+    one_row = prefix.bytes
+    small = FrozenPrefix.of(llm, bank, max_bytes=one_row)
+    batch = collate(rows, llm.tokenizer.pad_token_id, llm.device)
+    with llm.compute(None):
+        out = small.top(batch, rows)
+        ref = llm.model.base_model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).last_hidden_state
+    assert small.bytes <= one_row and len(small._cache) <= 1
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(out[mask], ref[mask], atol=1e-5)
+    assert FrozenPrefix.of(llm, LoRABank.initialised(PRAGEncoder(llm, progress=False).trained_modules(), 1, 2, 32.0)) is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-import re
 from typing import TYPE_CHECKING, Sequence
 
 from .augment import Augmenter, TrainingExample
@@ -15,7 +14,7 @@ from .fitting import choose_augmenter, run_checkpoint
 from .library import AdapterLibrary
 from .recipes import get_recipe
 from .state import LibraryConfig
-from .training import TrainConfig
+from .training import TrainConfig, layer_index
 
 if TYPE_CHECKING:
     from .llm import LoRAMixingLLM
@@ -116,9 +115,3 @@ class Encoder:
                       checkpoint: Checkpoint | None) -> AdapterLibrary:
         """The library of ``docs`` trained on their training texts ``data`` (saving progress in ``checkpoint``)."""
         raise NotImplementedError
-
-
-def layer_index(module_name: str) -> int | None:
-    """The transformer layer a module belongs to (``model.layers.12.mlp.up_proj`` -> 12), None if it names none."""
-    found = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)\.", module_name)
-    return int(found.group(1)) if found else None

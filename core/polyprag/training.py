@@ -2,12 +2,16 @@
 the loss of rows that each carry their own mixture (Poly-PRAG's and PRAG's loops live in ``polyprag.methods``)."""
 from __future__ import annotations
 
+import copy
 import random
+import re
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .augment import TrainingExample
 from .engine import BankMixture, LoRABank
@@ -77,21 +81,130 @@ def collate(rows: Sequence[Tokenized], pad_id: int, device) -> dict[str, torch.T
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def row_losses(llm: "LoRAMixingLLM", batch: dict[str, torch.Tensor], mixture) -> torch.Tensor:
+def row_losses(llm: "LoRAMixingLLM", batch: dict[str, torch.Tensor], mixture,
+               prefix: "FrozenPrefix | None" = None, rows: Sequence[Tokenized] | None = None) -> torch.Tensor:
     """Mean next-token loss of each row [batch] with the mixture applied (in the LLM's compute dtype).
 
-    The vocabulary projection runs only where a token is learned (answers, not their prompts)."""
+    The vocabulary projection runs only where a token is learned (answers, not their prompts). With a
+    ``prefix`` (and the batch's ``rows``), the layers below the first adapter are not run again: their output
+    for these rows comes from the prefix's cache."""
     model = llm.model
     labels = batch["labels"][:, 1:]  # position t predicts token t+1
-    rows, cols = (labels != -100).nonzero(as_tuple=True)
+    learned_rows, cols = (labels != -100).nonzero(as_tuple=True)
     with llm.compute(mixture):
-        hidden = model.base_model(input_ids=batch["input_ids"],
-                                  attention_mask=batch["attention_mask"]).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[:, :-1][rows, cols]).float()  # [learned tokens, vocab]
-    tok_loss = F.cross_entropy(logits, labels[rows, cols], reduction="none")
-    sums = torch.zeros(labels.shape[0], device=tok_loss.device).index_add(0, rows, tok_loss)
+        if prefix is not None and rows is not None:
+            hidden = prefix.top(batch, rows)
+        else:
+            hidden = model.base_model(input_ids=batch["input_ids"],
+                                      attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[:, :-1][learned_rows, cols]).float()  # [learned, vocab]
+    tok_loss = F.cross_entropy(logits, labels[learned_rows, cols], reduction="none")
+    sums = torch.zeros(labels.shape[0], device=tok_loss.device).index_add(0, learned_rows, tok_loss)
     counts = (labels != -100).sum(1).clamp(min=1)
     return sums / counts
+
+
+class FrozenPrefix:
+    """The transformer layers below a bank's first adapter, run once per training row.
+
+    Their weights are frozen and carry no LoRA, so a row's hidden state at the first trained layer is the same
+    in every epoch: it is computed once, kept (up to ``max_bytes``), and each step runs only the trained layers
+    on it. The backward pass stopped there already; this removes the lower layers' forward pass too, so with
+    ``layers=N`` of L a step costs about N/L of a full one. The base model is never modified (its layers are
+    shared, not swapped), so queries running beside an encode are unaffected.
+
+    ``of`` returns None when there is nothing to skip (adapters on the first layer) or the model's layout is
+    not the ``layers`` / ``norm`` one this knows; the first use checks the split forward against the full one
+    and falls back to full forward passes, with a warning, if they differ."""
+
+    def __init__(self, llm: "LoRAMixingLLM", base: nn.Module, first: int, max_bytes: int = 2 << 30):
+        self.llm = llm
+        self.first = first
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._bottom = _sliced(base, 0, first, norm=False)
+        self._top = _sliced(base, first, len(base.layers), norm=True)
+        self._cache: dict[int, tuple[Tokenized, torch.Tensor]] = {}  # id(row) -> (row, hidden [len, d])
+        self._checked = False
+        self.usable = True
+
+    @classmethod
+    def of(cls, llm: "LoRAMixingLLM", bank: LoRABank, max_bytes: int = 2 << 30) -> "FrozenPrefix | None":
+        """The frozen prefix below ``bank``'s lowest adapted layer, or None if there is none to skip."""
+        base = llm.model.base_model
+        layers = getattr(base, "layers", None)
+        if not isinstance(layers, nn.ModuleList) or not isinstance(getattr(base, "norm", None), nn.Module):
+            return None
+        index = [layer_index(n) for n in bank.names]
+        if not index or any(i is None for i in index) or min(index) == 0:
+            return None
+        return cls(llm, base, min(index), max_bytes)
+
+    def top(self, batch: dict[str, torch.Tensor], rows: Sequence[Tokenized]) -> torch.Tensor:
+        """The last hidden state [batch, length, d] of ``batch`` (whose rows are ``rows``), run from the cache."""
+        if not self._checked:
+            self._check(batch)
+        if not self.usable:
+            return self.llm.model.base_model(input_ids=batch["input_ids"],
+                                             attention_mask=batch["attention_mask"]).last_hidden_state
+        start = self._start(batch, rows)
+        return self._top(inputs_embeds=start, attention_mask=batch["attention_mask"]).last_hidden_state
+
+    def _start(self, batch: dict[str, torch.Tensor], rows: Sequence[Tokenized]) -> torch.Tensor:
+        missing = [i for i, r in enumerate(rows) if id(r) not in self._cache]
+        if missing:
+            with torch.no_grad():
+                out = self._bottom(input_ids=batch["input_ids"][missing],
+                                   attention_mask=batch["attention_mask"][missing]).last_hidden_state
+            fresh = {}
+            for j, i in enumerate(missing):
+                h = out[j, : len(rows[i].ids)].detach()
+                fresh[i] = h
+                if self.bytes + h.numel() * h.element_size() <= self.max_bytes:
+                    self._cache[id(rows[i])] = (rows[i], h)
+                    self.bytes += h.numel() * h.element_size()
+        else:
+            fresh = {}
+        width = batch["input_ids"].shape[1]
+        hs = [fresh[i] if i in fresh else self._cache[id(r)][1] for i, r in enumerate(rows)]
+        start = hs[0].new_zeros((len(rows), width, hs[0].shape[-1]))
+        for i, h in enumerate(hs):
+            start[i, : h.shape[0]] = h
+        return start
+
+    def _check(self, batch: dict[str, torch.Tensor]) -> None:
+        """The split forward must give the full forward's hidden state (no adapter applied)."""
+        self._checked = True
+        ids, mask = batch["input_ids"][:1], batch["attention_mask"][:1]
+        from .engine.hooks import use_mixture
+
+        try:
+            with torch.no_grad(), use_mixture(None):
+                full = self.llm.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+                mid = self._bottom(input_ids=ids, attention_mask=mask).last_hidden_state
+                split = self._top(inputs_embeds=mid, attention_mask=mask).last_hidden_state
+            n = int(mask.sum())
+            ok = torch.allclose(split[0, :n].float(), full[0, :n].float(), rtol=1e-3,
+                                atol=1e-3 * float(full[0, :n].float().abs().max()))
+        except Exception as err:  # a model whose forward does not take this split
+            ok, why = False, f"{type(err).__name__}: {err}"
+        else:
+            why = "its hidden states differ from the full forward pass"
+        if not ok:
+            self.usable = False
+            warnings.warn(f"Training runs every layer's forward pass: this model's layers cannot be split at layer "
+                          f"{self.first} ({why}).", stacklevel=3)
+
+
+def _sliced(base: nn.Module, start: int, stop: int, norm: bool) -> nn.Module:
+    """A view of ``base`` with only layers [start, stop) (and its final norm, or none): the same parameters,
+    the module itself untouched."""
+    view = copy.copy(base)
+    view._modules = dict(base._modules)
+    view._modules["layers"] = nn.ModuleList(list(base.layers)[start:stop])
+    if not norm:
+        view._modules["norm"] = nn.Identity()
+    return view
 
 
 def micro_batches(rows: Sequence[Tokenized], max_tokens: int) -> list[list[int]]:
@@ -126,16 +239,18 @@ def bucketed_order(lengths: Sequence[int], batch_size: int, rng: random.Random, 
 
 def accumulate(llm: "LoRAMixingLLM", bank: LoRABank, rows: Sequence[Tokenized],
                weights: Callable[[list[int]], torch.Tensor], scale: float, max_tokens: int,
-               step: int, per_row: list[float] | None = None) -> torch.Tensor:
+               step: int, per_row: list[float] | None = None,
+               prefix: FrozenPrefix | None = None) -> torch.Tensor:
     """Backward pass of ``scale`` × the summed row losses, in length-sorted micro-batches.
 
     ``weights(mb)`` gives the mixing weights [len(mb), m] of the rows ``mb``; gradients accumulate
     in the trained tensors. Returns the (detached) scaled loss; ``per_row`` (len(rows) floats) gets each
-    row's own mean token loss."""
+    row's own mean token loss; a ``prefix`` (``FrozenPrefix``) serves the frozen lower layers from its cache."""
     loss = torch.zeros((), device=llm.device)
     for mb in micro_batches(rows, max_tokens):
-        batch = collate([rows[i] for i in mb], llm.tokenizer.pad_token_id, llm.device)
-        losses = row_losses(llm, batch, BankMixture(bank, weights(mb)[:, None, :]))
+        chosen = [rows[i] for i in mb]
+        batch = collate(chosen, llm.tokenizer.pad_token_id, llm.device)
+        losses = row_losses(llm, batch, BankMixture(bank, weights(mb)[:, None, :]), prefix, chosen)
         part = losses.sum() * scale
         _check_finite(part, step)
         part.backward()
@@ -150,3 +265,9 @@ def _check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
         raise TrainingError(f"Training diverged: the loss is {float(loss.detach())} at step {step}. "
                             "Lower lr / routing_lr (or use a float32 model) and encode again.")
+
+
+def layer_index(module_name: str) -> int | None:
+    """The transformer layer a module belongs to (``model.layers.12.mlp.up_proj`` -> 12), None if it names none."""
+    found = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)\.", module_name)
+    return int(found.group(1)) if found else None

@@ -13,7 +13,7 @@ from ...augment import TrainingExample
 from ...checkpoint import optimizer_tensors, python_rng_from, python_rng_state, restore_optimizer
 from ...engine import LoRABank
 from ...progress import progress_bar
-from ...training import TrainConfig, accumulate, bucketed_order, tokenize
+from ...training import FrozenPrefix, TrainConfig, accumulate, bucketed_order, tokenize
 from .routing import logistic_noise, relaxed_bernoulli_weights
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
     rank, world = shard
     trained = [logits] + (list(bank.parameters()) if train_bank else [])
     per_epoch = math.ceil(len(items) / (cfg.batch_size * world))
+    prefix = FrozenPrefix.of(llm, bank)  # the layers below the adapters: run once per text, not every epoch
     start_epoch, start_step = 0, 0
     saved = checkpoint.read() if checkpoint is not None else None
     if saved is not None:
@@ -92,7 +93,7 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
 
                     # scaled by 1/len(chunk): the accumulated gradient is the batch mean's
                     loss = accumulate(llm, bank, [t for _, t in chunk], weights, 1 / len(chunk),
-                                       cfg.max_batch_tokens, len(losses) + 1)
+                                       cfg.max_batch_tokens, len(losses) + 1, prefix=prefix)
                 if sync is not None:
                     sync([p.grad for p in trained])
                 opt.step()

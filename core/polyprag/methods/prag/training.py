@@ -11,7 +11,7 @@ from ...augment import TrainingExample
 from ...engine import LoRABank
 from ...errors import InvalidInputError
 from ...progress import progress_bar
-from ...training import TrainConfig, accumulate, tokenize
+from ...training import FrozenPrefix, TrainConfig, accumulate, tokenize
 
 if TYPE_CHECKING:
     from ...checkpoint import Checkpoint
@@ -66,6 +66,7 @@ def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequ
     eye = torch.eye(bank.m, device=llm.device)
     losses: list[float] = []
     n_steps = max(len(t) for t in toks)
+    prefix = FrozenPrefix.of(llm, bank)  # the layers below the adapters: run once per text, not every epoch
     done: dict[int, list[torch.Tensor]] = {}  # early-stopped documents: their adapter slices, kept as they were
     bar = progress_bar(cfg.epochs * n_steps, "encode (PRAG)", cfg.progress)
     try:
@@ -81,7 +82,7 @@ def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequ
                 per_row = [0.0] * len(rows)
                 # one-hot weights: each adapter's gradient comes from its own document only
                 loss = accumulate(llm, bank, rows, lambda mb: eye[[docs[i] for i in mb]], 1.0,
-                                   cfg.max_batch_tokens, len(losses) + 1, per_row)
+                                   cfg.max_batch_tokens, len(losses) + 1, per_row, prefix)
                 opt.step()
                 _keep_stopped(bank, done)
                 for g, v in zip(docs, per_row):
