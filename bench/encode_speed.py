@@ -22,8 +22,17 @@ def parse_settings(text: str) -> dict:
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, value = part.split("=", 1)
-        out[key] = None if value == "None" else (float(value) if "." in value or "e" in value else int(value))
+        out[key] = None if value == "None" else _number(value)
     return out
+
+
+def _number(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value  # a name, e.g. recipe=thorough
 
 
 def main(argv=None) -> int:

@@ -159,3 +159,25 @@ def test_the_prefix_cache_stays_within_its_bytes(llm, docs, one_thread):
     mask = batch["attention_mask"].bool()
     assert torch.allclose(out[mask], ref[mask], atol=1e-5)
     assert FrozenPrefix.of(llm, LoRABank.initialised(PRAGEncoder(llm, progress=False).trained_modules(), 1, 2, 32.0)) is None
+
+
+def test_lr_decay_falls_linearly_and_changes_training(llm, docs, one_thread):
+    from polyprag.training import TrainConfig, set_lr
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([{"params": [p], "lr": 0.4}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 2.0}])
+    seen = []
+    for t in range(4):
+        set_lr(opt, [0.4, 2.0], TrainConfig(lr_decay=True), t, 4)
+        seen += [g["lr"] for g in opt.param_groups]
+    assert seen == pytest.approx([0.4, 2.0, 0.3, 1.5, 0.2, 1.0, 0.1, 0.5])
+    set_lr(opt, [0.4, 2.0], TrainConfig(), 3, 4)
+    assert [g["lr"] for g in opt.param_groups] == [0.4, 2.0]
+    flat = PRAGEncoder(llm, epochs=3, augmenter="passage", progress=False).fit(docs)
+    decayed = PRAGEncoder(llm, epochs=3, augmenter="passage", lr_decay=True, progress=False).fit(docs)
+    one = PRAGEncoder(llm, epochs=1, augmenter="passage", lr_decay=True, progress=False).fit(docs)
+    first = PRAGEncoder(llm, epochs=1, augmenter="passage", progress=False).fit(docs)
+    assert decayed.config.training["lr_decay"] is True
+    assert any(not torch.equal(a, b) for a, b in zip(flat.bank.tensors().values(), decayed.bank.tensors().values()))
+    for a, b in zip(one.bank.tensors().values(), first.bank.tensors().values()):
+        assert torch.equal(a, b)  # step 0 of 1 runs at the full rate

@@ -128,3 +128,19 @@ def test_libraries_of_two_corpora_are_kept_apart(llm, docs, tmp_path):
                                   progress=False), llm=llm)
     held = sorted(json.loads((d / "eval-encoding.json").read_text())["documents"] for d in cache.iterdir())
     assert held == [4, 5]  # the second corpus did not overwrite the first one's library
+
+
+def test_a_shared_bank_is_reused_only_for_the_documents_it_holds(llm, docs, tmp_path):
+    """Poly-PRAG's bank depends on every document it learned: a whole-corpus library is not reused for a run that
+    holds fewer documents (it would change that run's answers), and the two libraries are kept side by side."""
+    data = _slice(tmp_path / "data", docs, ROWS)
+    cache = tmp_path / "libs"
+    cfg = EvalConfig(data=data, k=1, methods=("polyprag",), texts="passage", epochs=1, num_adapters=2,
+                     max_new_tokens=3, latency_samples=0, libraries=str(cache), library="corpus", progress=False)
+    run_evaluation(cfg, llm=llm)
+    run_evaluation(EvalConfig(**{**cfg.__dict__, "library": "questions"}), llm=llm)
+    held = sorted(json.loads((d / "eval-encoding.json").read_text())["documents"] for d in cache.iterdir())
+    assert len(held) == 2 and held[-1] == len(docs) and held[0] < len(docs)
+    stamps = {d.name: (d / "bank.safetensors").stat().st_mtime_ns for d in cache.iterdir()}
+    run_evaluation(EvalConfig(**{**cfg.__dict__, "library": "questions"}), llm=llm)  # the same documents: reused
+    assert {d.name: (d / "bank.safetensors").stat().st_mtime_ns for d in cache.iterdir()} == stamps

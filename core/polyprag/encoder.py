@@ -33,7 +33,8 @@ class Encoder:
     def __init__(self, llm: "LoRAMixingLLM", train: dict, rank: int | None = None, alpha: float | None = None,
                  target_modules: Sequence[str] | None = None, augmenter: Augmenter | str | None = None,
                  batch_size: int = 8, max_length: int = 256, seed: int = 0, max_batch_tokens: int = 2048,
-                 progress: bool = True, recipe: str = "default", layers: int | None = None):
+                 progress: bool = True, recipe: str = "default", layers: int | None = None,
+                 lr_decay: bool | None = None):
         r = get_recipe(recipe)
         self.recipe = recipe
         layers = r.layers if layers is None else layers
@@ -57,7 +58,8 @@ class Encoder:
         self.target_modules = wanted
         self.augmenter = choose_augmenter(augmenter, llm, r.texts)
         self.train = TrainConfig(**train, batch_size=batch_size, max_length=max_length, seed=seed,
-                                 progress=progress, max_batch_tokens=max_batch_tokens)
+                                 progress=progress, max_batch_tokens=max_batch_tokens,
+                                 lr_decay=r.lr_decay if lr_decay is None else bool(lr_decay))
 
     def trained_modules(self) -> dict[str, tuple[int, int]]:
         """The hooked modules this encoder trains LoRAs on, each with its (in, out) sizes: the target modules,

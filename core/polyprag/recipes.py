@@ -41,6 +41,7 @@ class Recipe:
     routing_active: int = 0  # Poly-PRAG: adapters each document's routing starts on (0: all, near uniform)
     layers: int | None = None  # LoRA on the last N transformer layers only (None: all): a shorter backward pass
     stop_loss: float | None = None  # PRAG: a document stops training once its epoch loss is below this
+    lr_decay: bool = False  # the learning rate falls linearly to 0 over the run (else constant)
 
 
 RECIPES: dict[str, Recipe] = {

@@ -38,6 +38,7 @@ class TrainConfig:
     #                          a > 0 = each document starts on `a` random adapters (sparse, specialising)
     weight_decay: float = 0.0
     stop_loss: float | None = None  # PRAG: a document's adapter stops training once its epoch loss is below this
+    lr_decay: bool = False  # the learning rate falls linearly from lr to 0 over the run (else constant)
     seed: int = 0
     progress: bool = True
 
@@ -205,6 +206,14 @@ def _sliced(base: nn.Module, start: int, stop: int, norm: bool) -> nn.Module:
     if not norm:
         view._modules["norm"] = nn.Identity()
     return view
+
+
+def set_lr(opt: torch.optim.Optimizer, base: Sequence[float], cfg: TrainConfig, step: int, total: int) -> None:
+    """Each param group's learning rate for optimizer step ``step`` (0-based) of ``total``: its ``base`` rate, or with
+    ``cfg.lr_decay`` that rate times (1 - step / total). Read from the step count, so a resumed run continues it."""
+    factor = 1.0 - step / max(total, 1) if cfg.lr_decay else 1.0
+    for group, lr in zip(opt.param_groups, base):
+        group["lr"] = lr * factor
 
 
 def micro_batches(rows: Sequence[Tokenized], max_tokens: int) -> list[list[int]]:

@@ -103,6 +103,10 @@ class EvalConfig:
                                        "uniform)", default=None)
     prag_epochs: int | None = _help("PRAG training epochs", default=None)
     prag_lr: float | None = _help("PRAG learning rate", default=None)
+    layers: int | None = _help("LoRA on the last N transformer layers only (PRAG and Poly-PRAG; default: the "
+                               "recipe's)", default=None)
+    stop_loss: float | None = _help("PRAG: a document stops training once its epoch loss is below this (default: "
+                                    "the recipe's)", default=None)
     texts: str | None = _help("training texts, comma-separated from passage,rewrite,qa,qa_context",
                               default=None)
     library: str = _help("documents encoded: 'questions' (the questions' retrieved and gold passages, PRAG's "

@@ -56,7 +56,7 @@ def settings(cfg: EvalConfig) -> dict:
     """The training settings of the run: the recipe's, with every option the config sets on top."""
     r = asdict(get_recipe(cfg.recipe))
     for name in ("num_adapters", "rank", "alpha", "epochs", "lr", "routing_lr", "routing_active", "prag_epochs",
-                 "prag_lr"):
+                 "prag_lr", "layers", "stop_loss"):
         if getattr(cfg, name) is not None:
             r[name] = getattr(cfg, name)
     r["texts"] = check_texts(cfg.texts) if cfg.texts is not None else tuple(r["texts"])
@@ -255,6 +255,7 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
              "encoded_from": encoded_from, "model": llm.name, "recipe": cfg.recipe, "training": train,
              "augment": stats, "augment_s": augment_s, "augment_s_per_doc": augment_s / n_docs,
              "train_s": {k: v.train_s for k, v in libraries.items()},
+             "adapters": {k: v.library.config.m for k, v in libraries.items()},  # PRAG: one per document
              "retriever": cfg.retriever, "recall_at_k": None if recall is None else 100.0 * recall, "wall_s": time.perf_counter() - t_start,
              "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
              "device": str(llm.device), "compute_dtype": str(llm.compute_dtype or llm.dtype).replace("torch.", "")}
@@ -333,14 +334,18 @@ def encode_processes(cfg: EvalConfig, libraries: int, llm_given: bool = False,
     return max(1, min(libraries, cores))
 
 
-def _reuse_key(cfg: EvalConfig, train: dict, kind: str, corpus: Sequence[Document]) -> tuple[str, dict]:
+def _reuse_key(cfg: EvalConfig, train: dict, kind: str, corpus: Sequence[Document],
+               held: Sequence[str]) -> tuple[str, dict]:
     """The folder name a library of ``kind`` trained with these settings on documents of this corpus has in
-    ``--libraries``, and the settings."""
+    ``--libraries``, and the settings. A shared bank (Poly-PRAG) is also named by the documents it ``held``."""
     import hashlib
     import json
 
-    ids = hashlib.sha1("\n".join(sorted(d.id for d in corpus)).encode()).hexdigest()[:12]
-    what = {"kind": kind, "corpus": ids, "model": cfg.model or "default", "seed": cfg.seed,
+    def digest_of(ids) -> str:
+        return hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:12]
+
+    ids = digest_of(d.id for d in corpus)
+    what = {"kind": kind, "corpus": ids, **({} if kind == "prag" else {"documents": digest_of(held)}), "model": cfg.model or "default", "seed": cfg.seed,
             "max_length": cfg.max_length,
             "batch_size": cfg.batch_size, "compute_dtype": cfg.compute_dtype,
             "training": {k: list(v) if isinstance(v, tuple) else v for k, v in train.items()}}
@@ -355,13 +360,17 @@ def _reuse(llm, cfg: EvalConfig, train: dict, kind: str, docs: Sequence[Document
 
     if not cfg.libraries:
         return None
-    name, _ = _reuse_key(cfg, train, kind, corpus)
+    name, _ = _reuse_key(cfg, train, kind, corpus, [d.id for d in docs])
     path = Path(cfg.libraries) / name
     if not (path / "eval-encoding.json").is_file():
         return None
     library = AdapterLibrary.load(path, llm)
-    if not {d.id for d in docs} <= set(library.doc_ids):
-        return None  # trained on fewer documents: train anew (and keep the larger set next time)
+    held, wanted = set(library.doc_ids), {d.id for d in docs}
+    if not wanted <= held or (kind != "prag" and held != wanted):
+        # trained on fewer documents: train anew (and keep the larger set next time). A shared bank's adapters
+        # depend on every document it holds, so Poly-PRAG reuses only a library of exactly these documents;
+        # PRAG's adapters are each their document's alone, so any library that holds them serves
+        return None
     cost = json.loads((path / "eval-encoding.json").read_text())
     train_s = cost.get("train_s")  # None: not measured (the library was trained elsewhere)
     return _Encoded(library, None if train_s is None else train_s * len(docs) / max(len(library), 1),
@@ -377,7 +386,7 @@ def _keep(cfg: EvalConfig, train: dict, kind: str, enc: "_Encoded", saved: Path,
 
     if not cfg.libraries:
         return
-    name, what = _reuse_key(cfg, train, kind, corpus)
+    name, what = _reuse_key(cfg, train, kind, corpus, enc.library.doc_ids)
     path = Path(cfg.libraries) / name
     if path.exists():
         shutil.rmtree(path)
@@ -434,9 +443,11 @@ def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, train: dict, 
     from ..methods.prag.encoder import PRAGEncoder
 
     common = dict(rank=train["rank"], alpha=train["alpha"], augmenter=augmenter, seed=cfg.seed,
-                  max_length=cfg.max_length, max_batch_tokens=cfg.max_batch_tokens, progress=cfg.progress)
+                  max_length=cfg.max_length, max_batch_tokens=cfg.max_batch_tokens, progress=cfg.progress,
+                  layers=train["layers"], lr_decay=train["lr_decay"])
     if kind == "prag":
-        encoder = PRAGEncoder(llm, lr=train["prag_lr"], epochs=train["prag_epochs"], **common)
+        encoder = PRAGEncoder(llm, lr=train["prag_lr"], epochs=train["prag_epochs"], stop_loss=train["stop_loss"],
+                              **common)
     else:
         encoder = PolyPRAGEncoder(llm, num_adapters=1 if kind == "poly_m1" else train["num_adapters"],
                                   lr=train["lr"], routing_lr=train["routing_lr"], epochs=train["epochs"],

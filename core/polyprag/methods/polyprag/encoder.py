@@ -41,7 +41,7 @@ class PolyPRAGEncoder(Encoder):
                  routing_lr: float | None = None, epochs: int | None = None, batch_size: int = 8,
                  temperature: float | None = None, max_length: int = 256, seed: int = 0,
                  max_batch_tokens: int = 2048, progress: bool = True, recipe: str = "default",
-                 routing_active: int | None = None, layers: int | None = None):
+                 routing_active: int | None = None, layers: int | None = None, lr_decay: bool | None = None):
         r = get_recipe(recipe)
         num_adapters = r.num_adapters if num_adapters is None else num_adapters  # None: sized by the corpus
         if num_adapters is not None and num_adapters < 1:
@@ -57,7 +57,7 @@ class PolyPRAGEncoder(Encoder):
                      temperature=r.temperature if temperature is None else temperature)
         super().__init__(llm, train, rank=rank, alpha=alpha, target_modules=target_modules, augmenter=augmenter,
                          batch_size=batch_size, max_length=max_length, seed=seed, max_batch_tokens=max_batch_tokens,
-                         progress=progress, recipe=recipe, layers=layers)
+                         progress=progress, recipe=recipe, layers=layers, lr_decay=lr_decay)
 
     def bank_size(self, n: int) -> int:
         """The bank size m for n documents: ``num_adapters``, or when it is None the recipes' ``bank_size(n)``."""

@@ -13,7 +13,7 @@ from ...augment import TrainingExample
 from ...checkpoint import optimizer_tensors, python_rng_from, python_rng_state, restore_optimizer
 from ...engine import LoRABank
 from ...progress import progress_bar
-from ...training import FrozenPrefix, TrainConfig, accumulate, bucketed_order, tokenize
+from ...training import FrozenPrefix, TrainConfig, accumulate, bucketed_order, set_lr, tokenize
 from .routing import logistic_noise, relaxed_bernoulli_weights
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
         params.append({"params": list(bank.parameters()), "lr": cfg.lr,
                        "weight_decay": cfg.weight_decay if trains is None else 0.0})
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
+    base_lr = [g["lr"] for g in opt.param_groups]
     losses: list[float] = []
     rank, world = shard
     trained = [logits] + (list(bank.parameters()) if train_bank else [])
@@ -80,6 +81,7 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
                 s = (step * world + rank) * cfg.batch_size
                 chunk = [items[i] for i in order[s: s + cfg.batch_size]]  # empty on the last data-parallel round
                 opt.zero_grad(set_to_none=False)
+                set_lr(opt, base_lr, cfg, len(losses), cfg.epochs * per_epoch)
                 for p in trained:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)

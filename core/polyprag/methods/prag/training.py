@@ -11,7 +11,7 @@ from ...augment import TrainingExample
 from ...engine import LoRABank
 from ...errors import InvalidInputError
 from ...progress import progress_bar
-from ...training import FrozenPrefix, TrainConfig, accumulate, tokenize
+from ...training import FrozenPrefix, TrainConfig, accumulate, set_lr, tokenize
 
 if TYPE_CHECKING:
     from ...checkpoint import Checkpoint
@@ -66,6 +66,7 @@ def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequ
     eye = torch.eye(bank.m, device=llm.device)
     losses: list[float] = []
     n_steps = max(len(t) for t in toks)
+    base_lr = [g["lr"] for g in opt.param_groups]
     prefix = FrozenPrefix.of(llm, bank)  # the layers below the adapters: run once per text, not every epoch
     done: dict[int, list[torch.Tensor]] = {}  # early-stopped documents: their adapter slices, kept as they were
     bar = progress_bar(cfg.epochs * n_steps, "encode (PRAG)", cfg.progress)
@@ -79,6 +80,7 @@ def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequ
                     continue
                 rows = [toks[g][orders[g][step]] for g in docs]
                 opt.zero_grad(set_to_none=True)
+                set_lr(opt, base_lr, cfg, len(losses), cfg.epochs * n_steps)
                 per_row = [0.0] * len(rows)
                 # one-hot weights: each adapter's gradient comes from its own document only
                 loss = accumulate(llm, bank, rows, lambda mb: eye[[docs[i] for i in mb]], 1.0,
