@@ -21,21 +21,23 @@ from pathlib import Path
 
 OUT = Path(__file__).parent / "results" / "capacity"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-POPQA = ["in_context", "prag_recite_oracle", "prag_recite_ensemble", "prag_recite_ensemble_wrong",
-         "polyprag_recite_oracle", "polyprag_recite_oracle_shuffled", "polyprag_recite_ensemble",
-         "polyprag_recite_ensemble_wrong"]
-HOTPOT = ["in_context", "prag_recite_oracle", "prag_combine_ensemble", "prag_combine_ensemble_wrong",
-          "polyprag_recite_oracle", "polyprag_recite_oracle_shuffled", "polyprag_combine_ensemble",
-          "polyprag_combine_ensemble_wrong"]
+POPQA = {"prag": ["in_context", "prag_recite_oracle", "prag_recite_ensemble", "prag_recite_ensemble_wrong"],
+         "poly": ["polyprag_recite_oracle", "polyprag_recite_oracle_shuffled", "polyprag_recite_ensemble",
+                  "polyprag_recite_ensemble_wrong"]}
+HOTPOT = {"prag": ["in_context", "prag_recite_oracle", "prag_combine_ensemble", "prag_combine_ensemble_wrong"],
+          "poly": ["polyprag_recite_oracle", "polyprag_recite_oracle_shuffled", "polyprag_combine_ensemble",
+                   "polyprag_combine_ensemble_wrong"]}
 _POP = dict(data="popqa", start=457, n=43)
 _HOT = dict(data="hotpotqa", start=0, n=None)
 # name -> (slice, library, Poly-PRAG bank size m (None: recipes.bank_size), rank (None: the recipe's), methods)
 POINTS = {
-    "popqa-questions": (_POP, "questions", None, None, POPQA),
-    "popqa-300": (_POP, "200", None, None, [m for m in POPQA if m.startswith("polyprag")]),
-    "popqa-corpus": (_POP, "corpus", None, None, POPQA),
-    "popqa-corpus-m64": (_POP, "corpus", 64, None, [m for m in POPQA if m.startswith("polyprag")]),
-    "hotpotqa-corpus": (_HOT, "corpus", None, None, HOTPOT),
+    "popqa-prag-corpus": (_POP, "corpus", None, None, POPQA["prag"]),
+    "popqa-poly-questions": (_POP, "questions", None, None, POPQA["poly"]),
+    "popqa-poly-300": (_POP, "200", None, None, POPQA["poly"]),
+    "popqa-poly-corpus": (_POP, "corpus", None, None, POPQA["poly"]),
+    "popqa-poly-corpus-m64": (_POP, "corpus", 64, None, POPQA["poly"]),
+    "hotpotqa-prag-corpus": (_HOT, "corpus", None, None, HOTPOT["prag"]),
+    "hotpotqa-poly-corpus": (_HOT, "corpus", None, None, HOTPOT["poly"]),
 }
 
 
@@ -76,7 +78,8 @@ def rows() -> list[dict]:
             out.append({"point": name, "data": Path(r["config"]["data"]).name, "documents": facts["documents"],
                         "corpus": facts["corpus"], "method": "PRAG" if method == "prag" else "Poly-PRAG",
                         "m": m, "rank": train["rank"],
-                        "layers": train.get("layers"), "epochs": train["prag_epochs" if method == "prag" else "epochs"],
+                        "layers": train.get("prag_layers", train.get("layers")) if method == "prag"
+                        else train.get("layers"), "epochs": train["prag_epochs" if method == "prag" else "epochs"],
                         "oracle_questions": facts.get("oracle_questions"),
                         "recite_oracle": oracle and oracle["accuracy"],
                         "shuffled": by.get("polyprag_recite_oracle_shuffled", {}).get("accuracy")

@@ -173,10 +173,10 @@ def test_lr_decay_falls_linearly_and_changes_training(llm, docs, one_thread):
     assert seen == pytest.approx([0.4, 2.0, 0.3, 1.5, 0.2, 1.0, 0.1, 0.5])
     set_lr(opt, [0.4, 2.0], TrainConfig(), 3, 4)
     assert [g["lr"] for g in opt.param_groups] == [0.4, 2.0]
-    flat = PRAGEncoder(llm, epochs=3, augmenter="passage", progress=False).fit(docs)
+    flat = PRAGEncoder(llm, epochs=3, augmenter="passage", lr_decay=False, progress=False).fit(docs)
     decayed = PRAGEncoder(llm, epochs=3, augmenter="passage", lr_decay=True, progress=False).fit(docs)
     one = PRAGEncoder(llm, epochs=1, augmenter="passage", lr_decay=True, progress=False).fit(docs)
-    first = PRAGEncoder(llm, epochs=1, augmenter="passage", progress=False).fit(docs)
+    first = PRAGEncoder(llm, epochs=1, augmenter="passage", lr_decay=False, progress=False).fit(docs)
     assert decayed.config.training["lr_decay"] is True
     assert any(not torch.equal(a, b) for a, b in zip(flat.bank.tensors().values(), decayed.bank.tensors().values()))
     for a, b in zip(one.bank.tensors().values(), first.bank.tensors().values()):

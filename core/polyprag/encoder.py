@@ -37,7 +37,6 @@ class Encoder:
                  lr_decay: bool | None = None):
         r = get_recipe(recipe)
         self.recipe = recipe
-        layers = r.layers if layers is None else layers
         if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
             raise InvalidInputError(f"layers must be a positive number of (last) transformer layers, got {layers!r}.")
         self.layers = layers  # LoRA on the last `layers` transformer layers only; None: on every layer
@@ -59,7 +58,7 @@ class Encoder:
         self.augmenter = choose_augmenter(augmenter, llm, r.texts)
         self.train = TrainConfig(**train, batch_size=batch_size, max_length=max_length, seed=seed,
                                  progress=progress, max_batch_tokens=max_batch_tokens,
-                                 lr_decay=r.lr_decay if lr_decay is None else bool(lr_decay))
+                                 lr_decay=bool(lr_decay))
 
     def trained_modules(self) -> dict[str, tuple[int, int]]:
         """The hooked modules this encoder trains LoRAs on, each with its (in, out) sizes: the target modules,

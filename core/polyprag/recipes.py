@@ -39,22 +39,34 @@ class Recipe:
     num_adapters: int | None  # Poly-PRAG bank size m; None: sized by the corpus (``bank_size``)
     temperature: float = 1.0
     routing_active: int = 0  # Poly-PRAG: adapters each document's routing starts on (0: all, near uniform)
-    layers: int | None = None  # LoRA on the last N transformer layers only (None: all): a shorter backward pass
+    layers: int | None = None  # Poly-PRAG: LoRA on the last N transformer layers only (None: all)
+    lr_decay: bool = False  # Poly-PRAG: the learning rate falls linearly to 0 over the run (else constant)
+    prag_layers: int | None = None  # PRAG: LoRA on the last N layers only; the layers below run once per text
+    prag_lr_decay: bool = False  # PRAG: the learning rate falls linearly to 0 over the run
     stop_loss: float | None = None  # PRAG: a document stops training once its epoch loss is below this
-    lr_decay: bool = False  # the learning rate falls linearly to 0 over the run (else constant)
 
 
 RECIPES: dict[str, Recipe] = {
     # measured on PopQA dev questions with oracle retrieval (bench/results/recipes/runs.jsonl, python -m
     # bench.recipe_table): the passage alone, no generated text (a 135M model's own questions are mostly about
     # something else: "What is the capital of France?" from a biography), read by recitation (PolyPRAG
-    # mode="recite"). PRAG: 15 epochs at lr 2e-3. 8 epochs at 4e-3 recited 10/10 on the 20-passage probe but,
-    # over the 217 passages of the PopQA-100 evaluation, 4 of 24 sampled adapters wrote garbage from the first
-    # token ("HonHonHon…"); retrained at 15 / 2e-3 the same passages all recite (F1 >= 0.89). Poly-PRAG's
-    # bank must tell documents apart by their routing alone: each document starts on 2 of the adapters
-    # (routing_active=2): 8/10 recited, shuffled routing 0/10; near-uniform or 1-adapter starts 1/10.
-    "default": Recipe(texts=("passage",), rank=2, alpha=32.0, prag_lr=2e-3, prag_epochs=15,
-                      lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=None, routing_active=2),
+    # mode="recite"). Poly-PRAG's bank must tell documents apart by their routing alone: each document starts on
+    # 2 of the adapters (routing_active=2): 8/10 recited, shuffled routing 0/10; near-uniform or 1-adapter
+    # starts 1/10.
+    # The speed (bench/results/encode_speed.jsonl, python -m bench.encode_speed): LoRA on the last 12 of 30
+    # layers, whose frozen lower layers then run once per text (training.FrozenPrefix), and 8 epochs at a
+    # higher rate falling linearly to 0. On 20 probe passages it recited 40% (recital F1 84.9) where "full"
+    # recited 35% (F1 92.6); constant-rate or 10-layer variants recited worse (F1 62-77).
+    # Poly-PRAG keeps every layer and 15 epochs at 2e-3: on the same probe, 12 layers with a falling rate took
+    # 2.1x less time but recited 15% (F1 51.1) where every layer recited 20% (F1 66.6).
+    "default": Recipe(texts=("passage",), rank=2, alpha=32.0, prag_lr=6e-3, prag_epochs=8,
+                      lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=None, routing_active=2,
+                      prag_layers=12, prag_lr_decay=True),
+    # the default until 2026-12-03: LoRA on every layer, 15 epochs at a constant 2e-3. 8 epochs at a constant
+    # 4e-3 recited 10/10 on a 20-passage probe but, over the 217 passages of the PopQA-100 evaluation, 4 of 24
+    # sampled adapters wrote garbage from the first token ("HonHonHon…"); at 15 / 2e-3 they all recite.
+    "full": Recipe(texts=("passage",), rank=2, alpha=32.0, prag_lr=2e-3, prag_epochs=15,
+                   lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=None, routing_active=2),
     "prag-paper": Recipe(texts=PRAG_TEXTS, rank=2, alpha=32.0, prag_lr=3e-4,
                          prag_epochs=1, lr=3e-4, routing_lr=3e-4, epochs=1, num_adapters=8),
 }

@@ -59,6 +59,8 @@ def settings(cfg: EvalConfig) -> dict:
                  "prag_lr", "layers", "stop_loss"):
         if getattr(cfg, name) is not None:
             r[name] = getattr(cfg, name)
+    if cfg.layers is not None:  # --layers: both methods
+        r["prag_layers"] = cfg.layers
     r["texts"] = check_texts(cfg.texts) if cfg.texts is not None else tuple(r["texts"])
     return r
 
@@ -443,16 +445,16 @@ def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, train: dict, 
     from ..methods.prag.encoder import PRAGEncoder
 
     common = dict(rank=train["rank"], alpha=train["alpha"], augmenter=augmenter, seed=cfg.seed,
-                  max_length=cfg.max_length, max_batch_tokens=cfg.max_batch_tokens, progress=cfg.progress,
-                  layers=train["layers"], lr_decay=train["lr_decay"])
+                  max_length=cfg.max_length, max_batch_tokens=cfg.max_batch_tokens, progress=cfg.progress)
     if kind == "prag":
         encoder = PRAGEncoder(llm, lr=train["prag_lr"], epochs=train["prag_epochs"], stop_loss=train["stop_loss"],
-                              **common)
+                              layers=train["prag_layers"], lr_decay=train["prag_lr_decay"], **common)
     else:
         encoder = PolyPRAGEncoder(llm, num_adapters=1 if kind == "poly_m1" else train["num_adapters"],
                                   lr=train["lr"], routing_lr=train["routing_lr"], epochs=train["epochs"],
                                   temperature=train["temperature"], batch_size=cfg.batch_size,
-                                  routing_active=0 if kind == "poly_m1" else train["routing_active"], **common)
+                                  routing_active=0 if kind == "poly_m1" else train["routing_active"],
+                                  layers=train["layers"], lr_decay=train["lr_decay"], **common)
     t0 = time.perf_counter()
     library = encoder.fit(docs)
     train_s = time.perf_counter() - t0

@@ -57,7 +57,8 @@ class PolyPRAGEncoder(Encoder):
                      temperature=r.temperature if temperature is None else temperature)
         super().__init__(llm, train, rank=rank, alpha=alpha, target_modules=target_modules, augmenter=augmenter,
                          batch_size=batch_size, max_length=max_length, seed=seed, max_batch_tokens=max_batch_tokens,
-                         progress=progress, recipe=recipe, layers=layers, lr_decay=lr_decay)
+                         progress=progress, recipe=recipe, layers=r.layers if layers is None else layers,
+                         lr_decay=r.lr_decay if lr_decay is None else lr_decay)
 
     def bank_size(self, n: int) -> int:
         """The bank size m for n documents: ``num_adapters``, or when it is None the recipes' ``bank_size(n)``."""

@@ -31,6 +31,10 @@ class PRAGEncoder(Encoder):
                  lr: float | None = None, epochs: int | None = None, group_size: int = 32,
                  stop_loss: float | None = None, **options):
         r = get_recipe(options.get("recipe", "default"))
+        if options.get("layers") is None:
+            options["layers"] = r.prag_layers
+        if options.get("lr_decay") is None:
+            options["lr_decay"] = r.prag_lr_decay
         self.group_size = group_size
         stop_loss = r.stop_loss if stop_loss is None else stop_loss
         if stop_loss is not None and not stop_loss > 0:
