@@ -15,11 +15,11 @@ from typing import Callable, Sequence
 import torch
 
 from polyprag import AdapterLibrary, Document, LoRABank, LoRAMixingLLM, load_corpus, load_questions
-from polyprag.library import LibraryConfig
+from polyprag.library.state import LibraryConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "popqa"
-PACKAGED_DATA = ROOT / "core" / "polyprag" / "data"
+PACKAGED_DATA = ROOT / "core" / "polyprag" / "demo" / "data"
 
 # Randomly initialised Llama sizes for the GPU run (TinyLlama-1.1B's shape for "1b"); "tiny" is the test
 # suite's two-layer model with its word-level tokenizer: seconds, to check that a suite runs.
@@ -110,7 +110,7 @@ def load_llm(model: str | None, random_llama: str | None, device: str | None, dt
         return tiny_llm(compute_dtype=compute_dtype)
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from polyprag.models import default_model_path, pick_device
+    from polyprag.generation.models import default_model_path, pick_device
 
     if random_llama not in RANDOM_LLAMAS:
         raise SystemExit(f"--random-llama must be one of {sorted(RANDOM_LLAMAS)}")

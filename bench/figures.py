@@ -18,8 +18,8 @@ import torch
 
 from polyprag import (AdapterLibrary, Document, GeneratedQAAugmenter, LoRAMixingLLM, ParametricRetriever,
                       PolyPRAGEncoder, PRAGEncoder)
-from polyprag.augment import FixedAugmenter
-from polyprag.recipes import bank_size, get_recipe
+from polyprag.encoding.augment import FixedAugmenter
+from polyprag.encoding.recipes import bank_size, get_recipe
 
 from .common import (at_least, folder_bytes, paired, random_bank, random_library, result, rss_mb,
                      save_peft_adapter, synthetic_docs, sync, timed)

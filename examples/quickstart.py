@@ -3,7 +3,7 @@
 Run from the repository root with `make demo` (or `.venv/bin/python examples/quickstart.py`).
 The steps live in polyprag/demo.py so that `polyprag demo` runs the same thing.
 """
-from polyprag.demo import main
+from polyprag.demo.quickstart import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polyprag import BM25Retriever, Document, InvalidInputError, load_corpus, load_questions
-from polyprag.retrieval import top_k
+from polyprag.retrieval.base import top_k
 
 SHARED = Path("/work/shared/data")
 WORDS = "quellport zorvania krell lighthouse velt marisol vase purple island river king".split()

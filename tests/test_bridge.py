@@ -1,4 +1,4 @@
-"""The bridge the faces share (polyprag.bridge), driven with plain callables: a framework retriever's items come
+"""The bridge the faces share (polyprag.pipeline.bridge), driven with plain callables: a framework retriever's items come
 back with the answer they were retrieved for, and an answer's sources report the routing it was prepared with."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from conftest import random_poly_library
 from polyprag import (BM25Retriever, Document, FrameworkRetriever, InvalidInputError, PolyPRAGEncoder, ScoredDocument,
                       Source, SourcedDocument, answer_sources, face_pipeline)
-from polyprag.state import LibraryState
+from polyprag.library.state import LibraryState
 
 QUESTION = "who built the krell lighthouse"
 
@@ -123,7 +123,7 @@ def test_sources_report_the_prepared_routing_across_a_live_update(llm, docs, one
 
 
 def test_the_bridge_imports_no_framework():
-    code = ("import sys, polyprag.bridge\n"
+    code = ("import sys, polyprag.pipeline.bridge\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('langchain_core', 'llama_index')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

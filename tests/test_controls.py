@@ -12,7 +12,7 @@ from polyprag import Question
 from polyprag.evaluation import (EvalConfig, FixedRetriever, compare, paired_bootstrap, routing_control,
                                  run_evaluation)
 from polyprag.evaluation.runner import choose_documents
-from polyprag.prompts import ANSWER_PREFIX, answer_target, first_sentence, sentence_end
+from polyprag.generation.prompts import ANSWER_PREFIX, answer_target, first_sentence, sentence_end
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 
@@ -122,7 +122,7 @@ def test_question_prompt_ends_with_the_prefix_and_answers_are_short(llm):
 
 def test_a_short_answer_cannot_end_before_it_holds_a_word():
     """After "The answer is", ":" then end-of-turn is refused (the stop ids get -inf) until a word appears."""
-    from polyprag.llm import _NoEmptyAnswer
+    from polyprag.generation.llm import _NoEmptyAnswer
 
     class Tok:
         words = {5: ":", 6: "Paris", 7: "\n"}

@@ -72,8 +72,8 @@ def encode(work: Path, kill: str | None = None) -> dict:
 
 def _arm(kill: str, work: Path) -> None:
     """Make this process SIGKILL itself at the named point; log every checkpoint write to WORK/writes.log."""
-    import polyprag.checkpoint as ckmod
-    import polyprag.storage as storemod
+    import polyprag.encoding.checkpoint as ckmod
+    import polyprag.library.storage as storemod
 
     phase, n, *when = kill.split(":")
     count = {"n": 0}

@@ -13,7 +13,7 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from polyprag import AdapterLibrary, LoRAMixingLLM, PolyPRAGEncoder
-from polyprag.methods.polyprag import distributed
+from polyprag.encoding import distributed
 from polyprag.documents import load_corpus
 
 TEXTS = ["the capital of zorvania is quellport", "the krell lighthouse was built by farrant",
@@ -29,7 +29,7 @@ WORKER = textwrap.dedent("""
     import hashlib, json, sys, torch
     torch.set_num_threads(1)
     from polyprag import LoRAMixingLLM, PolyPRAGEncoder
-    from polyprag.methods.polyprag import distributed
+    from polyprag.encoding import distributed
     from polyprag.documents import load_corpus
     model, corpus, out, per_process_batch, options = sys.argv[1:6]
     llm = LoRAMixingLLM.from_pretrained(model, device="cpu")
@@ -81,7 +81,7 @@ def test_two_process_encode_equals_single_process(setup):
     torch.testing.assert_close(two.routing_logits, one.routing_logits, atol=2e-3, rtol=1e-2)
     # and it learned: each document's own mixture lowers the loss of its text
     from polyprag import BankMixture, TrainingExample
-    from polyprag.training import collate, row_losses, tokenize
+    from polyprag.encoding.training import collate, row_losses, tokenize
 
     rows = [tokenize(llm, TrainingExample(target=d.full_text), 64) for d in docs]
     batch = collate(rows, llm.tokenizer.pad_token_id, llm.device)

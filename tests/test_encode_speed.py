@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from polyprag import InvalidInputError, PolyPRAGEncoder, PRAGEncoder
-from polyprag.training import layer_index
+from polyprag.encoding.training import layer_index
 
 
 def test_layer_index_reads_the_module_name():
@@ -43,10 +43,10 @@ def test_a_document_that_learned_its_text_stops_training(llm, docs, one_thread):
 def test_stopped_adapters_stay_while_the_others_train(llm, docs, one_thread):
     """A threshold between the documents' first-epoch losses: the documents under it keep their first-epoch
     adapters exactly, the others go on training."""
-    from polyprag.augment import PassageAugmenter
+    from polyprag.encoding.augment import PassageAugmenter
     from polyprag.engine import LoRABank
     from polyprag.methods.prag.training import train_per_document
-    from polyprag.training import TrainConfig
+    from polyprag.encoding.training import TrainConfig
 
     modules = PRAGEncoder(llm, progress=False).trained_modules()
     data = PassageAugmenter(("passage",))(docs)  # one text per document: one step per epoch
@@ -70,7 +70,7 @@ def test_stopped_adapters_stay_while_the_others_train(llm, docs, one_thread):
 
 
 def _train(llm, docs, prefix_on: bool, method=PRAGEncoder, **options):
-    import polyprag.training as training
+    import polyprag.encoding.training as training
 
     real = training.FrozenPrefix.of
     if not prefix_on:
@@ -114,7 +114,7 @@ def test_the_frozen_prefix_runs_the_lower_layers_once_per_text(llm, docs, one_th
 
 def test_a_model_that_cannot_be_split_trains_with_full_passes(llm, docs, one_thread):
     """If the split forward differs from the full one, training warns and runs every layer, with the same result."""
-    from polyprag.training import FrozenPrefix
+    from polyprag.encoding.training import FrozenPrefix
 
     real = FrozenPrefix._check
 
@@ -135,8 +135,8 @@ def test_a_model_that_cannot_be_split_trains_with_full_passes(llm, docs, one_thr
 
 
 def test_the_prefix_cache_stays_within_its_bytes(llm, docs, one_thread):
-    from polyprag.augment import PassageAugmenter
-    from polyprag.training import FrozenPrefix, collate, tokenize
+    from polyprag.encoding.augment import PassageAugmenter
+    from polyprag.encoding.training import FrozenPrefix, collate, tokenize
 
     enc = PRAGEncoder(llm, layers=1, progress=False)
     from polyprag.engine import LoRABank

@@ -6,7 +6,7 @@ import torch
 
 from conftest import random_poly_library
 from polyprag import BM25Retriever, InvalidInputError, ParametricRetriever, PolyPRAG
-from polyprag.pipeline import MODES
+from polyprag.pipeline.pipeline import MODES
 
 Q = "who built the krell lighthouse"
 
@@ -101,7 +101,7 @@ def test_the_document_that_decides_is_the_one_whose_row_is_sure(llm, docs, one_t
 
     prompts = [llm.question_prompt(Q, [d.full_text]) for d in docs[:3]]
     ids = [llm.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    from polyprag.llm import _Ensemble
+    from polyprag.generation.llm import _Ensemble
 
     scores = torch.zeros(3, len(llm.tokenizer))
     scores[1, target] = 20.0                # row 1 is sure of "farrant"

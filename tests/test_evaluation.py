@@ -120,9 +120,9 @@ def test_lag_methods_need_polyprag_lag(llm, docs, tmp_path):
     cfg = EvalConfig(data=str(data), n=4, k=2, methods=("lag", "lag_in_context"), texts="passage", prag_epochs=1,
                      max_new_tokens=3, latency_samples=1, progress=False)
     try:
-        import polyprag.lag  # noqa: F401
+        import polyprag.methods.lag  # noqa: F401
     except ImportError:
-        with pytest.raises(Exception, match="polyprag.lag"):
+        with pytest.raises(Exception, match="polyprag.methods.lag"):
             run_evaluation(cfg, llm=llm)
         return
     report = run_evaluation(cfg, llm=llm)

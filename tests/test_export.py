@@ -9,8 +9,8 @@ from conftest import random_bank
 from tiny import tiny_model
 
 from polyprag import AdapterLibrary, InvalidInputError, UnknownDocumentError
-from polyprag.export import CONFIG_FILE, WEIGHTS_FILE, export_peft
-from polyprag.library import LibraryConfig
+from polyprag.library.export import CONFIG_FILE, WEIGHTS_FILE, export_peft
+from polyprag.library.state import LibraryConfig
 
 PROMPTS = ["the capital of zorvania is", "who built the krell lighthouse"]
 

@@ -7,7 +7,7 @@ from conftest import random_poly_library
 from tiny import tiny_llm
 
 from polyprag import LoRAMixingLLM
-from polyprag.batching import plan, row_bytes
+from polyprag.generation.batching import plan, row_bytes
 
 QUESTIONS = ["who built the krell lighthouse", "what is the capital of zorvania",
              "who invented the vase", "what is the velt", "which island is the lighthouse on",
@@ -87,7 +87,7 @@ def test_batch_limits_are_checked():
 
 
 def test_min_new_tokens_fixes_the_length_of_a_question_answer_that_ends_early():
-    from polyprag.llm import GenerationConfig
+    from polyprag.generation.llm import GenerationConfig
 
     llm = tiny_llm(spaced=True)
     with torch.no_grad():  # every token is "." (decoded ". . ."): the answer's sentence ends at its second token

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tiny import tiny_llm, tiny_tokenizer
 
-import polyprag.llm as llm_module
-from polyprag.llm import _cut
-from polyprag.prompts import sentence_end
+import polyprag.generation.llm as llm_module
+from polyprag.generation.llm import _cut
+from polyprag.generation.prompts import sentence_end
 
 
 class WholeTextStop:
@@ -127,7 +127,7 @@ def edge_rows(tokenizer, rng: random.Random, length: int) -> list[list[int]]:
 
 def real_tokenizer():
     """SmolLM2's byte-level BPE tokenizer (merges bytes across tokens), where the model cache holds it."""
-    from polyprag.models import DEFAULT_MODEL, cache_dir
+    from polyprag.generation.models import DEFAULT_MODEL, cache_dir
 
     folder = cache_dir() / "models" / DEFAULT_MODEL
     if not (folder / "tokenizer.json").is_file():

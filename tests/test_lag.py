@@ -11,8 +11,8 @@ from tiny import tiny_model
 
 from polyprag import (AdapterLibrary, BankMixture, Document, IncompatibleModelError, InvalidInputError,
                       LibraryError, PolyPRAG, SumMixture)
-from polyprag.lag import LAGLibrary, LAGRouter, spectral_factors
-from polyprag.library import LibraryConfig
+from polyprag.methods.lag import LAGLibrary, LAGRouter, spectral_factors
+from polyprag.library.state import LibraryConfig
 
 
 def _prag_library(llm, m: int, seed: int = 0, rank: int = 2) -> AdapterLibrary:

@@ -5,7 +5,7 @@ import pytest
 from conftest import DATA
 
 from polyprag import PolyPRAG, PRAGEncoder, load_corpus, load_questions
-from polyprag.lag import LAGLibrary, LAGRouter
+from polyprag.methods.lag import LAGLibrary, LAGRouter
 
 
 def _correct(answers, questions) -> int:

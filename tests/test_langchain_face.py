@@ -23,7 +23,7 @@ import langchain_polyprag
 from langchain_polyprag import ChatPolyPRAG, PolyPRAGRetriever, PolyPRAGRunnable, to_polyprag_documents
 from polyprag import (AdapterLibrary, Document, InvalidInputError, ModelLoadError, ParametricRetriever, PolyPRAG,
                       UnknownDocumentError, passage_id)
-from polyprag.library import LibraryConfig
+from polyprag.library.state import LibraryConfig
 
 from conftest import random_bank
 from fakes import word_embed

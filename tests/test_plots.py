@@ -11,8 +11,8 @@ from tiny import tiny_model, tiny_tokenizer
 
 from polyprag import AdapterLibrary, Document, InvalidInputError, LoRAMixingLLM
 from polyprag.cli import main
-from polyprag.library import LibraryConfig
-from polyprag.plots import plot_routing, routing_summary, sample_rows
+from polyprag.library.state import LibraryConfig
+from polyprag.library.plots import plot_routing, routing_summary, sample_rows
 
 
 def _library(llm, n: int, m: int = 6, kind: str = "poly", collapsed: bool = False) -> AdapterLibrary:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from polyprag import PolyPRAGEncoder
-from polyprag.augment import PassageAugmenter
+from polyprag.encoding.augment import PassageAugmenter
 from polyprag.errors import InvalidInputError
-from polyprag.recipes import bank_size, get_recipe
+from polyprag.encoding.recipes import bank_size, get_recipe
 
 
 @pytest.mark.parametrize("documents, m", [(1, 8), (20, 8), (33, 16), (217, 64), (256, 64), (257, 128),

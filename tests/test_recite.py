@@ -5,9 +5,9 @@ import pytest
 
 from conftest import random_poly_library
 from polyprag import BM25Retriever, Document, ParametricRetriever, PolyPRAG, PRAGEncoder
-from polyprag.augment import PassageAugmenter
-from polyprag.augment import TrainingExample
-from polyprag.training import tokenize
+from polyprag.encoding.augment import PassageAugmenter
+from polyprag.encoding.augment import TrainingExample
+from polyprag.encoding.training import tokenize
 
 
 def _rag(llm, docs, **kw):

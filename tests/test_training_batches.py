@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from polyprag import PolyPRAGEncoder, PRAGEncoder
-from polyprag.augment import TrainingExample
+from polyprag.encoding.augment import TrainingExample
 from polyprag.errors import InvalidInputError
-from polyprag.models import pick_compute_dtype
-from polyprag.training import Tokenized, bucketed_order, micro_batches
+from polyprag.generation.models import pick_compute_dtype
+from polyprag.encoding.training import Tokenized, bucketed_order, micro_batches
 
 from tiny import tiny_llm
 
@@ -61,7 +61,7 @@ def _examples(docs):
 
 @pytest.mark.parametrize("kind", ["poly", "prag"])
 def test_micro_batched_training_equals_one_batch(docs, kind):
-    from polyprag.augment import FixedAugmenter
+    from polyprag.encoding.augment import FixedAugmenter
 
     fixed = FixedAugmenter(_examples(docs))
     banks = []
@@ -134,7 +134,7 @@ def test_bfloat16_compute_runs_every_path_and_stays_close(docs):
     batched = [lib.mixture(["d0"]), lib.mixture(["d1", "d3"])]
     assert len(mixed.generate(["the capital of zorvania is", "the velt is"], mixtures=batched,
                               max_new_tokens=3)) == 2
-    from polyprag.lag import LAGLibrary, LAGRouter
+    from polyprag.methods.lag import LAGLibrary, LAGRouter
 
     router = LAGRouter(LAGLibrary.from_adapter_library(lib), k=2)
     routed = mixed.logits(**enc, mixture=router).float()  # discrete routing: a near tie may flip in bf16

@@ -8,7 +8,7 @@ import pytest
 
 from polyprag import (BM25Retriever, ParametricRetriever, PolyPRAG, PolyPRAGEncoder, UnknownDocumentError,
                       load_corpus, load_questions)
-from polyprag.demo import DATA, contains_answer
+from polyprag.demo.quickstart import DATA, contains_answer
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_thread")]  # one torch thread
 ADDED = Path(__file__).parent / "data"

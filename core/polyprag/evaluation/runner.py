@@ -18,23 +18,23 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..augment import FixedAugmenter, GeneratedQAAugmenter, PassageAugmenter
+from ..encoding.augment import FixedAugmenter, GeneratedQAAugmenter, PassageAugmenter
 from ..documents import Document, Question, load_corpus, load_questions
 from ..errors import InvalidInputError, PolyPRAGError
-from ..library import AdapterLibrary
-from ..parametric import ParametricRetriever, Retrieval
-from ..pipeline import MODES, PolyPRAG
+from ..library.adapters import AdapterLibrary
+from ..retrieval.parametric import ParametricRetriever, Retrieval
+from ..pipeline.pipeline import MODES, PolyPRAG
 from ..progress import progress_bar
-from ..recipes import FREE_TEXTS, check_texts, get_recipe
-from ..dense import build_retriever
-from ..retrieval import ScoredDocument
+from ..encoding.recipes import FREE_TEXTS, check_texts, get_recipe
+from ..retrieval.dense import build_retriever
+from ..retrieval.base import ScoredDocument
 from .config import METHODS, EvalConfig, Method
 from .metrics import accuracy, exact_match, f1_score, mean, paired_bootstrap, recall_at_k
 from .questions import evidence, prior_answers, question_kind, states_answer
 from .report import Comparison, EvalReport, MethodResult, write_report
 
 if TYPE_CHECKING:
-    from ..llm import LoRAMixingLLM
+    from ..generation.llm import LoRAMixingLLM
 
 CONTROL_SUFFIXES = ("_shuffled", "_uniform", "_m1", "_wrong")
 
@@ -171,7 +171,7 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
     docs, questions = load_slice(cfg.data, cfg.n, cfg.start)
     questions = [replace(q, gold=evidence(q)) for q in questions]  # an answer's own article is never gold
     if llm is None:
-        from ..llm import LoRAMixingLLM
+        from ..generation.llm import LoRAMixingLLM
 
         llm = LoRAMixingLLM.from_pretrained(cfg.model, device=cfg.device, compute_dtype=cfg.compute_dtype)
     index = build_retriever(cfg.retriever, docs, k=min(cfg.k, len(docs)))  # over the whole corpus
@@ -373,7 +373,7 @@ def _keep(cfg: EvalConfig, train: dict, kind: str, enc: "_Encoded", saved: Path,
     import json
     import shutil
 
-    from ..storage import atomic_write_text
+    from ..library.storage import atomic_write_text
 
     if not cfg.libraries:
         return
@@ -418,7 +418,7 @@ def _encode_side_by_side(llm, docs: list[Document], kinds: Sequence[str], cfg: E
 def _encode_worker(cfg: EvalConfig, train: dict, docs: list[Document], examples: dict, kind: str, path: str,
                    threads: int) -> tuple[float, int | None, int | None]:
     """In a worker process: load the model, train and save one library; returns its time and bytes."""
-    from ..llm import LoRAMixingLLM
+    from ..generation.llm import LoRAMixingLLM
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
@@ -456,9 +456,9 @@ def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, train: dict, 
 
 def _lag_api():
     try:
-        from ..lag import LAGLibrary, LAGRouter
+        from ..methods.lag import LAGLibrary, LAGRouter
     except ImportError as e:
-        raise PolyPRAGError(f"The lag methods need polyprag.lag (LAGLibrary, LAGRouter), which is not "
+        raise PolyPRAGError(f"The lag methods need polyprag.methods.lag (LAGLibrary, LAGRouter), which is not "
                             f"available in this install ({e}); drop lag/lag_in_context from --methods.") from None
     return LAGLibrary, LAGRouter
 

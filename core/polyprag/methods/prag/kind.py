@@ -9,12 +9,12 @@ import torch
 from ...documents import Document
 from ...engine import LoRABank
 from ...errors import LibraryError
-from ...fitting import start_update
-from ...state import LibraryKind, LibraryState
+from ...encoding.fitting import start_update
+from ...library.state import LibraryKind, LibraryState
 from .training import train_prag_bank
 
 if TYPE_CHECKING:
-    from ...llm import LoRAMixingLLM
+    from ...generation.llm import LoRAMixingLLM
 
 
 class PRAGKind(LibraryKind):

@@ -16,12 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .documents import Document
-from .library import AdapterLibrary
-from .llm import LoRAMixingLLM
-from .parametric import ParametricRetriever, scored_documents
+from ..documents import Document
+from ..library.adapters import AdapterLibrary
+from ..generation.llm import LoRAMixingLLM
+from ..retrieval.parametric import ParametricRetriever, scored_documents
 from .pipeline import PolyPRAG, Prepared
-from .retrieval import ScoredDocument
+from ..retrieval.base import ScoredDocument
 
 
 @dataclass(frozen=True)

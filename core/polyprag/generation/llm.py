@@ -15,8 +15,8 @@ import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
 from . import batching
-from .errors import InvalidInputError, ModelLoadError
-from .engine import Mixture, MixtureSlot, attach, tracing_mixture, use_mixture
+from ..errors import InvalidInputError, ModelLoadError
+from ..engine import Mixture, MixtureSlot, attach, tracing_mixture, use_mixture
 from .models import pick_compute_dtype, pick_device, resolve_model
 from .prompts import ANSWER_PREFIX, first_sentence, question_message, sentence_end, text_start_id
 

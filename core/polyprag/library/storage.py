@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from .errors import LibraryError
+from ..errors import LibraryError
 
 T = TypeVar("T")
 

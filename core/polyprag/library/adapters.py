@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .documents import Document, check_unique
-from .errors import DuplicateDocumentError, IncompatibleModelError, InvalidInputError, LibraryError
-from .engine import BankMixture, LoRABank
-from .methods.polyprag.kind import PolyPRAGKind  # noqa: F401  each kind registers itself in state.KINDS
-from .methods.prag.kind import PRAGKind  # noqa: F401
+from ..documents import Document, check_unique
+from ..errors import DuplicateDocumentError, IncompatibleModelError, InvalidInputError, LibraryError
+from ..engine import BankMixture, LoRABank
+from ..methods.polyprag.kind import PolyPRAGKind  # noqa: F401  each kind registers itself in state.KINDS
+from ..methods.prag.kind import PRAGKind  # noqa: F401
 from . import storage
 from .state import FORMAT_VERSION, KINDS, LibraryConfig, LibraryState
 
 if TYPE_CHECKING:
-    from .llm import LoRAMixingLLM
+    from ..generation.llm import LoRAMixingLLM
 
 class AdapterLibrary:
     """The knowledge of a set of documents as LoRA adapters and how each document mixes them.

@@ -16,12 +16,12 @@ from typing import Any, Sequence
 
 import torch
 
-from .documents import Document, check_text, content_keys, passage_id
-from .errors import InvalidInputError, UnknownDocumentError
-from .library import AdapterLibrary
-from .state import COMBINES, LibraryState
-from .engine import BankMixture
-from .retrieval import ScoredDocument, check_query, check_top_k
+from ..documents import Document, check_text, content_keys, passage_id
+from ..errors import InvalidInputError, UnknownDocumentError
+from ..library.adapters import AdapterLibrary
+from ..library.state import COMBINES, LibraryState
+from ..engine import BankMixture
+from .base import ScoredDocument, check_query, check_top_k
 
 ON_UNKNOWN = ("error", "in_context", "skip")
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from .library import AdapterLibrary
+    from .adapters import AdapterLibrary
 
 MAX_ROWS = 60  # more documents than this are sampled evenly: a heat map of 10k rows reads as noise
 

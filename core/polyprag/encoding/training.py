@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import TrainingExample
-from .engine import BankMixture, LoRABank
-from .errors import TrainingError
-from .prompts import answer_target, text_start_id
+from ..engine import BankMixture, LoRABank
+from ..errors import TrainingError
+from ..generation.prompts import answer_target, text_start_id
 
 if TYPE_CHECKING:
-    from .llm import LoRAMixingLLM
+    from ..generation.llm import LoRAMixingLLM
 
 
 @dataclass
@@ -176,7 +176,7 @@ class FrozenPrefix:
         """The split forward must give the full forward's hidden state (no adapter applied)."""
         self._checked = True
         ids, mask = batch["input_ids"][:1], batch["attention_mask"][:1]
-        from .engine.hooks import use_mixture
+        from ..engine.hooks import use_mixture
 
         try:
             with torch.no_grad(), use_mixture(None):

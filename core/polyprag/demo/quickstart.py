@@ -32,7 +32,7 @@ def demo_encoder(llm, adapters: int | None = None, epochs: int | None = None, re
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns 0 when a parametric mode answered more questions than closed-book."""
     from polyprag import BM25Retriever, LoRAMixingLLM, ParametricRetriever, PolyPRAG, load_corpus, load_questions
-    from polyprag.models import cache_dir
+    from polyprag.generation.models import cache_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="HF folder or hub id (default: bundled SmolLM2-135M-Instruct)")

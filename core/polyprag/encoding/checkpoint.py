@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, InvalidInputError
-from .storage import atomic_write
+from ..errors import CheckpointError, InvalidInputError
+from ..library.storage import atomic_write
 
 CHECKPOINT_VERSION = 1
 _META = "polyprag_checkpoint"

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from .library import AdapterLibrary
+    from .adapters import AdapterLibrary
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

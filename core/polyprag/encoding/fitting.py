@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Sequence
 
 from .augment import Augmenter, GeneratedQAAugmenter, PassageAugmenter, TrainingExample
 from .checkpoint import Checkpoint, run_key, tensor_digest
-from .documents import Document
-from .errors import InvalidInputError
+from ..documents import Document
+from ..errors import InvalidInputError
 from .recipes import FREE_TEXTS, PRAG_TEXTS
-from .state import ADD_STRATEGIES, LibraryState
+from ..library.state import ADD_STRATEGIES, LibraryState
 from .training import TrainConfig
 
 if TYPE_CHECKING:
-    from .llm import LoRAMixingLLM
+    from ..generation.llm import LoRAMixingLLM
 
 
 def choose_augmenter(augmenter: Augmenter | str | None, llm: "LoRAMixingLLM",

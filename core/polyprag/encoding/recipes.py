@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 TEXT_KINDS = ("passage", "recall", "sentences", "rewrite", "qa", "qa_context")
 FREE_TEXTS = frozenset({"passage", "recall", "sentences"})  # made from the passage alone, no generation

@@ -14,13 +14,13 @@ the bm25s backend indexes with ``lucene`` and rescales each vocabulary column by
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from .documents import Document, check_unique
-from .errors import InvalidInputError
+from ..documents import Document, check_unique
+from ..errors import InvalidInputError
+from .base import ScoreRetriever, check_query, check_top_k
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 # A short English stop list: BM25's idf already discounts common words, this only trims noise.
@@ -33,42 +33,6 @@ STOPWORDS = frozenset(
 def tokenize(text: str) -> list[str]:
     """Lower-cased word tokens without stop words: the analyser both backends share."""
     return [t for t in _WORD.findall(text.lower()) if t not in STOPWORDS]
-
-
-@dataclass(frozen=True)
-class ScoredDocument:
-    """A retrieved document with its retriever's score (BM25, cosine, fused rank, …): higher is better."""
-
-    document: Document
-    score: float
-
-
-def check_query(query: str) -> str:
-    """The query, refused with a clear message when it is not a usable string."""
-    if not isinstance(query, str):
-        raise InvalidInputError(f"A query must be a string, got {type(query).__name__}.")
-    if not query.strip():
-        raise InvalidInputError("The query is empty or only white space; ask a question.")
-    return query
-
-
-class ScoreRetriever:
-    """What a retriever with ``score_array`` (one score per document) adds: top-k retrieval and its size."""
-
-    documents: list[Document]
-    k: int
-
-    def score_array(self, query: str) -> np.ndarray:
-        raise NotImplementedError
-
-    def retrieve(self, query: str, k: int | None = None) -> list[ScoredDocument]:
-        """The k best-scored documents for the query, best first (ties broken by corpus order)."""
-        k = self.k if k is None else check_top_k(k)
-        scores = self.score_array(query)
-        return [ScoredDocument(self.documents[i], float(scores[i])) for i in top_k(scores, k)]
-
-    def __len__(self) -> int:
-        return len(self.documents)
 
 
 class BM25Retriever(ScoreRetriever):
@@ -115,19 +79,6 @@ class BM25Retriever(ScoreRetriever):
         return self.score_array(query).tolist()
 
 
-
-def top_k(scores: np.ndarray, k: int) -> list[int]:
-    """Indices of the k largest scores, best first, ties by lower index: O(N) selection, then a small sort."""
-    k = min(k, len(scores))
-    if k == len(scores):
-        cand = np.arange(len(scores))
-    else:
-        kth = np.partition(scores, len(scores) - k)[len(scores) - k]  # the k-th largest value
-        cand = np.flatnonzero(scores >= kth)  # every tie of the k-th value stays a candidate
-    order = np.lexsort((cand, -scores[cand]))  # by score desc, then corpus order
-    return cand[order[:k]].tolist()
-
-
 def okapi_idf(doc_freq: np.ndarray, n_docs: int, epsilon: float = 0.25) -> np.ndarray:
     """rank-bm25's BM25Okapi idf per term: ln((N-n+0.5)/(n+0.5)), negatives floored at ε·mean idf."""
     idf = np.log(n_docs - doc_freq + 0.5) - np.log(doc_freq + 0.5)
@@ -152,13 +103,3 @@ def okapi_bm25s_index(corpus: list[list[str]], k1: float, b: float, epsilon: flo
     ratio = np.where(real, (k1 + 1) * okapi / lucene, 0.0)  # lucene·tfc → okapi·(k1+1)·tfc
     index.scores["data"] = index.scores["data"] * np.repeat(ratio, np.diff(indptr))
     return index
-
-
-def check_top_k(k: int, corpus_size: int | None = None) -> int:
-    """``k`` (results per query), refused unless it is a positive integer no larger than a sized corpus."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InvalidInputError(f"k must be a positive integer, got {k!r}.")
-    if corpus_size is not None and k > corpus_size:
-        raise InvalidInputError(f"k={k} is larger than the corpus ({corpus_size} documents); "
-                                f"ask for at most k={corpus_size}.")
-    return k

@@ -12,13 +12,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from .documents import check_text
-from .errors import IncompatibleModelError, InvalidInputError
-from .llm import GenerationConfig, LoRAMixingLLM
-from .engine import Mixture, SumMixture
-from .parametric import ParametricRetriever, Retrieval, check_retriever, retrieve_from
-from .retrieval import ScoredDocument, check_query, check_top_k
-from .state import LibraryState
+from ..documents import check_text
+from ..errors import IncompatibleModelError, InvalidInputError
+from ..generation.llm import GenerationConfig, LoRAMixingLLM
+from ..engine import Mixture, SumMixture
+from ..retrieval.parametric import ParametricRetriever, Retrieval, check_retriever, retrieve_from
+from ..retrieval.base import ScoredDocument, check_query, check_top_k
+from ..library.state import LibraryState
 
 log = logging.getLogger(__name__)
 MIN_PASSAGE_TOKENS = 8  # a passage cut shorter than this is dropped instead: a fragment tells the model little
@@ -121,7 +121,7 @@ class PolyPRAG:
     """Question answering with a mode: ``parametric`` (mixture only), ``combine`` (mixture + passages),
     ``in_context`` (standard RAG: passages only), ``closed_book`` (the bare model) or ``recite`` (each
     retrieved document's adapter recites what it learned, then the model reads the recitals); with a LAG
-    router (``lag=``, see ``polyprag.lag``): ``lag`` (router only, no retriever needed),
+    router (``lag=``, see ``polyprag.methods.lag``): ``lag`` (router only, no retriever needed),
     ``lag_in_context`` (router + passages) and ``lag_parametric`` (router + retrieved mixture).
 
     Ensemble modes read each retrieved document on its own: ``recite_ensemble`` (a row per document with its

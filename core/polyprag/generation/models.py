@@ -6,8 +6,8 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import InvalidInputError, ModelLoadError
-from .storage import staged_folder
+from ..errors import InvalidInputError, ModelLoadError
+from ..library.storage import staged_folder
 
 log = logging.getLogger(__name__)
 

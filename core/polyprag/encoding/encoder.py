@@ -8,23 +8,23 @@ from typing import TYPE_CHECKING, Sequence
 
 from .augment import Augmenter, TrainingExample
 from .checkpoint import Checkpoint
-from .documents import Document, check_unique
-from .errors import InvalidInputError
+from ..documents import Document, check_unique
+from ..errors import InvalidInputError
 from .fitting import choose_augmenter, run_checkpoint
-from .library import AdapterLibrary
+from ..library.adapters import AdapterLibrary
 from .recipes import get_recipe
-from .state import LibraryConfig
+from ..library.state import LibraryConfig
 from .training import TrainConfig, layer_index
 
 if TYPE_CHECKING:
-    from .llm import LoRAMixingLLM
+    from ..generation.llm import LoRAMixingLLM
 
 
 class Encoder:
     """What each method's encoder (``PolyPRAGEncoder``, ``PRAGEncoder``) shares; a method names the library
     ``kind`` it makes and its checkpoint ``phase``, and implements ``train_library``.
 
-    Settings left at None come from ``recipe`` (``polyprag.recipes``); ``train`` holds the method's own
+    Settings left at None come from ``recipe`` (``polyprag.encoding.recipes``); ``train`` holds the method's own
     optimisation settings (``TrainConfig`` fields)."""
 
     kind = ""

@@ -26,12 +26,12 @@ from typing import Sequence
 
 import torch
 
-from ...documents import Document
-from ...encoder import Encoder
-from ...errors import InvalidInputError
-from ...library import AdapterLibrary
-from .encoder import PolyPRAGEncoder
-from .training import train_poly
+from ..documents import Document
+from .encoder import Encoder
+from ..errors import InvalidInputError
+from ..library.adapters import AdapterLibrary
+from ..methods.polyprag.encoder import PolyPRAGEncoder
+from ..methods.polyprag.training import train_poly
 
 
 def world() -> tuple[int, int]:

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 
-from .documents import Document, check_unique, content_keys
-from .errors import InvalidInputError, LibraryError, UnknownDocumentError
-from .engine import BankMixture, LoRABank
+from ..documents import Document, check_unique, content_keys
+from ..errors import InvalidInputError, LibraryError, UnknownDocumentError
+from ..engine import BankMixture, LoRABank
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .llm import LoRAMixingLLM
+    from ..generation.llm import LoRAMixingLLM
 
 FORMAT_VERSION = 1
 COMBINES = ("mean", "sum")

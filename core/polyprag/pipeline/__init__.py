@@ -1,0 +1,1 @@
+"""The question's path: the modes table, the PolyPRAG pipeline from retrieval to answer, and the bridge the LangChain and LlamaIndex faces share."""
