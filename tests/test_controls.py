@@ -122,7 +122,7 @@ def test_question_prompt_ends_with_the_prefix_and_answers_are_short(llm):
 
 def test_a_short_answer_cannot_end_before_it_holds_a_word():
     """After "The answer is", ":" then end-of-turn is refused (the stop ids get -inf) until a word appears."""
-    from polyprag.generation.llm import _NoEmptyAnswer
+    from polyprag.generation.stopping import NoEmptyAnswer
 
     class Tok:
         words = {5: ":", 6: "Paris", 7: "\n"}
@@ -130,7 +130,7 @@ def test_a_short_answer_cannot_end_before_it_holds_a_word():
         def decode(self, ids, skip_special_tokens=True):
             return "".join(self.words.get(int(i), "") for i in ids)
 
-    proc = _NoEmptyAnswer(Tok(), prompt_len=2, rows=[True, True, False], stop_ids=[0])
+    proc = NoEmptyAnswer(Tok(), prompt_len=2, rows=[True, True, False], stop_ids=[0])
     ids = torch.tensor([[1, 1, 5, 7], [1, 1, 5, 6], [1, 1, 5, 7]])
     scores = proc(ids, torch.zeros(3, 8))
     assert scores[0, 0] == float("-inf") and scores[0, 1:].eq(0).all()  # ":\n" is no answer yet

@@ -6,7 +6,7 @@ import torch
 
 from conftest import random_poly_library
 from polyprag import BM25Retriever, InvalidInputError, ParametricRetriever, PolyPRAG
-from polyprag.pipeline.pipeline import MODES
+from polyprag.pipeline.modes import MODES
 
 Q = "who built the krell lighthouse"
 

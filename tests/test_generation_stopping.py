@@ -10,7 +10,8 @@ import torch
 from tiny import tiny_llm, tiny_tokenizer
 
 import polyprag.generation.llm as llm_module
-from polyprag.generation.llm import _cut
+import polyprag.generation.stopping as stopping
+from polyprag.generation.stopping import cut_at_stop
 from polyprag.generation.prompts import sentence_end
 
 
@@ -30,7 +31,7 @@ class WholeTextStop:
             if self.done[i]:
                 continue
             text = self.tokenizer.decode(input_ids[i, self.prompt_len:], skip_special_tokens=True)
-            self.done[i] = _cut(text, self.stop) != text or (self.short[i] and sentence_end(text) is not None)
+            self.done[i] = cut_at_stop(text, self.stop) != text or (self.short[i] and sentence_end(text) is not None)
         return self.done.to(input_ids.device)
 
 
@@ -175,9 +176,9 @@ def test_each_step_decides_what_decoding_the_whole_text_decides(name):
         ids = torch.tensor(token_rows(tokenizer, draw, len(short) - len(EDGES), prompt_len + length)
                            + [[0] * prompt_len + r for r in edge_rows(tokenizer, draw, length)])
         ids[:, :prompt_len] = torch.tensor([rng.randrange(len(tokenizer)) for _ in range(prompt_len)])
-        new = llm_module._SentenceStop(tokenizer, prompt_len, short, stop, every_row, min_tokens)
+        new = stopping.SentenceStop(tokenizer, prompt_len, short, stop, every_row, min_tokens)
         ref = WholeTextStop(tokenizer, prompt_len, short, stop, every_row, min_tokens)
-        new_empty = llm_module._NoEmptyAnswer(tokenizer, prompt_len, short, [0, 3])
+        new_empty = stopping.NoEmptyAnswer(tokenizer, prompt_len, short, [0, 3])
         ref_empty = WholeTextNoEmpty(tokenizer, prompt_len, short, [0, 3])
         stopped_at = {}
         for n in range(length + 1):
@@ -214,7 +215,7 @@ def test_a_step_decodes_the_new_tokens_window_not_the_whole_answer(monkeypatch):
     colons = tokenizer(":", add_special_tokens=False)["input_ids"]
     rows = torch.tensor([(text * 60)[:300], (colons * 300)])  # no sentence end, no stop string
     waiting = torch.tensor([colons * 300] * 2)  # no word yet
-    for name, make_stop, make_empty in (("incremental", llm_module._SentenceStop, llm_module._NoEmptyAnswer),
+    for name, make_stop, make_empty in (("incremental", stopping.SentenceStop, stopping.NoEmptyAnswer),
                                         ("whole text", WholeTextStop, WholeTextNoEmpty)):
         sizes = decoded_sizes(tokenizer, monkeypatch)
         stop = make_stop(tokenizer, 0, [True, False], ("never",), every_row=True)
@@ -227,7 +228,7 @@ def test_a_step_decodes_the_new_tokens_window_not_the_whole_answer(monkeypatch):
             per_step.append(sum(sizes[before:]))
         monkeypatch.undo()
         if name == "incremental":  # a window of a few tokens per row and step, however long the answer
-            assert max(per_step[20:]) <= 4 * (2 * llm_module._WINDOW + 1), per_step  # after meeting each token once
+            assert max(per_step[20:]) <= 4 * (2 * stopping._WINDOW + 1), per_step  # after meeting each token once
             assert max(per_step[-50:]) <= max(per_step[:50]), per_step
         else:  # the measure sees the whole-text check grow with the answer: O(T) a step
             assert per_step[-1] == 4 * 300 and per_step[-1] > 10 * per_step[9], per_step
@@ -257,8 +258,8 @@ def test_answers_and_tokens_equal_those_of_the_whole_text_check(one_thread, monk
         return tokens, llm.generate(prompts, config=cfg), "".join(llm.stream(prompts[-1], config=cfg))
 
     tokens, answers, streamed = decoded()
-    monkeypatch.setattr(llm_module, "_SentenceStop", WholeTextStop)
-    monkeypatch.setattr(llm_module, "_NoEmptyAnswer", WholeTextNoEmpty)
+    monkeypatch.setattr(llm_module, "SentenceStop", WholeTextStop)
+    monkeypatch.setattr(llm_module, "NoEmptyAnswer", WholeTextNoEmpty)
     whole_tokens, whole_answers, whole_streamed = decoded()
     assert tokens.shape == whole_tokens.shape and torch.equal(tokens, whole_tokens)  # the same stopping step
     assert (answers, streamed) == (whole_answers, whole_streamed)
@@ -274,4 +275,4 @@ def test_generation_decodes_windows_while_its_answers_grow(llm, one_thread, monk
     with torch.no_grad():
         out = llm.model.generate(**enc, **kwargs)
     assert out.shape[1] - enc["input_ids"].shape[1] == 60
-    assert len(sizes) >= 60 * len(prompts) and max(sizes) <= 2 * llm_module._WINDOW + 1, sizes
+    assert len(sizes) >= 60 * len(prompts) and max(sizes) <= 2 * stopping._WINDOW + 1, sizes

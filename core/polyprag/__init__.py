@@ -13,7 +13,8 @@ from .methods.polyprag.encoder import PolyPRAGEncoder
 from .methods.prag.encoder import PRAGEncoder
 from .generation.models import DEFAULT_MODEL
 from .retrieval.parametric import ON_UNKNOWN, ParametricRetriever, Retrieval
-from .pipeline.pipeline import MODES, Answer, PolyPRAG, Prepared
+from .pipeline.modes import MODES
+from .pipeline.pipeline import Answer, PolyPRAG, Prepared
 from .retrieval.base import ScoredDocument
 from .retrieval.bm25 import BM25Retriever
 from .threads import iterate_in_thread

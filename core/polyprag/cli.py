@@ -203,7 +203,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 # ---- ask ----------------------------------------------------------------------------------------
 def _configure_ask(p: argparse.ArgumentParser) -> None:
-    from .pipeline.pipeline import MODES
+    from .pipeline.modes import MODES
 
     p.add_argument("library", help="an adapter library folder (from `polyprag encode`)")
     p.add_argument("question")

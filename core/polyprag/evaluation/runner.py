@@ -23,7 +23,8 @@ from ..documents import Document, Question, load_corpus, load_questions
 from ..errors import InvalidInputError, PolyPRAGError
 from ..library.adapters import AdapterLibrary
 from ..retrieval.parametric import ParametricRetriever, Retrieval
-from ..pipeline.pipeline import MODES, PolyPRAG
+from ..pipeline.modes import MODES
+from ..pipeline.pipeline import PolyPRAG
 from ..progress import progress_bar
 from ..encoding.recipes import FREE_TEXTS, check_texts, get_recipe
 from ..retrieval.dense import build_retriever
