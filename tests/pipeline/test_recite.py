@@ -87,7 +87,7 @@ def test_a_trained_adapter_recites_its_passage(llm, docs, one_thread):
 
 def test_eval_recite_methods_and_their_controls(llm, docs, tmp_path, one_thread):
     """The recite methods run with the oracle, wrong-document and routing controls, compared with each."""
-    from test_evaluation import QUESTIONS, write_slice
+    from slices import QUESTIONS, write_slice
 
     from polyprag.evaluation import EvalConfig, run_evaluation
 

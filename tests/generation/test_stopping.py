@@ -276,3 +276,21 @@ def test_generation_decodes_windows_while_its_answers_grow(llm, one_thread, monk
         out = llm.model.generate(**enc, **kwargs)
     assert out.shape[1] - enc["input_ids"].shape[1] == 60
     assert len(sizes) >= 60 * len(prompts) and max(sizes) <= 2 * stopping._WINDOW + 1, sizes
+
+
+def test_a_short_answer_cannot_end_before_it_holds_a_word():
+    """After "The answer is", ":" then end-of-turn is refused (the stop ids get -inf) until a word appears."""
+    from polyprag.generation.stopping import NoEmptyAnswer
+
+    class Tok:
+        words = {5: ":", 6: "Paris", 7: "\n"}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(self.words.get(int(i), "") for i in ids)
+
+    proc = NoEmptyAnswer(Tok(), prompt_len=2, rows=[True, True, False], stop_ids=[0])
+    ids = torch.tensor([[1, 1, 5, 7], [1, 1, 5, 6], [1, 1, 5, 7]])
+    scores = proc(ids, torch.zeros(3, 8))
+    assert scores[0, 0] == float("-inf") and scores[0, 1:].eq(0).all()  # ":\n" is no answer yet
+    assert scores[1:].eq(0).all()  # "Paris" may end; a free-text row is never held
+    assert proc.waiting == [0]

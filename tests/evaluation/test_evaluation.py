@@ -6,10 +6,10 @@ import json
 import pytest
 
 from polyprag import InvalidInputError
-from polyprag.documents import save_jsonl
 from polyprag.evaluation import (EvalConfig, accuracy, exact_match, f1_score, normalize_answer, recall_at_k,
                                  run_evaluation)
 from polyprag.evaluation.runner import encode_processes
+from slices import QUESTIONS, write_slice
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 
@@ -62,28 +62,6 @@ def test_config_refuses_unknown_method(tmp_path):
 def test_missing_data_folder_is_refused(tmp_path, llm):
     with pytest.raises(InvalidInputError, match="corpus.jsonl"):
         run_evaluation(EvalConfig(data=str(tmp_path), progress=False), llm=llm)
-
-
-QUESTIONS = [
-    ("what is the capital of zorvania", ["quellport"], ["d0"]),
-    ("who built the krell lighthouse", ["farrant"], ["d1"]),
-    ("who invented the vase", ["marisol"], ["d2"]),
-    ("what is the currency of zorvania", ["velt", "the velt"], ["d3"]),
-    ("which lighthouse is painted purple", ["tamsin"], ["d4"]),
-    ("when was the vase invented", ["1998"], ["d2"]),
-    ("what city is the capital of zorvania", ["quellport"], ["d0"]),
-    ("what is the krell lighthouse", ["lighthouse"], ["d1"]),
-    ("where is the purple lighthouse", ["tamsin island"], ["d4"]),
-    ("what is the velt", ["currency"], ["d3", "d0"]),
-]
-
-
-def write_slice(folder, docs):
-    folder.mkdir(parents=True, exist_ok=True)
-    save_jsonl([{"id": d.id, "title": d.title, "text": d.text} for d in docs], folder / "corpus.jsonl")
-    save_jsonl([{"id": f"q{i}", "question": q, "answers": a, "gold": g} for i, (q, a, g) in enumerate(QUESTIONS)],
-               folder / "questions.jsonl")
-    return folder
 
 
 def test_end_to_end_on_tiny_slice(llm, docs, tmp_path):

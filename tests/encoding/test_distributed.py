@@ -61,7 +61,7 @@ def setup(tmp_path_factory):
 
 def test_two_process_encode_equals_single_process(setup):
     root = setup
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "core")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "core")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
            str(root / "worker.py"), str(root / "model"), str(root / "corpus.jsonl"), str(root), "2",
            json.dumps(ENCODER)]

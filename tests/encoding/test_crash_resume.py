@@ -16,7 +16,7 @@ import multiprocessing
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: tiny.py
 TEXTS = ["the capital of zorvania is quellport", "the krell lighthouse was built by farrant",
          "marisol invented the vase in 1998", "the velt is the currency of zorvania",
          "the lighthouse on tamsin island is painted purple", "the king of krell founded quellport in 1873",

@@ -28,7 +28,7 @@ from polyprag.library.state import LibraryConfig
 from conftest import random_bank
 from fakes import word_embed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Each question retrieves (k=1) a different document of the `docs` fixture: d0, d1, d4, d2, d3, ...
 QUESTIONS = ["what is the capital of zorvania", "who built the krell lighthouse", "what is painted purple",
              "what did marisol invent", "what is the velt", "which island has a purple lighthouse",

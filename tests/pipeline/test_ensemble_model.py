@@ -2,7 +2,7 @@
 from the wrong one, while recite_ensemble (each retrieved document's adapter recites on a row of its own, the rows
 vote token by token) answers from the right one — and does not with wrong documents' adapters.
 
-The questions are tests/data/popqa_birthplaces.jsonl (a fixed rule, see test_injection_model.py); each row holds
+The questions are tests/data/popqa_birthplaces.jsonl (a fixed rule, see tests/test_injection_model.py); each row holds
 BM25's top 3 over the whole PopQA corpus ("retrieved"), which all encode into one PRAG library.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from polyprag import Document, ParametricRetriever, PolyPRAG, PRAGEncoder
 from polyprag.evaluation import accuracy
 
 pytestmark = pytest.mark.model
-SAMPLE = Path(__file__).parent / "data" / "popqa_birthplaces.jsonl"
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "popqa_birthplaces.jsonl"
 
 
 @pytest.fixture(scope="module")

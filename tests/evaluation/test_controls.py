@@ -1,18 +1,17 @@
 """Evaluation controls: oracle, wrong-document, uniform and shuffled routing give the mixtures they claim;
-the paired bootstrap against a hand-computed case; the short-answer prefix and first-sentence parsing."""
+the paired bootstrap against a hand-computed case."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from conftest import random_poly_library
-from test_evaluation import QUESTIONS, write_slice
+from slices import QUESTIONS, write_slice
 
 from polyprag import Question
 from polyprag.evaluation import (EvalConfig, FixedRetriever, compare, paired_bootstrap, routing_control,
                                  run_evaluation)
 from polyprag.evaluation.runner import choose_documents
-from polyprag.generation.prompts import ANSWER_PREFIX, answer_target, first_sentence, sentence_end
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 
@@ -94,45 +93,3 @@ def test_compare_pairs_each_method_with_its_controls():
     rs = [res("closed_book", [0, 0]), res("prag_oracle", [1, 1]), res("prag_wrong", [0, 1])]
     pairs = {(c.a, c.b) for c in compare(rs, samples=100)}
     assert pairs == {("prag_oracle", "closed_book"), ("prag_wrong", "closed_book"), ("prag_oracle", "prag_wrong")}
-
-
-@pytest.mark.parametrize("text, answer", [
-    (" Lubango. He was born", "Lubango"), (": St. Louis, Missouri. Later", "St. Louis, Missouri"),
-    (" John F. Kennedy.", "John F. Kennedy"), (" politician\nQuestion: next", "politician"),
-    (":\n\nactor.", "actor"), (" 3.5 million people.", "3.5 million people"), (" U.S. Army", "U.S. Army"),
-])
-def test_first_sentence_is_the_answer(text, answer):
-    assert first_sentence(text) == answer
-
-
-def test_sentence_end_waits_for_the_sentence():
-    assert sentence_end(" Lubango") is None and sentence_end(" St.") is None
-    assert sentence_end(" Lubango. ") == len(" Lubango.")
-    assert answer_target("Lubango") == " Lubango." and answer_target("The answer is Paris.") == " Paris."
-
-
-def test_question_prompt_ends_with_the_prefix_and_answers_are_short(llm):
-    prompt = llm.question_prompt("who built the krell lighthouse")
-    assert prompt.endswith(ANSWER_PREFIX)
-    out = llm.generate([prompt, llm.chat("say something")], max_new_tokens=12)
-    assert "\n" not in out[0] and not out[0].startswith(" ")
-    # streaming a short answer yields exactly what generate returns
-    assert "".join(llm.stream(prompt, max_new_tokens=12)) == out[0]
-
-
-def test_a_short_answer_cannot_end_before_it_holds_a_word():
-    """After "The answer is", ":" then end-of-turn is refused (the stop ids get -inf) until a word appears."""
-    from polyprag.generation.stopping import NoEmptyAnswer
-
-    class Tok:
-        words = {5: ":", 6: "Paris", 7: "\n"}
-
-        def decode(self, ids, skip_special_tokens=True):
-            return "".join(self.words.get(int(i), "") for i in ids)
-
-    proc = NoEmptyAnswer(Tok(), prompt_len=2, rows=[True, True, False], stop_ids=[0])
-    ids = torch.tensor([[1, 1, 5, 7], [1, 1, 5, 6], [1, 1, 5, 7]])
-    scores = proc(ids, torch.zeros(3, 8))
-    assert scores[0, 0] == float("-inf") and scores[0, 1:].eq(0).all()  # ":\n" is no answer yet
-    assert scores[1:].eq(0).all()  # "Paris" may end; a free-text row is never held
-    assert proc.waiting == [0]

@@ -30,7 +30,7 @@ from polyprag import (AdapterLibrary, BM25Retriever, Document, InvalidInputError
                       ParametricRetriever, PolyPRAG, UnknownDocumentError)
 from tiny import tiny_llm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXTS = {"zorvania": "the capital of zorvania is quellport", "krell": "the krell lighthouse was built by farrant",
          "marisol": "marisol invented the vase in 1998", "velt": "the velt is the currency of zorvania",
          "tamsin": "the lighthouse on tamsin island is painted purple"}

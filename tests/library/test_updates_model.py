@@ -11,7 +11,7 @@ from polyprag import (BM25Retriever, ParametricRetriever, PolyPRAG, PolyPRAGEnco
 from polyprag.demo.quickstart import DATA, contains_answer
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_thread")]  # one torch thread
-ADDED = Path(__file__).parent / "data"
+ADDED = Path(__file__).resolve().parents[1] / "data"
 
 
 def _answered(llm, library, corpus, questions, mode: str = "parametric") -> set[str]:
