@@ -165,14 +165,14 @@ def random_bank(llm: LoRAMixingLLM, m: int, rank: int = 2, alpha: float = 32.0, 
 
 
 def random_library(llm: LoRAMixingLLM, docs: Sequence[Document], m: int = 16, rank: int = 2,
-                   per_document: bool = False, training: dict | None = None) -> AdapterLibrary:
+                   prag: bool = False, training: dict | None = None) -> AdapterLibrary:
     """A Poly-PRAG (or PRAG) library with random adapters and routing: the shape of a trained one."""
     n = len(docs)
-    bank = random_bank(llm, n if per_document else m, rank)
-    cfg = LibraryConfig(kind="per_document" if per_document else "poly", rank=rank, alpha=32.0, m=bank.m,
+    bank = random_bank(llm, n if prag else m, rank)
+    cfg = LibraryConfig(kind="prag" if prag else "poly", rank=rank, alpha=32.0, m=bank.m,
                         target_modules=list(llm.target_modules), base_model=llm.fingerprint(),
                         model_name=llm.name, training=training or {})
-    logits = None if per_document else torch.randn(n, m, generator=torch.Generator().manual_seed(1))
+    logits = None if prag else torch.randn(n, m, generator=torch.Generator().manual_seed(1))
     return AdapterLibrary(llm, bank, docs, cfg, routing_logits=logits)
 
 

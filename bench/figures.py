@@ -44,7 +44,7 @@ def switch_vs_peft(llm: LoRAMixingLLM, library: AdapterLibrary, queries: int, ad
     """3. Switching the mixture between two queries / PRAG's way with peft adapter folders on disk."""
     from peft import PeftModel
 
-    prag = random_library(llm, synthetic_docs(adapters, "prag"), per_document=True)
+    prag = random_library(llm, synthetic_docs(adapters, "prag"), prag=True)
     gen = torch.Generator().manual_seed(3)
     triples = [torch.randperm(adapters, generator=gen)[:3].tolist() for _ in range(queries)]
     ours_poly, ours_prag, theirs = [], [], []

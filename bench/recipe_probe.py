@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             return BankMixture(lib.bank, w.mean(0)[None, None])
 
         runs["parametric_shuffled"] = answer(plain, [shuffled(q.gold) for q in qs])
-        runs["parametric_oracle_sum"] = answer(plain, [lib.mixture(q.gold, combine="sum") for q in qs])
+        runs["parametric_oracle_sum"] = answer(plain, [lib.mixture(q.gold, rule="sum") for q in qs])
         uni = torch.full((1, 1, lib.bank.m), 1.0 / lib.bank.m)
         runs["parametric_uniform"] = answer(plain, [BankMixture(lib.bank, uni) for _ in qs])
         ent = -(lib.routing_weights(lib.doc_ids).clamp_min(1e-9).log() * lib.routing_weights(lib.doc_ids)).sum(-1)

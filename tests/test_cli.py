@@ -43,7 +43,7 @@ def test_encode_then_ask(method, model_dir, corpus, tmp_path, capsys):
     assert main(["encode", corpus, str(lib), "--method", method, "--model", model_dir, "--augment", "passage",
                  "--epochs", "1", "-q"]) == 0
     assert "Encoded 5 documents" in capsys.readouterr().out
-    assert json.loads((lib / "config.json").read_text())["kind"] == ("poly" if method == "poly" else "per_document")
+    assert json.loads((lib / "config.json").read_text())["kind"] == ("poly" if method == "poly" else "prag")
     assert main(["ask", str(lib), "what is the capital of zorvania", "--k", "2", "--max-new-tokens", "3",
                  "--json"]) == 0  # the model is found from the library's config
     out = json.loads(capsys.readouterr().out)

@@ -211,7 +211,7 @@ def _configure_ask(p: argparse.ArgumentParser) -> None:
                    help="corpus JSONL to retrieve from (default: the library's own documents)")
     p.add_argument("--mode", choices=[m for m in MODES if not m.startswith("lag")], default="parametric")
     p.add_argument("--k", type=int, default=3, help="documents retrieved")
-    p.add_argument("--combine", choices=("mean", "sum"), default=None,
+    p.add_argument("--rule", choices=("mean", "sum"), default=None,
                    help="how the documents' adapters combine (default: mean for poly, sum for prag)")
     p.add_argument("--model", default=None, help="default: the model the library was encoded on")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -227,7 +227,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     llm, library = _open_library(args)
     docs = load_corpus(args.corpus) if args.corpus else library.documents
-    retriever = ParametricRetriever(BM25Retriever(docs, k=args.k), library, combine=args.combine)
+    retriever = ParametricRetriever(BM25Retriever(docs, k=args.k), library, rule=args.rule)
     rag = PolyPRAG(llm, retriever, mode=args.mode, max_new_tokens=args.max_new_tokens)
     answer = rag.answer(args.question)
     if args.json:
@@ -387,7 +387,7 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     which.add_argument("--question", help="export the mixture of the documents BM25 retrieves for this question")
     p.add_argument("--k", type=int, default=3, help="documents retrieved with --question")
     p.add_argument("--out", required=True, help="folder to write adapter_config.json + adapter_model.safetensors")
-    p.add_argument("--combine", choices=("mean", "sum"), default=None,
+    p.add_argument("--rule", choices=("mean", "sum"), default=None,
                    help="mean of routing weights (rank r) or sum of deltas (rank k·r, exact); "
                         "default: mean for poly, sum for prag")
     p.add_argument("--pad-rank", type=int, default=None,
@@ -407,7 +407,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     doc_ids = args.docs
     if args.question is not None:
         doc_ids = [h.document.id for h in BM25Retriever(library.documents, k=args.k).retrieve(args.question)]
-    out = export_peft(library, doc_ids, args.out, combine=args.combine, pad_rank=args.pad_rank, dtype=args.dtype)
+    out = export_peft(library, doc_ids, args.out, rule=args.rule, pad_rank=args.pad_rank, dtype=args.dtype)
     rank = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["r"]
     if args.json:
         print(json.dumps({"out": str(out), "documents": doc_ids, "rank": rank,

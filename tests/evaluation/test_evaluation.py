@@ -125,7 +125,7 @@ def test_polyprag_sum_combines_the_documents_deltas(llm, docs, tmp_path):
     questions = [q for q, _, _ in QUESTIONS[:4]]
     applied = {}
     for result, combine in zip(report.results, ("mean", "sum")):
-        rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(docs, k=2), library, combine=combine),
+        rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(docs, k=2), library, rule=combine),
                        mode="parametric", max_new_tokens=4)
         answers = rag.answer_batch(questions)
         assert [p["prediction"] for p in result.predictions] == [a.text for a in answers]

@@ -72,7 +72,7 @@ def test_combine_wrong_shows_the_passages_but_mixes_the_wrong_documents(llm, doc
     library = random_poly_library(llm, docs, m=3)
     question = "who built the krell lighthouse"
     retriever = WrongMixtureRetriever(FixedRetriever(docs, {question: ["d1", "d0"]}),
-                                      FixedRetriever(docs, {question: ["d3", "d4"]}), library, combine="mean")
+                                      FixedRetriever(docs, {question: ["d3", "d4"]}), library, rule="mean")
     found = retriever.retrieve(question)
     assert [s.document.id for s in found.documents] == ["d1", "d0"]  # the prompt shows the retrieved passages
     assert found.library_ids == ["d3", "d4"]  # the adapters are the wrong documents'

@@ -47,7 +47,7 @@ def llm():
 def library(llm, docs):
     """A per-document library with strong random adapters: each retrieved document visibly changes the answer."""
     bank = random_bank(llm, len(docs), alpha=8.0)
-    config = LibraryConfig(kind="per_document", rank=2, alpha=8.0, m=len(docs),
+    config = LibraryConfig(kind="prag", rank=2, alpha=8.0, m=len(docs),
                            target_modules=list(llm.target_modules), base_model=llm.fingerprint())
     return AdapterLibrary(llm, bank, docs, config)
 

@@ -16,7 +16,7 @@ PROMPTS = ["the capital of zorvania is", "who built the krell lighthouse"]
 
 
 def _library(llm, docs, kind: str) -> AdapterLibrary:
-    m = len(docs) if kind == "per_document" else 4
+    m = len(docs) if kind == "prag" else 4
     bank = random_bank(llm, m, rank=2, alpha=8.0, seed=3)
     cfg = LibraryConfig(kind=kind, rank=2, alpha=8.0, m=m, target_modules=list(llm.target_modules),
                         base_model=llm.fingerprint(), model_name="tiny-llama")
@@ -36,14 +36,14 @@ def _peft_logits(llm, folder, ids, mask):
 
 @pytest.mark.parametrize("kind, combine, ids", [("poly", "mean", ["d0", "d2", "d4"]),
                                                  ("poly", "sum", ["d1", "d3"]),
-                                                 ("per_document", "sum", ["d0", "d2", "d3"])])
+                                                 ("prag", "sum", ["d0", "d2", "d3"])])
 def test_exported_adapter_reproduces_polyprag_logits_through_peft(llm, docs, tmp_path, kind, combine, ids):
     library = _library(llm, docs, kind)
     enc = llm.encode(PROMPTS)
     ours = llm.logits(enc["input_ids"], enc["attention_mask"], library.mixture(ids, combine))
     bare = llm.logits(enc["input_ids"], enc["attention_mask"])
     assert (ours - bare).abs().max() > 1e-2  # the mixture matters, so matching it means something
-    folder = export_peft(library, ids, tmp_path / "adapter", combine=combine)
+    folder = export_peft(library, ids, tmp_path / "adapter", rule=combine)
     theirs = _peft_logits(llm, folder, enc["input_ids"], enc["attention_mask"])
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
     cfg = json.loads((folder / CONFIG_FILE).read_text())
@@ -66,12 +66,12 @@ def test_zero_padded_rank_changes_nothing(llm, docs, tmp_path):
     library = _library(llm, docs, "poly")
     enc = llm.encode(PROMPTS[:1])
     ours = llm.logits(enc["input_ids"], enc["attention_mask"], library.mixture(["d1", "d2"], "sum"))
-    folder = export_peft(library, ["d1", "d2"], tmp_path / "p", combine="sum", pad_rank=8)
+    folder = export_peft(library, ["d1", "d2"], tmp_path / "p", rule="sum", pad_rank=8)
     assert json.loads((folder / CONFIG_FILE).read_text())["r"] == 8
     torch.testing.assert_close(_peft_logits(llm, folder, enc["input_ids"], enc["attention_mask"]), ours,
                                atol=1e-4, rtol=1e-4)
     with pytest.raises(InvalidInputError, match="pad_rank"):
-        export_peft(library, ["d1", "d2"], tmp_path / "q", combine="sum", pad_rank=3)
+        export_peft(library, ["d1", "d2"], tmp_path / "q", rule="sum", pad_rank=3)
 
 
 def test_bad_requests_are_refused(llm, docs, tmp_path):

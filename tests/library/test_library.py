@@ -89,7 +89,7 @@ def test_add_documents_refuses_ids_already_encoded(llm, docs):
 
 def test_prag_library_is_one_adapter_per_document_summed(llm, docs, tmp_path):
     lib = PRAGEncoder(llm, augmenter="passage", progress=False).fit(docs)
-    assert lib.kind == "per_document" and lib.bank.m == len(docs)
+    assert lib.kind == "prag" and lib.bank.m == len(docs)
     mix = lib.mixture(["d1", "d4"])  # PRAG default: sum of the documents' deltas
     assert mix.weights.shape == (1, 2, 5)
     assert torch.equal(mix.weights[0], torch.eye(5)[[1, 4]])
@@ -97,6 +97,14 @@ def test_prag_library_is_one_adapter_per_document_summed(llm, docs, tmp_path):
     assert lib.bank.m == 6
     lib.save(tmp_path / "prag")
     assert AdapterLibrary.load(tmp_path / "prag", llm).bank.m == 6
+
+
+def test_a_prag_library_saved_as_per_document_loads_as_prag(llm, docs, tmp_path):
+    """PRAG's kind was called "per_document" in config.json before it had one name; such a library still loads."""
+    PRAGEncoder(llm, augmenter="passage", progress=False).fit(docs[:2]).save(tmp_path / "old")
+    config = tmp_path / "old" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "kind": "per_document"}))
+    assert AdapterLibrary.load(tmp_path / "old", llm).kind == "prag"
 
 
 def test_prag_batched_training_equals_one_document_at_a_time(llm, docs):

@@ -17,7 +17,7 @@ from polyprag.library.plots import plot_routing, routing_summary, sample_rows
 
 def _library(llm, n: int, m: int = 6, kind: str = "poly", collapsed: bool = False) -> AdapterLibrary:
     docs = [Document(id=f"doc{i}", text=f"passage {i} about zorvania", title=f"Title {i}") for i in range(n)]
-    m = n if kind == "per_document" else m
+    m = n if kind == "prag" else m
     routing = None
     if kind == "poly":
         routing = torch.full((n, m), -4.0)
@@ -36,7 +36,7 @@ def test_summary_tells_specialised_from_collapsed_routing(llm):
     assert spread["mean_normalised_entropy"] < 0.5
 
 
-@pytest.mark.parametrize("n, kind", [(8, "poly"), (150, "poly"), (5, "per_document")])
+@pytest.mark.parametrize("n, kind", [(8, "poly"), (150, "poly"), (5, "prag")])
 def test_png_is_written_and_readable(llm, tmp_path, n, kind):
     import matplotlib.image as mpimg
 
@@ -76,7 +76,7 @@ def test_inspect_command_writes_png_and_json(saved, capsys):
 
 def test_export_command_by_question(saved, capsys):
     code = main(["export", "--library", str(saved / "lib"), "--question", "passage 7",
-                 "--k", "2", "--combine", "sum", "--out", str(saved / "ad"), "--json"])
+                 "--k", "2", "--rule", "sum", "--out", str(saved / "ad"), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["rank"] == 4 and report["documents"][0] == "doc7"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(report["files"])

@@ -19,7 +19,7 @@ def _prag_library(llm, m: int, seed: int = 0, rank: int = 2) -> AdapterLibrary:
     """A per-document library of m random adapters (one per invented document)."""
     bank = random_bank(llm, m, rank=rank, seed=seed)
     docs = [Document(id=f"doc-{i}", text=f"fact {i}") for i in range(m)]
-    cfg = LibraryConfig(kind="per_document", rank=rank, alpha=bank.alpha, m=m,
+    cfg = LibraryConfig(kind="prag", rank=rank, alpha=bank.alpha, m=m,
                         target_modules=list(llm.target_modules), base_model=llm.fingerprint())
     return AdapterLibrary(llm, bank, docs, cfg)
 

@@ -24,7 +24,7 @@ class Method:
 
     library: str | None          # None, "prag", "poly", "poly_m1" or "lag"
     mode: str                    # PolyPRAG mode
-    combine: str | None = None   # how the documents' adapters combine: "mean" or "sum"
+    rule: str | None = None      # how the documents' adapters combine: "mean" or "sum"
     documents: str = "retrieved"  # "retrieved" (BM25 top-k), "gold" (oracle), "wrong" or "top1" (the first retrieved)
     routing: str = "learned"     # "learned", "uniform" or "shuffled"
     mixture_from: str | None = None  # "wrong": the passages are ``documents`` but the adapters are wrong documents'

@@ -84,8 +84,8 @@ class WrongMixtureRetriever(ParametricRetriever):
     prompt is the method's own and only the mixture holds the wrong knowledge."""
 
     def __init__(self, passages: FixedRetriever, wrong: FixedRetriever, library: AdapterLibrary,
-                 combine: str | None = None):
-        super().__init__(wrong, library, combine)
+                 rule: str | None = None):
+        super().__init__(wrong, library, rule)
         self.passages = passages
 
     def retrieve(self, query: str, k: int | None = None) -> Retrieval:
@@ -93,7 +93,7 @@ class WrongMixtureRetriever(ParametricRetriever):
         found = super().retrieve(query, k)
         n = min(len(shown), len(found.documents))  # as many wrong documents as passages (choose_documents)
         ids = found.library_ids[:n]
-        return Retrieval(shown[:n], found.state.mixture(ids, self.combine) if n else None,
+        return Retrieval(shown[:n], found.state.mixture(ids, self.rule) if n else None,
                          found.state.routing_weights(ids) if n else None, library_ids=ids, state=found.state)
 
 
@@ -283,8 +283,8 @@ def _retriever(spec: Method, enc: "_Encoded | None", asked: Sequence[Question], 
     if spec.mixture_from == "wrong":
         wrong_ids = {q.question: ids for q, ids in zip(asked, wrong)}
         return WrongMixtureRetriever(FixedRetriever(docs, per_question), FixedRetriever(encoded, wrong_ids), library,
-                                     combine=spec.combine)
-    return ParametricRetriever(FixedRetriever(encoded, per_question), library, combine=spec.combine)
+                                     rule=spec.rule)
+    return ParametricRetriever(FixedRetriever(encoded, per_question), library, rule=spec.rule)
 
 
 def compare(results: Sequence[MethodResult], samples: int = 10_000, seed: int = 0) -> list[Comparison]:

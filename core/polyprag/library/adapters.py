@@ -3,7 +3,7 @@
 Two kinds share one format and one mixing engine (each kind's rules: ``polyprag.methods.*.kind``):
 - ``poly`` (Poly-PRAG): m shared adapters, routing logits z_d ∈ R^m per document,
   weights w_d = σ(z_d) / Σ_j σ(z_dj);
-- ``per_document`` (PRAG): one adapter per document, routing one-hot (adapter i = document i).
+- ``prag`` (PRAG): one adapter per document, routing one-hot (adapter i = document i).
 
 A library's contents live in one immutable ``LibraryState``; adding, replacing and deleting documents
 builds the next state aside and swaps it in with one assignment, so readers never see half an update.
@@ -96,9 +96,9 @@ class AdapterLibrary:
         """Mixing weights over the bank per document [k, m]: σ(z)/Σσ(z) (poly) or one-hot (PRAG)."""
         return self._state.routing_weights(doc_ids)
 
-    def mixture(self, doc_ids: Sequence[str], combine: str | None = None) -> BankMixture | None:
+    def mixture(self, doc_ids: Sequence[str], rule: str | None = None) -> BankMixture | None:
         """The one-row mixture for these documents: mean of routing weights, or sum of their deltas."""
-        return self._state.mixture(doc_ids, combine)
+        return self._state.mixture(doc_ids, rule)
 
     # ---- updates ------------------------------------------------------------------------------
     def add_documents(self, documents: Sequence[Document], **fit_options) -> "AdapterLibrary":

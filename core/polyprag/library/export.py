@@ -31,11 +31,11 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PROVENANCE_FILE = "polyprag_export.json"
 
 
-def peft_state_dict(library: "AdapterLibrary", doc_ids: Sequence[str], combine: str | None = None,
+def peft_state_dict(library: "AdapterLibrary", doc_ids: Sequence[str], rule: str | None = None,
                     pad_rank: int | None = None,
                     dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], int]:
     """peft-named LoRA tensors of the documents' mixture, and their rank (computation only, no I/O)."""
-    mixture = library.mixture(list(doc_ids), combine)
+    mixture = library.mixture(list(doc_ids), rule)
     if mixture is None:
         raise InvalidInputError("export needs at least one document id; pass the documents the query retrieved.")
     mixture.prepare(torch.float32)
@@ -80,12 +80,12 @@ def peft_config(library: "AdapterLibrary", rank: int) -> dict:
 
 
 def export_peft(library: "AdapterLibrary", doc_ids: Sequence[str], out_dir: str | os.PathLike,
-                combine: str | None = None, pad_rank: int | None = None,
+                rule: str | None = None, pad_rank: int | None = None,
                 dtype: torch.dtype | str = torch.float32) -> Path:
     """Write the mixture of ``doc_ids`` as a peft LoRA folder that loads without polyprag installed.
 
     Example:
-        export_peft(library, ["doc-1", "doc-7", "doc-9"], "adapters/q42", combine="sum")
+        export_peft(library, ["doc-1", "doc-7", "doc-9"], "adapters/q42", rule="sum")
         model = PeftModel.from_pretrained(base_model, "adapters/q42")
     """
     from safetensors.torch import save_file
@@ -94,16 +94,16 @@ def export_peft(library: "AdapterLibrary", doc_ids: Sequence[str], out_dir: str 
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise InvalidInputError(f"Unknown dtype {dtype!r}; use float32, float16 or bfloat16.")
         dtype = getattr(torch, dtype)
-    tensors, rank = peft_state_dict(library, doc_ids, combine, pad_rank, dtype)
+    tensors, rank = peft_state_dict(library, doc_ids, rule, pad_rank, dtype)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"{out} exists and is not a folder; choose another --out.")
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     (out / CONFIG_FILE).write_text(json.dumps(peft_config(library, rank), indent=2), encoding="utf-8")
-    combine = combine or library.snapshot().library_kind.default_combine
+    rule = rule or library.snapshot().library_kind.default_rule
     (out / PROVENANCE_FILE).write_text(json.dumps(
-        {"documents": list(doc_ids), "combine": combine, "library_kind": library.kind,
+        {"documents": list(doc_ids), "rule": rule, "library_kind": library.kind,
          "library_rank": library.bank.rank, "library_alpha": library.bank.alpha, "rank": rank,
          "base_model": library.config.base_model, "model_name": library.config.model_name},
         indent=2), encoding="utf-8")

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from ..generation.llm import LoRAMixingLLM
 
 FORMAT_VERSION = 1
-COMBINES = ("mean", "sum")
+RULES = ("mean", "sum")
+RENAMED_KINDS = {"per_document": "prag"}  # kinds read from libraries saved under an earlier name
 ADD_STRATEGIES = ("grow", "routing")  # how add_documents may grow a Poly-PRAG library (see its docstring)
 KINDS: dict[str, "LibraryKind"] = {}  # name -> its rules; each LibraryKind subclass with a name registers itself
 
@@ -30,7 +31,7 @@ class LibraryKind:
     document): a ``LibraryState`` asks ``state.library_kind`` wherever the kinds differ, never the kind's name."""
 
     name = ""
-    default_combine = "mean"  # how a query's documents combine unless told: "mean" or "sum"
+    default_rule = "mean"  # how a query's documents combine unless told: "mean" or "sum"
     files: tuple[str, ...] = ()  # files a saved library of this kind holds besides bank and documents
     routing_caption = ""  # what its routing weights are, in a few words (a plot's title)
 
@@ -103,6 +104,8 @@ class LibraryConfig:
     deleted_content: list = field(default_factory=list)  # content keys (passage_id) of deleted texts
 
     def __post_init__(self) -> None:
+        if isinstance(self.kind, str):
+            self.kind = RENAMED_KINDS.get(self.kind, self.kind)
         if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise LibraryError(f"Unknown library kind {self.kind!r}; expected one of {tuple(KINDS)}.")
         for name in ("rank", "m", "format_version"):
@@ -193,19 +196,19 @@ class LibraryState:
         """A name for each adapter of the bank: its document's id (PRAG) or ``adapter-j`` (Poly-PRAG)."""
         return self.library_kind.adapter_names(self)
 
-    def mixture(self, doc_ids: Sequence[str], combine: str | None = None) -> BankMixture | None:
+    def mixture(self, doc_ids: Sequence[str], rule: str | None = None) -> BankMixture | None:
         """The one-row mixture for these documents: mean of routing weights, or sum of their deltas."""
         if not doc_ids:
             return None
-        return self.mix(self.routing_weights(doc_ids), combine)
+        return self.mix(self.routing_weights(doc_ids), rule)
 
-    def mix(self, weights: torch.Tensor, combine: str | None = None) -> BankMixture:
+    def mix(self, weights: torch.Tensor, rule: str | None = None) -> BankMixture:
         """The one-row mixture of documents' routing weights [k, m] already read: their mean (one mixed adapter)
         or each kept as a term (the sum of their deltas)."""
-        combine = combine or self.library_kind.default_combine
-        if combine not in COMBINES:
-            raise InvalidInputError(f"combine must be one of {COMBINES}, got {combine!r}.")
-        terms = weights.mean(0, keepdim=True) if combine == "mean" else weights  # [T, m]
+        rule = rule or self.library_kind.default_rule
+        if rule not in RULES:
+            raise InvalidInputError(f"rule must be one of {RULES}, got {rule!r}.")
+        terms = weights.mean(0, keepdim=True) if rule == "mean" else weights  # [T, m]
         return BankMixture(self.bank, terms[None])  # [1, T, m]
 
     # ---- the next state (pure: this state is left as it is) -----------------------------------

@@ -57,11 +57,11 @@ class FrameworkRetriever:
 
 
 def face_pipeline(llm: LoRAMixingLLM, retriever: Any, library: AdapterLibrary | None = None,
-                  combine: str | None = None, on_unknown: str = "error", **options: Any) -> PolyPRAG:
+                  rule: str | None = None, on_unknown: str = "error", **options: Any) -> PolyPRAG:
     """The PolyPRAG pipeline a face runs: ``retriever`` (a polyprag retriever: a face's own retriever's core, or a
     ``FrameworkRetriever`` over the user's) with ``library``'s mixtures (see ``ParametricRetriever.wrap``), and
     PolyPRAG's ``options`` (``mode``, ``k``, ``lag``, …)."""
-    return PolyPRAG(llm, ParametricRetriever.wrap(retriever, library, combine, on_unknown), **options)
+    return PolyPRAG(llm, ParametricRetriever.wrap(retriever, library, rule, on_unknown), **options)
 
 
 @dataclass(frozen=True)

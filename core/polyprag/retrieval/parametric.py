@@ -19,7 +19,7 @@ import torch
 from ..documents import Document, check_text, content_keys, passage_id
 from ..errors import InvalidInputError, UnknownDocumentError
 from ..library.adapters import AdapterLibrary
-from ..library.state import COMBINES, LibraryState
+from ..library.state import RULES, LibraryState
 from ..engine import BankMixture
 from .base import ScoredDocument, check_query, check_top_k
 
@@ -70,8 +70,8 @@ class ParametricRetriever:
 
     ``retriever``: a polyprag retriever, any object with ``.retrieve(query, k=None)``, or a callable
     ``query -> list of Document | ScoredDocument | (Document, score)``, best first.
-    ``combine="mean"`` averages the documents' routing weights into one mixed adapter (Poly-PRAG);
-    ``combine="sum"`` adds the documents' deltas (PRAG's way; the default for per-document libraries).
+    ``rule="mean"`` averages the documents' routing weights into one mixed adapter (Poly-PRAG);
+    ``rule="sum"`` adds the documents' deltas (PRAG's way; the default for per-document libraries).
     ``on_unknown``: what a retrieved document the library does not hold does: ``"error"`` (refused, naming it),
     ``"in_context"`` (its passage goes into the prompt) or ``"skip"`` (left out). A document the library
     deleted (by id or by its text) is always left out: never mixed, never put in the prompt.
@@ -81,10 +81,10 @@ class ParametricRetriever:
         retriever.retrieve("Who built the Krell Lighthouse?").mixture
     """
 
-    def __init__(self, retriever: Any, library: AdapterLibrary, combine: str | None = None,
+    def __init__(self, retriever: Any, library: AdapterLibrary, rule: str | None = None,
                  on_unknown: str = "error"):
-        if combine is not None and combine not in COMBINES:
-            raise InvalidInputError(f"combine must be one of {COMBINES}, got {combine!r}.")
+        if rule is not None and rule not in RULES:
+            raise InvalidInputError(f"rule must be one of {RULES}, got {rule!r}.")
         if on_unknown not in ON_UNKNOWN:
             raise InvalidInputError(f"on_unknown must be one of {ON_UNKNOWN}, got {on_unknown!r}.")
         if not isinstance(library, AdapterLibrary):
@@ -93,7 +93,7 @@ class ParametricRetriever:
         check_retriever(retriever)
         self.retriever = retriever
         self.library = library
-        self.combine = combine
+        self.rule = rule
         self.on_unknown = on_unknown
         self._matcher: LibraryMatcher | None = None
         fixed = self.documents
@@ -107,7 +107,7 @@ class ParametricRetriever:
                     "on_unknown='in_context' or 'skip'.")
 
     @classmethod
-    def wrap(cls, retriever: Any, library: AdapterLibrary | None, combine: str | None = None,
+    def wrap(cls, retriever: Any, library: AdapterLibrary | None, rule: str | None = None,
              on_unknown: str = "error") -> Any:
         """``retriever`` with this library's mixtures: itself when it already has them (or no library is given),
         else a ParametricRetriever over it (over its inner retriever when it mixes from another library)."""
@@ -117,7 +117,7 @@ class ParametricRetriever:
             if retriever.library is library:
                 return retriever
             retriever = retriever.retriever
-        return cls(retriever, library, combine, on_unknown)
+        return cls(retriever, library, rule, on_unknown)
 
     @property
     def k(self) -> int | None:
@@ -170,7 +170,7 @@ class ParametricRetriever:
                      ", ".join(describe(s.document) for s in skipped))
         known = [i for i in ids if i is not None]
         weights = matcher.state.routing_weights(known) if known else None  # read once: the mixture is made of them
-        mixture = matcher.state.mix(weights, self.combine) if known else None
+        mixture = matcher.state.mix(weights, self.rule) if known else None
         return Retrieval(documents, mixture, weights, library_ids=ids, skipped=skipped, state=matcher.state)
 
 

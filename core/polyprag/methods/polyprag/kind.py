@@ -27,7 +27,7 @@ class PolyPRAGKind(LibraryKind):
     """A Poly-PRAG library: document d mixes the shared bank with weights w_d = σ(z_d) / Σ_j σ(z_dj)."""
 
     name = "poly"
-    default_combine = "mean"
+    default_rule = "mean"
     files = ("routing.safetensors",)
     routing_caption = "routing weights w_d = σ(z_d)/Σσ(z_d), red: preferred"
 

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 class PRAGKind(LibraryKind):
     """A PRAG library: a query's documents' own adapters, their deltas summed."""
 
-    name = "per_document"
-    default_combine = "sum"
+    name = "prag"
+    default_rule = "sum"
     routing_caption = "routing (PRAG: one-hot)"
 
     def routing_table(self, logits: torch.Tensor | None, device) -> None:
