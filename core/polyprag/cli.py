@@ -484,12 +484,12 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the quickstart (polyprag.demo.quickstart.main) when it is installed, passing it the remaining options."""
     try:
-        from .demo import quickstart as demo
+        from .demo import quickstart
     except ImportError:
         print("The demo is not available in this install (polyprag.demo.quickstart is missing); run "
               "examples/quickstart.py from the source tree instead.", file=sys.stderr)
         return 1
-    result = demo.main(list(args.passthrough))
+    result = quickstart.main(list(args.passthrough))
     return result if isinstance(result, int) else 0
 
 

@@ -1,6 +1,6 @@
 """The quickstart demo: encode invented facts into a Poly-PRAG library, then ask with no passages in the prompt.
 
-The bundled corpus (polyprag/data/invented_facts.jsonl) holds facts no model can know; each
+The bundled corpus (polyprag/demo/data/invented_facts.jsonl) holds facts no model can know; each
 question is answered closed-book (the bare model), in parametric mode (the retrieved document's adapter
 applied to the question) and in recite mode (the adapter recites what it learned, the model reads that),
 side by side; no passage is in any prompt.

@@ -16,7 +16,7 @@ from ..documents import check_text
 from ..errors import IncompatibleModelError, InvalidInputError
 from ..generation.llm import GenerationConfig, LoRAMixingLLM
 from ..engine import Mixture, SumMixture
-from ..retrieval.parametric import ParametricRetriever, Retrieval, check_retriever, retrieve_from
+from ..retrieval.parametric import ParametricRetriever, Retrieval, check_retriever, corpus_size, retrieve_from
 from ..retrieval.base import ScoredDocument, check_query, check_top_k
 from ..library.state import LibraryState
 from .modes import ENSEMBLE_WEIGHTS, MODES
@@ -138,8 +138,7 @@ class PolyPRAG:
         return mode
 
     def _check_k(self, k: int) -> int:
-        docs = getattr(self.retriever, "documents", None)  # None: a retriever without a fixed corpus
-        return check_top_k(k, len(docs) if isinstance(docs, Sequence) else None)
+        return check_top_k(k, corpus_size(self.retriever))  # no bound: a retriever without a fixed corpus
 
     def prepare(self, question: str, mode: str | None = None, k: int | None = None) -> Prepared:
         """Retrieve and build the prompt and mixture for one question, without generating its answer
@@ -194,7 +193,7 @@ class PolyPRAG:
         rows: list[tuple[list, Mixture | None]] = []
         found = None
         if spec.library:
-            found = self.retriever.retrieve(question, k)
+            found = self.retriever.retrieve_checked(question, k)  # question, mode and k checked above
             docs = found.documents
 
             def part(s: ScoredDocument, i: str | None):  # encoded documents are recited; unknown ones go in as text

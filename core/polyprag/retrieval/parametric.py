@@ -142,9 +142,12 @@ class ParametricRetriever:
     def retrieve(self, query: str, k: int | None = None) -> Retrieval:
         """Top-k documents for the query and the mixture that applies their knowledge."""
         check_text(check_query(query), "The query")
-        docs = self.documents
         if k is not None:
-            check_top_k(k, None if docs is None else len(docs))
+            check_top_k(k, corpus_size(self.retriever))
+        return self.retrieve_checked(query, k)
+
+    def retrieve_checked(self, query: str, k: int | None = None) -> Retrieval:
+        """``retrieve`` for a query and k its caller has already checked (PolyPRAG checks them once a question)."""
         return self.resolve(retrieve_from(self.retriever, query, k))
 
     def resolve(self, found: Sequence[ScoredDocument]) -> Retrieval:
@@ -230,6 +233,14 @@ def check_retriever(retriever: Any) -> Any:
         raise InvalidInputError(f"A retriever must have .retrieve(query, k=None) or be a callable query -> documents; "
                                 f"got {type(retriever).__name__}.")
     return retriever
+
+
+def corpus_size(retriever: Any) -> int | None:
+    """How many documents a retriever's fixed corpus holds, without copying it (None: it has no fixed corpus)."""
+    if isinstance(retriever, ParametricRetriever):
+        retriever = retriever.retriever
+    docs = getattr(retriever, "documents", None)
+    return len(docs) if isinstance(docs, Sequence) else None
 
 
 def retrieve_from(retriever: Any, query: str, k: int | None = None) -> list[ScoredDocument]:
