@@ -108,8 +108,8 @@ def _configure_encode(p: argparse.ArgumentParser) -> None:
                    help="poly: Poly-PRAG bank + routing; prag: one LoRA per document")
     p.add_argument("--model", default=None, help="HF model folder or hub id (default: bundled SmolLM2-135M)")
     p.add_argument("--recipe", choices=list(RECIPES), default="default",
-                   help="training recipe (polyprag.encoding.recipes): its training texts, alpha and routing settings, and "
-                        "each option below marked \"the --recipe's\" that is left unset (default: default)")
+                   help="training recipe (polyprag.encoding.recipes): its training texts, alpha and routing settings, "
+                        "and each option below marked \"the --recipe's\" that is left unset (default: default)")
     p.add_argument("--num-adapters", type=int, default=None,
                    help=_recipe_default("Poly-PRAG bank size m", "num_adapters"))
     p.add_argument("--rank", type=int, default=None, help=_recipe_default("LoRA rank", "rank"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from polyprag import Document, GeneratedQAAugmenter, UnknownDocumentError
-from polyprag.encoding.augment import (Augmentation, FixedAugmenter, PassageAugmenter, clean_answer, clean_rewrite, examples_from,
-                              parse_questions)
+from polyprag.encoding.augment import (Augmentation, FixedAugmenter, PassageAugmenter, clean_answer, clean_rewrite,
+                                       examples_from, parse_questions)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # generation-heavy: one torch thread
 

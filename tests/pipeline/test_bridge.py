@@ -1,5 +1,5 @@
-"""The bridge the faces share (polyprag.pipeline.bridge), driven with plain callables: a framework retriever's items come
-back with the answer they were retrieved for, and an answer's sources report the routing it was prepared with."""
+"""The bridge the faces share (polyprag.pipeline.bridge), driven with plain callables: a framework retriever's items
+come back with the answer they were retrieved for, and an answer's sources report the routing it was prepared with."""
 from __future__ import annotations
 
 import subprocess

@@ -412,7 +412,8 @@ class LoRAMixingLLM:
             if end is not None:
                 text = text[:end]
             # white space (and a short answer's period) is held back until more text follows it
-            shown = finish_answer(text, (), short) if done else (text.lstrip().rstrip(" .\n") if short else text.strip())
+            shown = (finish_answer(text, (), short) if done
+                     else text.lstrip().rstrip(" .\n") if short else text.strip())
             if shown.startswith(emitted) and len(shown) > len(emitted):
                 yield shown[len(emitted):]
                 emitted = shown

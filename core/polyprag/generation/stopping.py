@@ -119,7 +119,8 @@ class SentenceStop(StoppingCriteria):
                 c -= letters if letters < _WORD else 0
             head = "" if self.blank[i] and not before[:c].strip(" \t\n:") else "#"
             text = before[c:] + new
-            self.done[i] = cut_at_stop(text, self.stop) != text or (self.short[i] and sentence_end(head + text) is not None)
+            self.done[i] = (cut_at_stop(text, self.stop) != text
+                            or (self.short[i] and sentence_end(head + text) is not None))
         return self.done.to(input_ids.device)
 
 

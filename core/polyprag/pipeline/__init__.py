@@ -1,1 +1,2 @@
-"""The question's path: the modes table, the PolyPRAG pipeline from retrieval to answer, and the bridge the LangChain and LlamaIndex faces share."""
+"""The question's path: the modes table, the PolyPRAG pipeline from retrieval to answer, the prompt fitted
+to the context, and the bridge the LangChain and LlamaIndex faces share."""

@@ -8,7 +8,6 @@ directly: the adapter holds the knowledge, reading it in context does the reason
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -19,10 +18,9 @@ from ..engine import Mixture, SumMixture
 from ..retrieval.parametric import ParametricRetriever, Retrieval, check_retriever, corpus_size, retrieve_from
 from ..retrieval.base import ScoredDocument, check_query, check_top_k
 from ..library.state import LibraryState
+from .fit import fit_prompt
 from .modes import ENSEMBLE_WEIGHTS, MODES
 
-log = logging.getLogger(__name__)
-MIN_PASSAGE_TOKENS = 8  # a passage cut shorter than this is dropped instead: a fragment tells the model little
 
 
 @dataclass
@@ -155,7 +153,7 @@ class PolyPRAG:
             for parts, mixture in q.rows:
                 texts = [p if isinstance(p, str) else p[0].recitals[self._recital_key(p[1])] for p in parts]
                 recitals += [t for t, p in zip(texts, parts) if not isinstance(p, str)]
-                rows.append((self._prompt(q.question, texts), mixture))
+                rows.append((fit_prompt(self.llm, q.question, texts, self.generation.max_new_tokens), mixture))
             if q.ensemble:
                 out.append(Prepared(q.question, rows[0][0], None, q.documents, q.mode, recitals, rows,
                                     self._weights(len(rows)), q.retrieval))
@@ -220,49 +218,6 @@ class PolyPRAG:
             rows = [(parts, self.lag if m is None else SumMixture([self.lag, m])) for parts, m in rows]
         return _Pending(question, mode, docs, rows, ensemble=spec.ensemble, retrieval=found)
 
-    def _prompt(self, question: str, passages: Sequence[str]) -> str:
-        """The question prompt, fitted to the model's context with room for the answer: passages give way first
-        (the lowest ranked is cut, then dropped); only a question too long to fit alone is cut (keeping its end)."""
-        prompt = self.llm.question_prompt(question, passages)
-        limit = self.llm.context_window - self.generation.max_new_tokens
-        if len(prompt) <= limit:  # a token spans at least one character: nothing to count
-            return prompt
-        over = self._tokens(prompt) - limit
-        if over <= 0:
-            return prompt
-        if passages and self._tokens(self.llm.question_prompt(question, ())) <= limit:
-            return self._fit_passages(question, list(passages), limit)
-        tok = self.llm.tokenizer
-        q_ids = tok(question, add_special_tokens=False)["input_ids"]
-        keep = max(1, len(q_ids) - over)
-        log.warning("The question has %d tokens and does not fit the model's context (%d tokens); keeping its "
-                    "last %d. Ask a shorter question to use all of it.", len(q_ids), self.llm.context_window, keep)
-        return self.llm.question_prompt(tok.decode(q_ids[-keep:]), passages)
-
-    def _fit_passages(self, question: str, passages: list[str], limit: int) -> str:
-        """The prompt with the whole question and as much of the passages, in rank order, as fits in ``limit``."""
-        given = len(passages)
-        while passages:
-            prompt = self.llm.question_prompt(question, passages)
-            over = self._tokens(prompt) - limit
-            if over <= 0:
-                break
-            keep = self._tokens(passages[-1]) - over  # tokens of the lowest-ranked passage that can stay
-            cut = _head(self.llm.tokenizer, passages[-1], keep) if keep >= MIN_PASSAGE_TOKENS else ""
-            if cut and len(cut) < len(passages[-1]):
-                passages[-1] = cut
-            else:  # too little would be left (or cutting does not shorten it): drop it
-                passages.pop()
-        else:
-            prompt = self.llm.question_prompt(question, ())
-        log.warning("The passages do not fit the model's context (%d tokens) beside the question; kept %d of %d "
-                    "(the last one possibly cut) and the whole question. Retrieve fewer or shorter passages to "
-                    "use all of them.", self.llm.context_window, len(passages), given)
-        return prompt
-
-    def _tokens(self, text: str) -> int:
-        return len(self.llm.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def answer(self, question: str, mode: str | None = None, k: int | None = None, **generation) -> Answer:
         """Answer one question."""
         return self.answer_batch([question], mode=mode, k=k, **generation)[0]
@@ -306,14 +261,6 @@ class PolyPRAG:
                 yield text
             return
         yield from self.llm.stream(p.prompt, p.mixture, config=self.generation, **generation)
-
-
-def _head(tokenizer, text: str, n: int) -> str:
-    """The first ``n`` tokens of ``text``, as the original characters where the tokenizer maps tokens to them."""
-    if getattr(tokenizer, "is_fast", False):
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        return text[:offsets[n - 1][1]].rstrip()
-    return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:n]).rstrip()
 
 
 def _check_same_model(library_llm: LoRAMixingLLM, llm: LoRAMixingLLM) -> None:
