@@ -1,4 +1,4 @@
-"""Per-token routing cost of LAG (polyprag.lag) against peft's Arrow layer (create_arrow_model), in one run.
+"""Per-token routing cost of LAG (polyprag.methods.lag) against peft's Arrow layer (create_arrow_model), in one run.
 
 Both route over the same peft LoRA folders (random, rank 6, alpha 12 on gate/up/down: the LAG paper's
 knowledge-adapter shape) on the same base model. Routing cost per token = (forward time with the
@@ -70,7 +70,7 @@ def _ratio(a: float, b: float) -> float | None:
 def bench_one(llm, n: int, args, root: Path) -> dict:
     from peft import ArrowConfig, create_arrow_model
 
-    from polyprag.lag import LAGLibrary, LAGRouter
+    from polyprag.methods.lag import LAGLibrary, LAGRouter
 
     paths = make_peft_folders(bare_copy(llm.model), root / f"n{n}", n, args.rank, 2 * args.rank,
                               list(llm.target_modules))

@@ -23,7 +23,7 @@ from polyprag import (BM25Retriever, DenseRetriever, Document, HybridRetriever, 
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-BUNDLED = ((ROOT / "core" / "polyprag" / "data", "invented_facts.jsonl", "invented_questions.jsonl"),
+BUNDLED = ((ROOT / "core" / "polyprag" / "demo" / "data", "invented_facts.jsonl", "invented_questions.jsonl"),
            (ROOT / "tests" / "data", "added_facts.jsonl", "added_questions.jsonl"))
 SLICES = ("popqa", "hotpotqa", "2wikimultihopqa")
 OUT = Path(__file__).resolve().parent / "results" / "retrieval_recall.json"

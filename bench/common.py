@@ -15,11 +15,11 @@ from typing import Callable, Sequence
 import torch
 
 from polyprag import AdapterLibrary, Document, LoRABank, LoRAMixingLLM, load_corpus, load_questions
-from polyprag.library import LibraryConfig
+from polyprag.library.state import LibraryConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "popqa"
-PACKAGED_DATA = ROOT / "core" / "polyprag" / "data"
+PACKAGED_DATA = ROOT / "core" / "polyprag" / "demo" / "data"
 
 # Randomly initialised Llama sizes for the GPU run (TinyLlama-1.1B's shape for "1b"); "tiny" is the test
 # suite's two-layer model with its word-level tokenizer: seconds, to check that a suite runs.
@@ -110,7 +110,7 @@ def load_llm(model: str | None, random_llama: str | None, device: str | None, dt
         return tiny_llm(compute_dtype=compute_dtype)
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from polyprag.models import default_model_path, pick_device
+    from polyprag.generation.models import default_model_path, pick_device
 
     if random_llama not in RANDOM_LLAMAS:
         raise SystemExit(f"--random-llama must be one of {sorted(RANDOM_LLAMAS)}")
@@ -165,14 +165,14 @@ def random_bank(llm: LoRAMixingLLM, m: int, rank: int = 2, alpha: float = 32.0, 
 
 
 def random_library(llm: LoRAMixingLLM, docs: Sequence[Document], m: int = 16, rank: int = 2,
-                   per_document: bool = False, training: dict | None = None) -> AdapterLibrary:
+                   prag: bool = False, training: dict | None = None) -> AdapterLibrary:
     """A Poly-PRAG (or PRAG) library with random adapters and routing: the shape of a trained one."""
     n = len(docs)
-    bank = random_bank(llm, n if per_document else m, rank)
-    cfg = LibraryConfig(kind="per_document" if per_document else "poly", rank=rank, alpha=32.0, m=bank.m,
+    bank = random_bank(llm, n if prag else m, rank)
+    cfg = LibraryConfig(kind="prag" if prag else "poly", rank=rank, alpha=32.0, m=bank.m,
                         target_modules=list(llm.target_modules), base_model=llm.fingerprint(),
                         model_name=llm.name, training=training or {})
-    logits = None if per_document else torch.randn(n, m, generator=torch.Generator().manual_seed(1))
+    logits = None if prag else torch.randn(n, m, generator=torch.Generator().manual_seed(1))
     return AdapterLibrary(llm, bank, docs, cfg, routing_logits=logits)
 
 

@@ -18,8 +18,8 @@ import torch
 
 from polyprag import (AdapterLibrary, Document, GeneratedQAAugmenter, LoRAMixingLLM, ParametricRetriever,
                       PolyPRAGEncoder, PRAGEncoder)
-from polyprag.augment import FixedAugmenter
-from polyprag.recipes import bank_size, get_recipe
+from polyprag.encoding.augment import FixedAugmenter
+from polyprag.encoding.recipes import bank_size, get_recipe
 
 from .common import (at_least, folder_bytes, paired, random_bank, random_library, result, rss_mb,
                      save_peft_adapter, synthetic_docs, sync, timed)
@@ -44,7 +44,7 @@ def switch_vs_peft(llm: LoRAMixingLLM, library: AdapterLibrary, queries: int, ad
     """3. Switching the mixture between two queries / PRAG's way with peft adapter folders on disk."""
     from peft import PeftModel
 
-    prag = random_library(llm, synthetic_docs(adapters, "prag"), per_document=True)
+    prag = random_library(llm, synthetic_docs(adapters, "prag"), prag=True)
     gen = torch.Generator().manual_seed(3)
     triples = [torch.randperm(adapters, generator=gen)[:3].tolist() for _ in range(queries)]
     ours_poly, ours_prag, theirs = [], [], []

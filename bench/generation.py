@@ -45,7 +45,7 @@ class Baselines:
 
         self.llm = llm
         self.bare = _without_hooks(llm.model)
-        prag = random_library(llm, synthetic_docs(adapters, "peft"), per_document=True)
+        prag = random_library(llm, synthetic_docs(adapters, "peft"), prag=True)
         self.names = [f"a{j}" for j in range(adapters)]
         with tempfile.TemporaryDirectory(prefix="polyprag-bench-peft-") as tmp:
             folders = [save_peft_adapter(prag.bank, j, Path(tmp) / name) for j, name in enumerate(self.names)]

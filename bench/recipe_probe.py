@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from polyprag import LoRAMixingLLM, PolyPRAGEncoder, PRAGEncoder
-    from polyprag.augment import Augmentation, FixedAugmenter, GeneratedQAAugmenter, examples_from
+    from polyprag.encoding.augment import Augmentation, FixedAugmenter, GeneratedQAAugmenter, examples_from
     from polyprag.evaluation import accuracy, load_slice
     from polyprag import BankMixture
 
@@ -107,12 +107,12 @@ def main(argv=None) -> int:
             return BankMixture(lib.bank, w.mean(0)[None, None])
 
         runs["parametric_shuffled"] = answer(plain, [shuffled(q.gold) for q in qs])
-        runs["parametric_oracle_sum"] = answer(plain, [lib.mixture(q.gold, combine="sum") for q in qs])
+        runs["parametric_oracle_sum"] = answer(plain, [lib.mixture(q.gold, rule="sum") for q in qs])
         uni = torch.full((1, 1, lib.bank.m), 1.0 / lib.bank.m)
         runs["parametric_uniform"] = answer(plain, [BankMixture(lib.bank, uni) for _ in qs])
         ent = -(lib.routing_weights(lib.doc_ids).clamp_min(1e-9).log() * lib.routing_weights(lib.doc_ids)).sum(-1)
     runs["in_context_oracle"] = answer(ctx, [None] * len(qs))
-    from polyprag.augment import recall_question
+    from polyprag.encoding.augment import recall_question
 
     def recite(name, kind, ids_of, mixture_of):
         """Each question's documents recited by their own mixtures, then read in context with no adapter."""

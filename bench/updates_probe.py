@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from polyprag import AdapterLibrary, BankMixture, LoRAMixingLLM, PolyPRAGEncoder, load_corpus, load_questions
-    from polyprag.demo import DATA, contains_answer
+    from polyprag.demo.quickstart import DATA, contains_answer
 
     added = HERE.parent / "tests" / "data"
     old, new = load_corpus(DATA / "invented_facts.jsonl"), load_corpus(added / "added_facts.jsonl")

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from polyprag import LoRAMixingLLM, PolyPRAG, PRAGEncoder, load_corpus, load_questions
-from polyprag.lag import LAGLibrary, LAGRouter
+from polyprag.methods.lag import LAGLibrary, LAGRouter
 
-DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "data"
+DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "demo" / "data"
 
 
 def main() -> None:

@@ -21,10 +21,10 @@ from langchain_core.runnables import RunnablePassthrough
 
 from langchain_polyprag import ChatPolyPRAG, PolyPRAGRetriever, PolyPRAGRunnable
 from polyprag import AdapterLibrary, LibraryError, load_corpus, load_questions
-from polyprag.demo import demo_encoder
-from polyprag.models import cache_dir
+from polyprag.demo.quickstart import demo_encoder
+from polyprag.generation.models import cache_dir
 
-DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "data"
+DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "demo" / "data"
 PROMPT = ChatPromptTemplate.from_messages([
     ("system", "Answer the question with a short answer of a few words, using the context.\n\n{context}"),
     ("human", "{question}"),

@@ -28,7 +28,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_polyprag import ChatPolyPRAG, PolyPRAGEmbeddings, PolyPRAGRunnable, to_polyprag_documents
 from polyprag import AdapterLibrary, LibraryError, PolyPRAGEncoder, load_corpus, load_questions
 
-DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "data"
+DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "demo" / "data"
 PROMPT = ChatPromptTemplate.from_messages([
     ("system", "Answer the question with a short answer of a few words, using the context.\n\n{context}"),
     ("human", "{question}"),

@@ -17,9 +17,9 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 
 from llamaindex_polyprag import PolyPRAGLLM, PolyPRAGQueryEngine, PolyPRAGRetriever
 from polyprag import load_corpus
-from polyprag.demo import demo_encoder
+from polyprag.demo.quickstart import demo_encoder
 
-DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "data"
+DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "demo" / "data"
 
 
 def read_documents(path: Path) -> list[Document]:

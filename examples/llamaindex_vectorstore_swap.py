@@ -24,7 +24,7 @@ from llama_index.core import Document, VectorStoreIndex
 from llamaindex_polyprag import PolyPRAGEmbedding, PolyPRAGLLM, PolyPRAGQueryEngine, to_documents
 from polyprag import PolyPRAGEncoder, load_corpus, load_questions
 
-DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "data"
+DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "demo" / "data"
 
 
 def load_facts(n: int) -> tuple[list[Document], list[str]]:

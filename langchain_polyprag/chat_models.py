@@ -65,7 +65,7 @@ class ChatPolyPRAG(BaseChatModel):
     """The adapter library that turns ``documents`` into a mixture (its llm is used when ``llm`` is not given)."""
     documents: Optional[list[Any]] = None
     """Documents (ids, polyprag or LangChain Documents) whose mixture every call applies; needs ``library``."""
-    combine: Optional[str] = None
+    rule: Optional[str] = None
     """How the documents' adapters combine: "mean" or "sum" (the library's default when None)."""
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -138,7 +138,7 @@ class ChatPolyPRAG(BaseChatModel):
     def _documents_mixture(self, documents: list[Any]) -> Optional[Mixture]:
         if self.library is None:
             raise InvalidInputError("documents=... needs ChatPolyPRAG(library=AdapterLibrary) to build a mixture.")
-        return self.library.mixture(document_ids(documents), self.combine)
+        return self.library.mixture(document_ids(documents), self.rule)
 
     def _metadata(self, llm: LoRAMixingLLM) -> dict[str, Any]:
         return {"model_name": llm.name, "model_provider": "polyprag"}

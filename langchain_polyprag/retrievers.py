@@ -34,7 +34,7 @@ class PolyPRAGRetriever(BaseRetriever):
     """An adapter library encoding the documents; adds routing weights and lets the runnable build mixtures."""
     k: int = 3
     """How many documents a query returns (overridable per call: ``invoke(query, k=…)``)."""
-    combine: Optional[str] = None
+    rule: Optional[str] = None
     """How retrieved documents' adapters combine: "mean" of routing weights or "sum" of deltas (library default)."""
     backend: str = "rank_bm25"
     """BM25 implementation: "rank_bm25" or "bm25s" (the [fast] extra)."""
@@ -53,7 +53,7 @@ class PolyPRAGRetriever(BaseRetriever):
             raise InvalidInputError("PolyPRAGRetriever needs documents=[...] or a library=AdapterLibrary.")
         self.documents = docs
         bm25 = BM25Retriever(docs, k=self.k, backend=self.backend)
-        self._core = bm25 if self.library is None else ParametricRetriever(bm25, self.library, self.combine)
+        self._core = bm25 if self.library is None else ParametricRetriever(bm25, self.library, self.rule)
 
     @property
     def core(self) -> BM25Retriever | ParametricRetriever:

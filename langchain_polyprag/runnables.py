@@ -44,7 +44,7 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
     PolyPRAGRetriever."""
     library: Optional[AdapterLibrary] = None
     """The adapter library holding the retrieved documents' knowledge (default: the PolyPRAGRetriever's)."""
-    combine: Optional[str] = None
+    rule: Optional[str] = None
     """How the documents' adapters combine: "mean" or "sum" (the library's default when None)."""
     on_unknown: str = "error"
     """A retrieved document the library does not hold: "error" (names it), "in_context" (its passage goes into the
@@ -93,7 +93,7 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
                 else:
                     llm = self.llm.load() if isinstance(self.llm, ChatPolyPRAG) else self.llm
                     llm = llm or self._library().llm
-                    self._pipeline = face_pipeline(llm, self._retrieval(), self._library(), self.combine,
+                    self._pipeline = face_pipeline(llm, self._retrieval(), self._library(), self.rule,
                                                    self.on_unknown, mode=self.mode, k=self.k)
             return self._pipeline
 

@@ -41,7 +41,7 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
     library: Optional[AdapterLibrary] = Field(default=None, description="The adapter library holding the retrieved "
                                                                          "documents' knowledge (default: the "
                                                                          "PolyPRAGRetriever's).")
-    combine: Optional[str] = Field(default=None, description="How the documents' adapters combine: mean or sum "
+    rule: Optional[str] = Field(default=None, description="How the documents' adapters combine: mean or sum "
                                                              "(None: the library's default).")
     on_unknown: str = Field(default="error", description="A retrieved document the library does not hold: error, "
                                                          "in_context (its passage goes into the prompt) or skip.")
@@ -56,7 +56,7 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
     def __init__(self, retriever: BaseRetriever, llm: PolyPRAGLLM | None = None, mode: str = "parametric",
                  k: int | None = None, streaming: bool = False, lag: Mixture | None = None,
                  callback_manager: CallbackManager | None = None, library: AdapterLibrary | None = None,
-                 combine: str | None = None, on_unknown: str = "error"):
+                 rule: str | None = None, on_unknown: str = "error"):
         if not isinstance(retriever, BaseRetriever):
             raise InvalidInputError(f"retriever must be a LlamaIndex BaseRetriever (e.g. index.as_retriever()), got "
                                     f"{type(retriever).__name__}.")
@@ -70,13 +70,13 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
             raise InvalidInputError("The llm is not the model the library was encoded on; use "
                                     "PolyPRAGLLM(llm=library.llm) or leave llm out.")
         kwargs: dict[str, Any] = {"callback_manager": callback_manager} if callback_manager else {}
-        super().__init__(retriever=retriever, llm=llm, library=library, combine=combine, on_unknown=on_unknown,
+        super().__init__(retriever=retriever, llm=llm, library=library, rule=rule, on_unknown=on_unknown,
                          mode=mode, k=k, streaming=streaming, lag=lag, **kwargs)
         if callback_manager is not None:  # one trace: the engine's, the retriever's and the LLM's events
             retriever.callback_manager = callback_manager
             llm.callback_manager = callback_manager
         # Loads the model now if the LLM has not yet; checks the mode against the retriever.
-        self._rag = face_pipeline(llm.mixing_llm, self._retrieval(), library, combine, on_unknown, mode=mode, k=k,
+        self._rag = face_pipeline(llm.mixing_llm, self._retrieval(), library, rule, on_unknown, mode=mode, k=k,
                                   lag=lag)
 
     def _retrieval(self) -> Any:
@@ -94,17 +94,17 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
         return cls(retriever, library=library, **kwargs)
 
     @classmethod
-    def from_library(cls, library: AdapterLibrary, k: int = 3, combine: str | None = None,
+    def from_library(cls, library: AdapterLibrary, k: int = 3, rule: str | None = None,
                      llm: PolyPRAGLLM | None = None, **kwargs: Any) -> "PolyPRAGQueryEngine":
         """An engine over every document of an adapter library (BM25 + the library's routing)."""
-        return cls(PolyPRAGRetriever.from_library(library, k=k, combine=combine), llm=llm, **kwargs)
+        return cls(PolyPRAGRetriever.from_library(library, k=k, rule=rule), llm=llm, **kwargs)
 
     @classmethod
     def from_documents(cls, documents: Iterable[Document | BaseNode], library: AdapterLibrary | None = None,
-                       k: int = 3, combine: str | None = None, llm: PolyPRAGLLM | None = None,
+                       k: int = 3, rule: str | None = None, llm: PolyPRAGLLM | None = None,
                        **kwargs: Any) -> "PolyPRAGQueryEngine":
         """An engine over LlamaIndex Documents/TextNodes or polyprag Documents (encoded in ``library``)."""
-        retriever = PolyPRAGRetriever.from_documents(documents, library, k=k, combine=combine)
+        retriever = PolyPRAGRetriever.from_documents(documents, library, k=k, rule=rule)
         return cls(retriever, llm=llm, **kwargs)
 
     # ---- one question ------------------------------------------------------------------------

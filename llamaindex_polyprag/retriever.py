@@ -39,18 +39,18 @@ class PolyPRAGRetriever(BaseRetriever):
 
     @classmethod
     def from_documents(cls, documents: Iterable[Document | BaseNode], library: AdapterLibrary | None = None,
-                       k: int = 3, combine: str | None = None, backend: str = "rank_bm25",
+                       k: int = 3, rule: str | None = None, backend: str = "rank_bm25",
                        **kwargs: Any) -> "PolyPRAGRetriever":
         """BM25 over polyprag Documents or LlamaIndex Documents/TextNodes; with routing when a library is given."""
         bm25 = BM25Retriever(to_documents(documents), k=k, backend=backend)
-        core = ParametricRetriever(bm25, library, combine) if library is not None else bm25
+        core = ParametricRetriever(bm25, library, rule) if library is not None else bm25
         return cls(core, **kwargs)
 
     @classmethod
-    def from_library(cls, library: AdapterLibrary, k: int = 3, combine: str | None = None,
+    def from_library(cls, library: AdapterLibrary, k: int = 3, rule: str | None = None,
                      backend: str = "rank_bm25", **kwargs: Any) -> "PolyPRAGRetriever":
         """BM25 over every document encoded in the library, with its routing."""
-        return cls.from_documents(library.documents, library, k=k, combine=combine, backend=backend, **kwargs)
+        return cls.from_documents(library.documents, library, k=k, rule=rule, backend=backend, **kwargs)
 
     @property
     def library(self) -> AdapterLibrary | None:

@@ -15,7 +15,7 @@ from tiny import tiny_llm  # noqa: E402
 
 from polyprag import Document  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "data"
+DATA = Path(__file__).resolve().parents[1] / "core" / "polyprag" / "demo" / "data"
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def random_bank(llm, m: int, rank: int = 2, alpha: float = 8.0, seed: int = 0):
 def random_poly_library(llm, docs, m: int, logit_seed: int = 1, logit_scale: float = 2.0, bank_seed: int = 0):
     """A Poly-PRAG library of m random adapters with random routing: every document's mixture differs."""
     from polyprag import AdapterLibrary
-    from polyprag.library import LibraryConfig
+    from polyprag.library.state import LibraryConfig
 
     cfg = LibraryConfig(kind="poly", rank=2, alpha=8.0, m=m, target_modules=list(llm.target_modules),
                         base_model=llm.fingerprint())

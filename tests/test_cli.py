@@ -43,7 +43,7 @@ def test_encode_then_ask(method, model_dir, corpus, tmp_path, capsys):
     assert main(["encode", corpus, str(lib), "--method", method, "--model", model_dir, "--augment", "passage",
                  "--epochs", "1", "-q"]) == 0
     assert "Encoded 5 documents" in capsys.readouterr().out
-    assert json.loads((lib / "config.json").read_text())["kind"] == ("poly" if method == "poly" else "per_document")
+    assert json.loads((lib / "config.json").read_text())["kind"] == ("poly" if method == "poly" else "prag")
     assert main(["ask", str(lib), "what is the capital of zorvania", "--k", "2", "--max-new-tokens", "3",
                  "--json"]) == 0  # the model is found from the library's config
     out = json.loads(capsys.readouterr().out)
@@ -54,7 +54,7 @@ def test_encode_then_ask(method, model_dir, corpus, tmp_path, capsys):
 
 
 def test_encode_takes_the_options_left_unset_from_the_recipe(model_dir, corpus, tmp_path, capsys):
-    from polyprag.recipes import RECIPES
+    from polyprag.encoding.recipes import RECIPES
 
     lib = tmp_path / "lib"
     assert main(["encode", corpus, str(lib), "--model", model_dir, "--recipe", "prag-paper", "--augment", "passage",
@@ -125,14 +125,14 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
 def test_demo_runs_or_explains(capsys, monkeypatch):
     import importlib.util
 
-    if importlib.util.find_spec("polyprag.demo") is None:
+    if importlib.util.find_spec("polyprag.demo.quickstart") is None:
         assert main(["demo"]) == 1
-        assert "polyprag.demo is missing" in capsys.readouterr().err
+        assert "polyprag.demo.quickstart is missing" in capsys.readouterr().err
     else:
-        import polyprag.demo
+        import polyprag.demo.quickstart
 
         seen = []
-        monkeypatch.setattr(polyprag.demo, "main", lambda argv: seen.append(argv) or 0)
+        monkeypatch.setattr(polyprag.demo.quickstart, "main", lambda argv: seen.append(argv) or 0)
         assert main(["demo", "--epochs", "2"]) == 0
         assert seen == [["--epochs", "2"]]  # the demo's own options reach it
 
@@ -146,7 +146,7 @@ def test_unknown_command_or_option_is_refused(capsys):
 
 def test_encode_holds_the_questions_documents_and_prints_its_throughput(model_dir, corpus, tmp_path, capsys):
     from polyprag import AdapterLibrary
-    from polyprag.llm import LoRAMixingLLM
+    from polyprag.generation.llm import LoRAMixingLLM
 
     questions = tmp_path / "q.jsonl"
     save_jsonl([{"id": "q0", "question": "who built the krell lighthouse", "answers": ["farrant"], "gold": ["d1"]}],

@@ -56,5 +56,5 @@ def test_default_recipe_injects_real_passages(fast_llm, sample, encoder):
     # parametric PRAG 3/6, Poly-PRAG 3/6; recite PRAG 2/6, Poly-PRAG 2/6. (With each question's answer page
     # encoded too, as before 2026-12-03, recite answered 5/6 and 4/6: the page names the answer by its title.)
     # Asserted: both ways of answering from the adapters alone beat the bare model, and one of them answers two
-    # or more; tests/test_ensemble_model.py asserts the majority under real retrieval (recite_ensemble)
+    # or more; tests/pipeline/test_ensemble_model.py asserts the majority under real retrieval (recite_ensemble)
     assert n_recite > n_closed and n_param > n_closed and max(n_recite, n_param) >= 2

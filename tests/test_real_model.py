@@ -7,8 +7,8 @@ import time
 import pytest
 
 from polyprag import BM25Retriever, ParametricRetriever, PolyPRAG, load_corpus, load_questions
-from polyprag.demo import DATA, contains_answer, demo_encoder
-from polyprag.models import default_model_path
+from polyprag.demo.quickstart import DATA, contains_answer, demo_encoder
+from polyprag.generation.models import default_model_path
 
 pytestmark = pytest.mark.model
 

@@ -14,7 +14,7 @@ from polyprag import (AdapterLibrary, BankMixture, BM25Retriever, CorpusFormatEr
                       DuplicateDocumentError, IncompatibleModelError, InvalidInputError, LibraryError,
                       LoRAMixingLLM, ParametricRetriever, PolyPRAG, PolyPRAGEncoder, UnknownDocumentError,
                       load_corpus)
-from polyprag.checkpoint import safe_child
+from polyprag.encoding.checkpoint import safe_child
 from polyprag.errors import CheckpointError, TrainingError
 from polyprag.methods.polyprag.routing import routing_weights
 from tiny import tiny_llm, tiny_model, tiny_tokenizer
@@ -133,7 +133,7 @@ def test_nan_or_inf_routing_logits(llm, docs, lib, tmp_path):
 
     save_file({"routing_logits": bad}, str(path / "routing.safetensors"))
     cfg = json.loads((path / "config.json").read_text())
-    from polyprag.storage import sha256_file
+    from polyprag.library.storage import sha256_file
 
     cfg["files"]["routing.safetensors"] = sha256_file(path / "routing.safetensors")
     (path / "config.json").write_text(json.dumps(cfg))
@@ -206,7 +206,7 @@ def test_plain_names_stay_inside(tmp_path):
 
 # ---- checkpoints ----------------------------------------------------------------------------------
 def test_interrupted_fit_resumes_to_the_same_library(docs, tmp_path, monkeypatch):
-    import polyprag.checkpoint as ckmod
+    import polyprag.encoding.checkpoint as ckmod
 
     opts = dict(num_adapters=3, augmenter="passage", epochs=2, batch_size=2, progress=False)
     clean = PolyPRAGEncoder(tiny_llm(), **opts).fit(docs)

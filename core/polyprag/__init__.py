@@ -1,20 +1,22 @@
 """polyprag: parametric retrieval-augmented generation (Poly-PRAG, PRAG, LAG) on one LoRA-mixing engine."""
-from .augment import GeneratedQAAugmenter, PassageAugmenter, TrainingExample
-from .bridge import FrameworkRetriever, Source, SourcedDocument, answer_sources, face_pipeline
-from .dense import RETRIEVERS, DenseRetriever, HybridRetriever, SentenceEmbedder, build_retriever
+from .encoding.augment import GeneratedQAAugmenter, PassageAugmenter, TrainingExample
+from .pipeline.bridge import FrameworkRetriever, Source, SourcedDocument, answer_sources, face_pipeline
+from .retrieval.dense import RETRIEVERS, DenseRetriever, HybridRetriever, SentenceEmbedder, build_retriever
 from .documents import Document, Question, load_corpus, load_questions, passage_id
 from .errors import (CheckpointError, CorpusFormatError, DuplicateDocumentError, IncompatibleModelError,
                      InvalidInputError, LibraryError, ModelLoadError, PolyPRAGError, TrainingError,
                      UnknownDocumentError)
-from .library import AdapterLibrary
-from .llm import GenerationConfig, LoRAMixingLLM
+from .library.adapters import AdapterLibrary
+from .generation.llm import GenerationConfig, LoRAMixingLLM
 from .engine import BankMixture, LoRABank, Mixture, SumMixture, use_mixture
 from .methods.polyprag.encoder import PolyPRAGEncoder
 from .methods.prag.encoder import PRAGEncoder
-from .models import DEFAULT_MODEL
-from .parametric import ON_UNKNOWN, ParametricRetriever, Retrieval
-from .pipeline import MODES, Answer, PolyPRAG, Prepared
-from .retrieval import BM25Retriever, ScoredDocument
+from .generation.models import DEFAULT_MODEL
+from .retrieval.parametric import ON_UNKNOWN, ParametricRetriever, Retrieval
+from .pipeline.modes import MODES
+from .pipeline.pipeline import Answer, PolyPRAG, Prepared
+from .retrieval.base import ScoredDocument
+from .retrieval.bm25 import BM25Retriever
 from .threads import iterate_in_thread
 
 __version__ = "0.1.0"

@@ -43,7 +43,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def _load_llm(model: str | None, device: str | None, compute_dtype: str | None = None):
-    from .llm import LoRAMixingLLM
+    from .generation.llm import LoRAMixingLLM
 
     return LoRAMixingLLM.from_pretrained(model, device=device, compute_dtype=compute_dtype)
 
@@ -100,7 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ---- encode -------------------------------------------------------------------------------------
 def _configure_encode(p: argparse.ArgumentParser) -> None:
-    from .recipes import RECIPES
+    from .encoding.recipes import RECIPES
 
     p.add_argument("docs", help="corpus JSONL: one {\"id\", \"title\", \"text\"} object per line")
     p.add_argument("library", help="folder to write the adapter library to")
@@ -108,8 +108,8 @@ def _configure_encode(p: argparse.ArgumentParser) -> None:
                    help="poly: Poly-PRAG bank + routing; prag: one LoRA per document")
     p.add_argument("--model", default=None, help="HF model folder or hub id (default: bundled SmolLM2-135M)")
     p.add_argument("--recipe", choices=list(RECIPES), default="default",
-                   help="training recipe (polyprag.recipes): its training texts, alpha and routing settings, and "
-                        "each option below marked \"the --recipe's\" that is left unset (default: default)")
+                   help="training recipe (polyprag.encoding.recipes): its training texts, alpha and routing settings, "
+                        "and each option below marked \"the --recipe's\" that is left unset (default: default)")
     p.add_argument("--num-adapters", type=int, default=None,
                    help=_recipe_default("Poly-PRAG bank size m", "num_adapters"))
     p.add_argument("--rank", type=int, default=None, help=_recipe_default("LoRA rank", "rank"))
@@ -144,7 +144,7 @@ def _chosen_documents(docs: list, args: argparse.Namespace) -> list:
     from .documents import load_questions
     from .evaluation.questions import evidence
     from .evaluation.runner import library_documents
-    from .retrieval import BM25Retriever
+    from .retrieval.bm25 import BM25Retriever
 
     questions = load_questions(args.questions)
     index = BM25Retriever(docs, k=min(args.k, len(docs)))
@@ -155,7 +155,7 @@ def _chosen_documents(docs: list, args: argparse.Namespace) -> list:
 
 def _recipe_default(what: str, *fields: str) -> str:
     """Help text of an option left to the recipe, with each recipe's value."""
-    from .recipes import RECIPES
+    from .encoding.recipes import RECIPES
 
     def shown(value) -> str:
         return "sized by the corpus" if value is None else f"{value:g}"
@@ -169,7 +169,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     Under `torchrun` / `accelerate launch` the Poly-PRAG training is data-parallel; rank 0 saves."""
     from .documents import load_corpus
-    from .methods.polyprag import distributed
+    from .encoding import distributed
     from .methods.polyprag.encoder import PolyPRAGEncoder
     from .methods.prag.encoder import PRAGEncoder
 
@@ -203,7 +203,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 # ---- ask ----------------------------------------------------------------------------------------
 def _configure_ask(p: argparse.ArgumentParser) -> None:
-    from .pipeline import MODES
+    from .pipeline.modes import MODES
 
     p.add_argument("library", help="an adapter library folder (from `polyprag encode`)")
     p.add_argument("question")
@@ -211,7 +211,7 @@ def _configure_ask(p: argparse.ArgumentParser) -> None:
                    help="corpus JSONL to retrieve from (default: the library's own documents)")
     p.add_argument("--mode", choices=[m for m in MODES if not m.startswith("lag")], default="parametric")
     p.add_argument("--k", type=int, default=3, help="documents retrieved")
-    p.add_argument("--combine", choices=("mean", "sum"), default=None,
+    p.add_argument("--rule", choices=("mean", "sum"), default=None,
                    help="how the documents' adapters combine (default: mean for poly, sum for prag)")
     p.add_argument("--model", default=None, help="default: the model the library was encoded on")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -221,13 +221,13 @@ def _configure_ask(p: argparse.ArgumentParser) -> None:
 def cmd_ask(args: argparse.Namespace) -> int:
     """Answer one question from a library and print the answer (or JSON with its documents)."""
     from .documents import load_corpus
-    from .parametric import ParametricRetriever
-    from .pipeline import PolyPRAG
-    from .retrieval import BM25Retriever
+    from .retrieval.parametric import ParametricRetriever
+    from .pipeline.pipeline import PolyPRAG
+    from .retrieval.bm25 import BM25Retriever
 
     llm, library = _open_library(args)
     docs = load_corpus(args.corpus) if args.corpus else library.documents
-    retriever = ParametricRetriever(BM25Retriever(docs, k=args.k), library, combine=args.combine)
+    retriever = ParametricRetriever(BM25Retriever(docs, k=args.k), library, rule=args.rule)
     rag = PolyPRAG(llm, retriever, mode=args.mode, max_new_tokens=args.max_new_tokens)
     answer = rag.answer(args.question)
     if args.json:
@@ -242,8 +242,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def _open_library(args: argparse.Namespace):
     """(llm, library) for ``args.library`` on ``args.model`` or the model the library was encoded on."""
-    from .methods.polyprag import distributed
-    from .library import AdapterLibrary
+    from .encoding import distributed
+    from .library.adapters import AdapterLibrary
 
     cfg = Path(args.library) / "config.json"
     if not cfg.is_file():  # refused before any model loads
@@ -276,7 +276,7 @@ def _configure_update(p: argparse.ArgumentParser) -> None:
 
 
 def _configure_add(p: argparse.ArgumentParser) -> None:
-    from .state import ADD_STRATEGIES
+    from .library.state import ADD_STRATEGIES
 
     p.add_argument("library", help="an adapter library folder (from `polyprag encode`); saved back atomically")
     p.add_argument("corpus", help="corpus JSONL of the documents to add: one {\"id\", \"title\", \"text\"} per line")
@@ -387,7 +387,7 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     which.add_argument("--question", help="export the mixture of the documents BM25 retrieves for this question")
     p.add_argument("--k", type=int, default=3, help="documents retrieved with --question")
     p.add_argument("--out", required=True, help="folder to write adapter_config.json + adapter_model.safetensors")
-    p.add_argument("--combine", choices=("mean", "sum"), default=None,
+    p.add_argument("--rule", choices=("mean", "sum"), default=None,
                    help="mean of routing weights (rank r) or sum of deltas (rank k·r, exact); "
                         "default: mean for poly, sum for prag")
     p.add_argument("--pad-rank", type=int, default=None,
@@ -400,14 +400,14 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the mixture of the given (or retrieved) documents as a peft LoRA folder."""
-    from .export import CONFIG_FILE, export_peft
-    from .retrieval import BM25Retriever
+    from .library.export import CONFIG_FILE, export_peft
+    from .retrieval.bm25 import BM25Retriever
 
     _, library = _open_library(args)
     doc_ids = args.docs
     if args.question is not None:
         doc_ids = [h.document.id for h in BM25Retriever(library.documents, k=args.k).retrieve(args.question)]
-    out = export_peft(library, doc_ids, args.out, combine=args.combine, pad_rank=args.pad_rank, dtype=args.dtype)
+    out = export_peft(library, doc_ids, args.out, rule=args.rule, pad_rank=args.pad_rank, dtype=args.dtype)
     rank = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["r"]
     if args.json:
         print(json.dumps({"out": str(out), "documents": doc_ids, "rank": rank,
@@ -419,7 +419,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ---- inspect ------------------------------------------------------------------------------------
 def _configure_inspect(p: argparse.ArgumentParser) -> None:
-    from .plots import MAX_ROWS
+    from .library.plots import MAX_ROWS
 
     p.add_argument("--library", required=True, help="adapter library folder (from `polyprag encode`)")
     p.add_argument("--out", default="routing.png", help="picture to write (.png, .pdf or .svg)")
@@ -432,7 +432,7 @@ def _configure_inspect(p: argparse.ArgumentParser) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Draw the routing heat map and bank-usage histogram, and print the routing summary."""
-    from .plots import plot_routing, routing_summary
+    from .library.plots import plot_routing, routing_summary
 
     if args.max_rows < 1:
         raise InvalidInputError(f"--max-rows must be >= 1, got {args.max_rows}.")
@@ -482,14 +482,14 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the quickstart (polyprag.demo.main) when it is installed, passing it the remaining options."""
+    """Run the quickstart (polyprag.demo.quickstart.main) when it is installed, passing it the remaining options."""
     try:
-        from . import demo
+        from .demo import quickstart
     except ImportError:
-        print("The demo is not available in this install (polyprag.demo is missing); run "
+        print("The demo is not available in this install (polyprag.demo.quickstart is missing); run "
               "examples/quickstart.py from the source tree instead.", file=sys.stderr)
         return 1
-    result = demo.main(list(args.passthrough))
+    result = quickstart.main(list(args.passthrough))
     return result if isinstance(result, int) else 0
 
 

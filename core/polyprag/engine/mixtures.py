@@ -7,7 +7,7 @@ A ``BankMixture`` holds, per batch row, T terms, each a weight vector over a ban
 
 computed as one rank-(T·r) LoRA per row by concatenating the terms' ranks. Poly-PRAG "mean" is
 T = 1; Poly-PRAG "sum" and PRAG are T = k (PRAG: one-hot w over per-document adapters). LAG's
-per-token router (``polyprag.lag``) is another ``Mixture`` on the same hooks: it computes A*x
+per-token router (``polyprag.methods.lag``) is another ``Mixture`` on the same hooks: it computes A*x
 for every adapter to route, then applies only the chosen B*.
 """
 from __future__ import annotations

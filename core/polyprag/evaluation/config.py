@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import InvalidInputError
-from ..models import pick_compute_dtype
+from ..generation.models import pick_compute_dtype
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Method:
 
     library: str | None          # None, "prag", "poly", "poly_m1" or "lag"
     mode: str                    # PolyPRAG mode
-    combine: str | None = None   # how the documents' adapters combine: "mean" or "sum"
+    rule: str | None = None      # how the documents' adapters combine: "mean" or "sum"
     documents: str = "retrieved"  # "retrieved" (BM25 top-k), "gold" (oracle), "wrong" or "top1" (the first retrieved)
     routing: str = "learned"     # "learned", "uniform" or "shuffled"
     mixture_from: str | None = None  # "wrong": the passages are ``documents`` but the adapters are wrong documents'
@@ -79,7 +79,7 @@ def _help(text: str, **kw):
 class EvalConfig:
     """One evaluation run: the data slice, the methods and how the parametric libraries are encoded.
 
-    Training settings left at None come from ``recipe`` (see ``polyprag.recipes``)."""
+    Training settings left at None come from ``recipe`` (see ``polyprag.encoding.recipes``)."""
 
     data: str = _help("folder with questions.jsonl and corpus.jsonl")
     n: int | None = _help("evaluate the first N questions (default: all)", default=None)
@@ -143,7 +143,7 @@ class EvalConfig:
     progress: bool = _help("progress bars", default=True)
 
     def __post_init__(self) -> None:
-        from ..recipes import RECIPES, check_texts
+        from ..encoding.recipes import RECIPES, check_texts
 
         if isinstance(self.methods, str):
             self.methods = tuple(m.strip() for m in self.methods.split(",") if m.strip())

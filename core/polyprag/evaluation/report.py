@@ -138,7 +138,7 @@ def _fmt(v, spec: str) -> str:
 
 def write_report(report: EvalReport, out: str | os.PathLike) -> Path:
     """Write results.json, results.md and predictions.jsonl (every answer with its scores) into ``out``."""
-    from ..storage import atomic_write_text
+    from ..library.storage import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,23 +18,24 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..augment import FixedAugmenter, GeneratedQAAugmenter, PassageAugmenter
+from ..encoding.augment import FixedAugmenter, GeneratedQAAugmenter, PassageAugmenter
 from ..documents import Document, Question, load_corpus, load_questions
 from ..errors import InvalidInputError, PolyPRAGError
-from ..library import AdapterLibrary
-from ..parametric import ParametricRetriever, Retrieval
-from ..pipeline import MODES, PolyPRAG
+from ..library.adapters import AdapterLibrary
+from ..retrieval.parametric import ParametricRetriever, Retrieval
+from ..pipeline.modes import MODES
+from ..pipeline.pipeline import PolyPRAG
 from ..progress import progress_bar
-from ..recipes import FREE_TEXTS, check_texts, get_recipe
-from ..dense import build_retriever
-from ..retrieval import ScoredDocument
+from ..encoding.recipes import FREE_TEXTS, check_texts, get_recipe
+from ..retrieval.dense import build_retriever
+from ..retrieval.base import ScoredDocument
 from .config import METHODS, EvalConfig, Method
 from .metrics import accuracy, exact_match, f1_score, mean, paired_bootstrap, recall_at_k
 from .questions import evidence, prior_answers, question_kind, states_answer
 from .report import Comparison, EvalReport, MethodResult, write_report
 
 if TYPE_CHECKING:
-    from ..llm import LoRAMixingLLM
+    from ..generation.llm import LoRAMixingLLM
 
 CONTROL_SUFFIXES = ("_shuffled", "_uniform", "_m1", "_wrong")
 
@@ -85,8 +86,8 @@ class WrongMixtureRetriever(ParametricRetriever):
     prompt is the method's own and only the mixture holds the wrong knowledge."""
 
     def __init__(self, passages: FixedRetriever, wrong: FixedRetriever, library: AdapterLibrary,
-                 combine: str | None = None):
-        super().__init__(wrong, library, combine)
+                 rule: str | None = None):
+        super().__init__(wrong, library, rule)
         self.passages = passages
 
     def retrieve(self, query: str, k: int | None = None) -> Retrieval:
@@ -94,7 +95,7 @@ class WrongMixtureRetriever(ParametricRetriever):
         found = super().retrieve(query, k)
         n = min(len(shown), len(found.documents))  # as many wrong documents as passages (choose_documents)
         ids = found.library_ids[:n]
-        return Retrieval(shown[:n], found.state.mixture(ids, self.combine) if n else None,
+        return Retrieval(shown[:n], found.state.mixture(ids, self.rule) if n else None,
                          found.state.routing_weights(ids) if n else None, library_ids=ids, state=found.state)
 
 
@@ -173,7 +174,7 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
     docs, questions = load_slice(cfg.data, cfg.n, cfg.start)
     questions = [replace(q, gold=evidence(q)) for q in questions]  # an answer's own article is never gold
     if llm is None:
-        from ..llm import LoRAMixingLLM
+        from ..generation.llm import LoRAMixingLLM
 
         llm = LoRAMixingLLM.from_pretrained(cfg.model, device=cfg.device, compute_dtype=cfg.compute_dtype)
     index = build_retriever(cfg.retriever, docs, k=min(cfg.k, len(docs)))  # over the whole corpus
@@ -257,7 +258,7 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
              "encoded_from": encoded_from, "model": llm.name, "recipe": cfg.recipe, "training": train,
              "augment": stats, "augment_s": augment_s, "augment_s_per_doc": augment_s / n_docs,
              "train_s": {k: v.train_s for k, v in libraries.items()},
-             "adapters": {k: v.library.config.m for k, v in libraries.items()},  # PRAG: one per document
+             "adapters": {k: v.library.config.m for k, v in libraries.items() if k != "lag"},  # PRAG: one per document
              "retriever": cfg.retriever, "recall_at_k": None if recall is None else 100.0 * recall, "wall_s": time.perf_counter() - t_start,
              "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
              "device": str(llm.device), "compute_dtype": str(llm.compute_dtype or llm.dtype).replace("torch.", "")}
@@ -285,8 +286,8 @@ def _retriever(spec: Method, enc: "_Encoded | None", asked: Sequence[Question], 
     if spec.mixture_from == "wrong":
         wrong_ids = {q.question: ids for q, ids in zip(asked, wrong)}
         return WrongMixtureRetriever(FixedRetriever(docs, per_question), FixedRetriever(encoded, wrong_ids), library,
-                                     combine=spec.combine)
-    return ParametricRetriever(FixedRetriever(encoded, per_question), library, combine=spec.combine)
+                                     rule=spec.rule)
+    return ParametricRetriever(FixedRetriever(encoded, per_question), library, rule=spec.rule)
 
 
 def compare(results: Sequence[MethodResult], samples: int = 10_000, seed: int = 0) -> list[Comparison]:
@@ -384,7 +385,7 @@ def _keep(cfg: EvalConfig, train: dict, kind: str, enc: "_Encoded", saved: Path,
     import json
     import shutil
 
-    from ..storage import atomic_write_text
+    from ..library.storage import atomic_write_text
 
     if not cfg.libraries:
         return
@@ -429,7 +430,7 @@ def _encode_side_by_side(llm, docs: list[Document], kinds: Sequence[str], cfg: E
 def _encode_worker(cfg: EvalConfig, train: dict, docs: list[Document], examples: dict, kind: str, path: str,
                    threads: int) -> tuple[float, int | None, int | None]:
     """In a worker process: load the model, train and save one library; returns its time and bytes."""
-    from ..llm import LoRAMixingLLM
+    from ..generation.llm import LoRAMixingLLM
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
@@ -469,9 +470,9 @@ def _encode(llm, docs: list[Document], kind: str, cfg: EvalConfig, train: dict, 
 
 def _lag_api():
     try:
-        from ..lag import LAGLibrary, LAGRouter
+        from ..methods.lag import LAGLibrary, LAGRouter
     except ImportError as e:
-        raise PolyPRAGError(f"The lag methods need polyprag.lag (LAGLibrary, LAGRouter), which is not "
+        raise PolyPRAGError(f"The lag methods need polyprag.methods.lag (LAGLibrary, LAGRouter), which is not "
                             f"available in this install ({e}); drop lag/lag_in_context from --methods.") from None
     return LAGLibrary, LAGRouter
 

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from ... import storage
+from ...library import storage
 from ...errors import IncompatibleModelError, InvalidInputError, LibraryError
 from .factors import ModuleFactors, pack, spectral_factors
 from .peft import read_peft_adapter
 
 if TYPE_CHECKING:
-    from ...library import AdapterLibrary
-    from ...llm import LoRAMixingLLM
+    from ...library.adapters import AdapterLibrary
+    from ...generation.llm import LoRAMixingLLM
 
 FORMAT_VERSION = 1
 

@@ -21,7 +21,7 @@ import torch
 
 from ...engine import Mixture
 from ...errors import InvalidInputError
-from ...retrieval import check_top_k
+from ...retrieval.base import check_top_k
 from .library import LAGLibrary
 
 VARIANTS = ("arrow_spectr", "arrow", "spectr")

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from ...augment import Augmenter, TrainingExample
-from ...checkpoint import Checkpoint
+from ...encoding.augment import Augmenter, TrainingExample
+from ...encoding.checkpoint import Checkpoint
 from ...documents import Document
-from ...encoder import Encoder
+from ...encoding.encoder import Encoder
 from ...engine import LoRABank
 from ...errors import InvalidInputError
-from ...library import AdapterLibrary
-from ...recipes import MIN_BANK, bank_size, get_recipe
+from ...library.adapters import AdapterLibrary
+from ...encoding.recipes import MIN_BANK, bank_size, get_recipe
 from .kind import PolyPRAGKind
 from .routing import init_routing_logits
 from .training import train_poly
@@ -18,7 +18,7 @@ from .training import train_poly
 if TYPE_CHECKING:
     import torch
 
-    from ...llm import LoRAMixingLLM
+    from ...generation.llm import LoRAMixingLLM
 
 
 class PolyPRAGEncoder(Encoder):
@@ -28,7 +28,7 @@ class PolyPRAGEncoder(Encoder):
         library = PolyPRAGEncoder(llm).fit(docs)                      # the default recipe
         library = PolyPRAGEncoder(llm, recipe="prag-paper").fit(docs)  # PRAG's published settings
 
-    Settings left at None come from ``recipe`` (``polyprag.recipes``): training texts, rank, alpha,
+    Settings left at None come from ``recipe`` (``polyprag.encoding.recipes``): training texts, rank, alpha,
     learning rates, epochs and bank size (the default recipe sizes the bank by the corpus: ``recipes.bank_size``). PRAG (one adapter per document, summed at query time) is
     ``PRAGEncoder``."""
 

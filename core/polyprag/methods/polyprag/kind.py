@@ -9,25 +9,25 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from ...augment import Augmenter
-from ...checkpoint import tensor_digest
+from ...encoding.augment import Augmenter
+from ...encoding.checkpoint import tensor_digest
 from ...documents import Document
 from ...engine import LoRABank
 from ...errors import InvalidInputError, LibraryError
-from ...fitting import run_checkpoint, start_update, update_settings
-from ...state import LibraryKind, LibraryState
+from ...encoding.fitting import run_checkpoint, start_update, update_settings
+from ...library.state import LibraryKind, LibraryState
 from .routing import CLOSED_LOGIT, init_routing_logits, routing_weights
 from .training import train_poly
 
 if TYPE_CHECKING:
-    from ...llm import LoRAMixingLLM
+    from ...generation.llm import LoRAMixingLLM
 
 
 class PolyPRAGKind(LibraryKind):
     """A Poly-PRAG library: document d mixes the shared bank with weights w_d = σ(z_d) / Σ_j σ(z_dj)."""
 
     name = "poly"
-    default_combine = "mean"
+    default_rule = "mean"
     files = ("routing.safetensors",)
     routing_caption = "routing weights w_d = σ(z_d)/Σσ(z_d), red: preferred"
 

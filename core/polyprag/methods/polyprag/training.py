@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ...augment import TrainingExample
-from ...checkpoint import optimizer_tensors, python_rng_from, python_rng_state, restore_optimizer
+from ...encoding.augment import TrainingExample
+from ...encoding.checkpoint import optimizer_tensors, python_rng_from, python_rng_state, restore_optimizer
 from ...engine import LoRABank
 from ...progress import progress_bar
-from ...training import FrozenPrefix, TrainConfig, accumulate, bucketed_order, set_lr, tokenize
+from ...encoding.training import FrozenPrefix, TrainConfig, accumulate, bucketed_order, set_lr, tokenize
 from .routing import logistic_noise, relaxed_bernoulli_weights
 
 if TYPE_CHECKING:
-    from ...checkpoint import Checkpoint
-    from ...llm import LoRAMixingLLM
+    from ...encoding.checkpoint import Checkpoint
+    from ...generation.llm import LoRAMixingLLM
 
 
 def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,

@@ -3,18 +3,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from ...augment import TrainingExample
-from ...checkpoint import Checkpoint
+from ...encoding.augment import TrainingExample
+from ...encoding.checkpoint import Checkpoint
 from ...documents import Document
 from ...errors import InvalidInputError
-from ...encoder import Encoder
-from ...library import AdapterLibrary
-from ...recipes import get_recipe
+from ...encoding.encoder import Encoder
+from ...library.adapters import AdapterLibrary
+from ...encoding.recipes import get_recipe
 from .kind import PRAGKind
 from .training import train_prag_bank
 
 if TYPE_CHECKING:
-    from ...llm import LoRAMixingLLM
+    from ...generation.llm import LoRAMixingLLM
 
 
 class PRAGEncoder(Encoder):

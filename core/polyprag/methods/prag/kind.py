@@ -9,19 +9,19 @@ import torch
 from ...documents import Document
 from ...engine import LoRABank
 from ...errors import LibraryError
-from ...fitting import start_update
-from ...state import LibraryKind, LibraryState
+from ...encoding.fitting import start_update
+from ...library.state import LibraryKind, LibraryState
 from .training import train_prag_bank
 
 if TYPE_CHECKING:
-    from ...llm import LoRAMixingLLM
+    from ...generation.llm import LoRAMixingLLM
 
 
 class PRAGKind(LibraryKind):
     """A PRAG library: a query's documents' own adapters, their deltas summed."""
 
-    name = "per_document"
-    default_combine = "sum"
+    name = "prag"
+    default_rule = "sum"
     routing_caption = "routing (PRAG: one-hot)"
 
     def routing_table(self, logits: torch.Tensor | None, device) -> None:

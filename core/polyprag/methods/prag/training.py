@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from ...augment import TrainingExample
+from ...encoding.augment import TrainingExample
 from ...engine import LoRABank
 from ...errors import InvalidInputError
 from ...progress import progress_bar
-from ...training import FrozenPrefix, TrainConfig, accumulate, set_lr, tokenize
+from ...encoding.training import FrozenPrefix, TrainConfig, accumulate, set_lr, tokenize
 
 if TYPE_CHECKING:
-    from ...checkpoint import Checkpoint
-    from ...llm import LoRAMixingLLM
+    from ...encoding.checkpoint import Checkpoint
+    from ...generation.llm import LoRAMixingLLM
 
 
 def train_prag_bank(llm: "LoRAMixingLLM", modules: dict[str, tuple[int, int]],

@@ -1,0 +1,1 @@
+"""The quickstart demo and its bundled corpus of invented facts (`polyprag demo`, `make demo`)."""

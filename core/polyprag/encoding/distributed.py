@@ -1,0 +1,156 @@
+"""Data-parallel Poly-PRAG encoding under ``torchrun`` / ``accelerate launch`` (gloo on CPU, NCCL on GPU).
+
+Every process holds a full replica of the bank and of the routing logits. Each one augments a
+share of the documents (gathered so all see every text), takes every world-th mini-batch of the
+same seeded order (``train_poly(shard=(rank, world))``) and, before each optimiser step, the
+gradients of the bank and of the routing logits are averaged across processes with one
+all-reduce, so the replicas take identical AdamW steps and stay equal. Rank 0 saves.
+
+Why all-reduce the routing logits instead of sharding their rows: the table is N × m floats
+(10k documents × 16 adapters = 640 kB), less than the bank's own gradient for a 135M model
+(~1 MB at rank 2) and nothing next to the activations, so sharding would save little memory yet
+force each mini-batch to hold only its rank's documents (a different sampling than the
+single-process run), add a gather before every save, and break ``add_documents`` symmetry.
+One flat all-reduce of [bank grads ; routing grads] per step is simplest and exact.
+
+Launch (the same script runs single-process with plain ``python``):
+
+    torchrun --nproc_per_node 2 -m polyprag.cli encode corpus.jsonl lib/
+    accelerate launch --num_processes 4 -m polyprag.cli encode corpus.jsonl lib/
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Sequence
+
+import torch
+
+from ..documents import Document
+from .encoder import Encoder
+from ..errors import InvalidInputError
+from ..library.adapters import AdapterLibrary
+from ..methods.polyprag.encoder import PolyPRAGEncoder
+from ..methods.polyprag.training import train_poly
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: from torch.distributed, else the launcher's env, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a single-process run): the process that saves and prints."""
+    return world()[0] == 0
+
+
+def local_device(device: str | None = None) -> str | None:
+    """This process's device: ``cuda:LOCAL_RANK`` under a multi-GPU launcher, else what was asked."""
+    if device is None and torch.cuda.is_available() and world()[1] > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return device
+
+
+def init(device: str | torch.device | None = None) -> tuple[int, int]:
+    """Join the launcher's process group (gloo on CPU, NCCL on CUDA) once; returns (rank, world)."""
+    import torch.distributed as dist
+
+    rank, size = world()
+    if size > 1 and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise InvalidInputError("WORLD_SIZE > 1 but MASTER_ADDR is unset; start the command with "
+                                    "`torchrun --nproc_per_node N` or `accelerate launch`.")
+        backend = "nccl" if torch.device(device or "cpu").type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        rank, size = dist.get_rank(), dist.get_world_size()
+    return rank, size
+
+
+def average_gradients(grads: list[torch.Tensor]) -> None:
+    """Replace each gradient by its mean over processes: one all-reduce of one flat buffer."""
+    import torch.distributed as dist
+
+    if not grads or not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])  # [Σ numel]
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_(tensors: Sequence[torch.Tensor]) -> None:
+    """Copy rank 0's values into every process's tensors (the replicas start identical)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for t in tensors:
+            dist.broadcast(t.data, src=0)
+
+
+def augment_sharded(encoder: Encoder, docs: Sequence[Document]) -> list[list]:
+    """Every document's training examples, each process augmenting every world-th document."""
+    import torch.distributed as dist
+
+    rank, size = world()
+    if size == 1 or not dist.is_initialized():
+        return encoder.augmenter(docs)
+    mine = list(range(rank, len(docs), size))
+    local = encoder.augmenter([docs[i] for i in mine]) if mine else []
+    gathered: list = [None] * size
+    dist.all_gather_object(gathered, list(zip(mine, local)))  # in memory, between processes
+    data: list = [None] * len(docs)
+    for part in gathered:
+        for i, examples in part:
+            data[i] = examples
+    return data
+
+
+def fit(encoder: Encoder, documents: Sequence[Document]) -> AdapterLibrary:
+    """``encoder.fit(documents)``, data-parallel across the launcher's processes when there are several.
+
+    Every rank returns the same library; only rank 0 should save it. ``batch_size`` is per process,
+    so N processes train with an effective batch of N × batch_size."""
+    rank, size = init(encoder.llm.device)
+    if size == 1:
+        return encoder.fit(documents)
+    if not isinstance(encoder, PolyPRAGEncoder):
+        raise InvalidInputError("Distributed encoding covers Poly-PRAG; PRAG's per-document adapters are "
+                                "independent: encode shards of the corpus separately and join them.")
+    docs = encoder.checked(documents)
+    data = augment_sharded(encoder, docs)
+    cfg = encoder.train
+    bank, logits = encoder.initial_poly(len(docs))  # [N, m] logits
+    broadcast_(list(bank.parameters()) + [logits])
+    progress = cfg.progress
+    cfg.progress = progress and rank == 0  # one progress bar, not one per process
+    try:
+        train_poly(encoder.llm, bank, logits, data, cfg, train_bank=True, shard=(rank, size),
+                   sync=average_gradients)
+    finally:
+        cfg.progress = progress
+    config = encoder.library_config(bank.m)
+    config.training["world_size"] = size  # batch_size above is per process
+    return AdapterLibrary(encoder.llm, bank, docs, config, routing_logits=logits)
+
+
+def barrier() -> None:
+    """Wait for every process (no-op single-process): e.g. before others read what rank 0 saved."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (no-op when none was joined)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

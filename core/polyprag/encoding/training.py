@@ -1,0 +1,282 @@
+"""Training on the mixing engine, what every method's loop shares: settings, tokenising, batch order and
+the loss of rows that each carry their own mixture (Poly-PRAG's and PRAG's loops live in ``polyprag.methods``)."""
+from __future__ import annotations
+
+import copy
+import random
+import re
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import TrainingExample
+from ..engine import BankMixture, LoRABank
+from ..errors import TrainingError
+from ..generation.prompts import answer_target, text_start_id
+
+if TYPE_CHECKING:
+    from ..generation.llm import LoRAMixingLLM
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every training loop."""
+
+    lr: float = 3e-4
+    routing_lr: float | None = None  # None: same as lr
+    epochs: int = 1
+    batch_size: int = 4
+    max_length: int = 256
+    max_batch_tokens: int = 2048  # a step's rows run in length-sorted micro-batches of at most this many
+    #                               padded tokens, gradients accumulated: the same update, less padding
+    temperature: float = 1.0  # relaxed-Bernoulli temperature τ
+    routing_active: int = 0  # Poly-PRAG routing init: 0 = every adapter equally likely (Polytropon);
+    #                          a > 0 = each document starts on `a` random adapters (sparse, specialising)
+    weight_decay: float = 0.0
+    stop_loss: float | None = None  # PRAG: a document's adapter stops training once its epoch loss is below this
+    lr_decay: bool = False  # the learning rate falls linearly from lr to 0 over the run (else constant)
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Tokenized:
+    """One example as token ids with labels (-100 where nothing is learned)."""
+
+    ids: list[int]
+    labels: list[int]
+
+
+def tokenize(llm: "LoRAMixingLLM", ex: TrainingExample, max_length: int) -> Tokenized:
+    """Token ids of an example: plain text learns every token; a QA learns only the answer."""
+    tok = llm.tokenizer
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    if ex.question is None:
+        ids = tok(ex.target, add_special_tokens=False)["input_ids"] + eos
+        start = text_start_id(tok)  # a recitation starts from it too (PolyPRAG mode="recite")
+        bos = [start] if start is not None else []
+        ids = (bos + ids)[:max_length]
+        return Tokenized(ids, [-100] + ids[1:] if bos else list(ids))
+    prompt = llm.question_prompt(ex.question, [ex.context] if ex.context else ())  # ends "The answer is"
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    a = tok(answer_target(ex.target), add_special_tokens=False)["input_ids"] + eos  # " <answer>." as asked
+    keep = max(1, max_length - len(a))
+    p = p[-keep:]
+    return Tokenized((p + a)[:max_length], ([-100] * len(p) + a)[:max_length])
+
+
+def collate(rows: Sequence[Tokenized], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded batch: input_ids, attention_mask, labels."""
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r.ids)] = torch.tensor(r.ids)
+        labels[i, : len(r.labels)] = torch.tensor(r.labels)
+        mask[i, : len(r.ids)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def row_losses(llm: "LoRAMixingLLM", batch: dict[str, torch.Tensor], mixture,
+               prefix: "FrozenPrefix | None" = None, rows: Sequence[Tokenized] | None = None) -> torch.Tensor:
+    """Mean next-token loss of each row [batch] with the mixture applied (in the LLM's compute dtype).
+
+    The vocabulary projection runs only where a token is learned (answers, not their prompts). With a
+    ``prefix`` (and the batch's ``rows``), the layers below the first adapter are not run again: their output
+    for these rows comes from the prefix's cache."""
+    model = llm.model
+    labels = batch["labels"][:, 1:]  # position t predicts token t+1
+    learned_rows, cols = (labels != -100).nonzero(as_tuple=True)
+    with llm.compute(mixture):
+        if prefix is not None and rows is not None:
+            hidden = prefix.top(batch, rows)
+        else:
+            hidden = model.base_model(input_ids=batch["input_ids"],
+                                      attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[:, :-1][learned_rows, cols]).float()  # [learned, vocab]
+    tok_loss = F.cross_entropy(logits, labels[learned_rows, cols], reduction="none")
+    sums = torch.zeros(labels.shape[0], device=tok_loss.device).index_add(0, learned_rows, tok_loss)
+    counts = (labels != -100).sum(1).clamp(min=1)
+    return sums / counts
+
+
+class FrozenPrefix:
+    """The transformer layers below a bank's first adapter, run once per training row.
+
+    Their weights are frozen and carry no LoRA, so a row's hidden state at the first trained layer is the same
+    in every epoch: it is computed once, kept (up to ``max_bytes``), and each step runs only the trained layers
+    on it. The backward pass stopped there already; this removes the lower layers' forward pass too, so with
+    ``layers=N`` of L a step costs about N/L of a full one. The base model is never modified (its layers are
+    shared, not swapped), so queries running beside an encode are unaffected.
+
+    ``of`` returns None when there is nothing to skip (adapters on the first layer) or the model's layout is
+    not the ``layers`` / ``norm`` one this knows; the first use checks the split forward against the full one
+    and falls back to full forward passes, with a warning, if they differ."""
+
+    def __init__(self, llm: "LoRAMixingLLM", base: nn.Module, first: int, max_bytes: int = 2 << 30):
+        self.llm = llm
+        self.first = first
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._bottom = _sliced(base, 0, first, norm=False)
+        self._top = _sliced(base, first, len(base.layers), norm=True)
+        self._cache: dict[int, tuple[Tokenized, torch.Tensor]] = {}  # id(row) -> (row, hidden [len, d])
+        self._checked = False
+        self.usable = True
+
+    @classmethod
+    def of(cls, llm: "LoRAMixingLLM", bank: LoRABank, max_bytes: int = 2 << 30) -> "FrozenPrefix | None":
+        """The frozen prefix below ``bank``'s lowest adapted layer, or None if there is none to skip."""
+        base = llm.model.base_model
+        layers = getattr(base, "layers", None)
+        if not isinstance(layers, nn.ModuleList) or not isinstance(getattr(base, "norm", None), nn.Module):
+            return None
+        index = [layer_index(n) for n in bank.names]
+        if not index or any(i is None for i in index) or min(index) == 0:
+            return None
+        return cls(llm, base, min(index), max_bytes)
+
+    def top(self, batch: dict[str, torch.Tensor], rows: Sequence[Tokenized]) -> torch.Tensor:
+        """The last hidden state [batch, length, d] of ``batch`` (whose rows are ``rows``), run from the cache."""
+        if not self._checked:
+            self._check(batch)
+        if not self.usable:
+            return self.llm.model.base_model(input_ids=batch["input_ids"],
+                                             attention_mask=batch["attention_mask"]).last_hidden_state
+        start = self._start(batch, rows)
+        return self._top(inputs_embeds=start, attention_mask=batch["attention_mask"]).last_hidden_state
+
+    def _start(self, batch: dict[str, torch.Tensor], rows: Sequence[Tokenized]) -> torch.Tensor:
+        missing = [i for i, r in enumerate(rows) if id(r) not in self._cache]
+        if missing:
+            with torch.no_grad():
+                out = self._bottom(input_ids=batch["input_ids"][missing],
+                                   attention_mask=batch["attention_mask"][missing]).last_hidden_state
+            fresh = {}
+            for j, i in enumerate(missing):
+                h = out[j, : len(rows[i].ids)].detach()
+                fresh[i] = h
+                if self.bytes + h.numel() * h.element_size() <= self.max_bytes:
+                    self._cache[id(rows[i])] = (rows[i], h)
+                    self.bytes += h.numel() * h.element_size()
+        else:
+            fresh = {}
+        width = batch["input_ids"].shape[1]
+        hs = [fresh[i] if i in fresh else self._cache[id(r)][1] for i, r in enumerate(rows)]
+        start = hs[0].new_zeros((len(rows), width, hs[0].shape[-1]))
+        for i, h in enumerate(hs):
+            start[i, : h.shape[0]] = h
+        return start
+
+    def _check(self, batch: dict[str, torch.Tensor]) -> None:
+        """The split forward must give the full forward's hidden state (no adapter applied)."""
+        self._checked = True
+        ids, mask = batch["input_ids"][:1], batch["attention_mask"][:1]
+        from ..engine.hooks import use_mixture
+
+        try:
+            with torch.no_grad(), use_mixture(None):
+                full = self.llm.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+                mid = self._bottom(input_ids=ids, attention_mask=mask).last_hidden_state
+                split = self._top(inputs_embeds=mid, attention_mask=mask).last_hidden_state
+            n = int(mask.sum())
+            ok = torch.allclose(split[0, :n].float(), full[0, :n].float(), rtol=1e-3,
+                                atol=1e-3 * float(full[0, :n].float().abs().max()))
+        except Exception as err:  # a model whose forward does not take this split
+            ok, why = False, f"{type(err).__name__}: {err}"
+        else:
+            why = "its hidden states differ from the full forward pass"
+        if not ok:
+            self.usable = False
+            warnings.warn(f"Training runs every layer's forward pass: this model's layers cannot be split at layer "
+                          f"{self.first} ({why}).", stacklevel=3)
+
+
+def _sliced(base: nn.Module, start: int, stop: int, norm: bool) -> nn.Module:
+    """A view of ``base`` with only layers [start, stop) (and its final norm, or none): the same parameters,
+    the module itself untouched."""
+    view = copy.copy(base)
+    view._modules = dict(base._modules)
+    view._modules["layers"] = nn.ModuleList(list(base.layers)[start:stop])
+    if not norm:
+        view._modules["norm"] = nn.Identity()
+    return view
+
+
+def set_lr(opt: torch.optim.Optimizer, base: Sequence[float], cfg: TrainConfig, step: int, total: int) -> None:
+    """Each param group's learning rate for optimizer step ``step`` (0-based) of ``total``: its ``base`` rate, or with
+    ``cfg.lr_decay`` that rate times (1 - step / total). Read from the step count, so a resumed run continues it."""
+    factor = 1.0 - step / max(total, 1) if cfg.lr_decay else 1.0
+    for group, lr in zip(opt.param_groups, base):
+        group["lr"] = lr * factor
+
+
+def micro_batches(rows: Sequence[Tokenized], max_tokens: int) -> list[list[int]]:
+    """Row indices in length-sorted groups whose padded size (rows × longest) stays within ``max_tokens``
+    (a row longer than that forms a group alone)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(rows)), key=lambda i: len(rows[i].ids)):  # ascending: row i is its group's longest
+        if groups and len(rows[i].ids) * (len(groups[-1]) + 1) <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def bucketed_order(lengths: Sequence[int], batch_size: int, rng: random.Random, pool: int = 16) -> list[int]:
+    """A seeded epoch order whose consecutive ``batch_size`` chunks hold rows of similar length.
+
+    Shuffle, sort each run of ``pool`` batches by length, cut it into batches, shuffle the full
+    batches (a short one stays last): batches stay random, padding inside them mostly goes."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * pool
+    batches: list[list[int]] = []
+    for s in range(0, len(order), span):
+        block = sorted(order[s: s + span], key=lambda i: lengths[i])
+        batches += [block[b: b + batch_size] for b in range(0, len(block), batch_size)]
+    short = [b for b in batches if len(b) < batch_size]
+    full = [b for b in batches if len(b) == batch_size]
+    rng.shuffle(full)
+    return [i for b in full + short for i in b]
+
+
+def accumulate(llm: "LoRAMixingLLM", bank: LoRABank, rows: Sequence[Tokenized],
+               weights: Callable[[list[int]], torch.Tensor], scale: float, max_tokens: int,
+               step: int, per_row: list[float] | None = None,
+               prefix: FrozenPrefix | None = None) -> torch.Tensor:
+    """Backward pass of ``scale`` × the summed row losses, in length-sorted micro-batches.
+
+    ``weights(mb)`` gives the mixing weights [len(mb), m] of the rows ``mb``; gradients accumulate
+    in the trained tensors. Returns the (detached) scaled loss; ``per_row`` (len(rows) floats) gets each
+    row's own mean token loss; a ``prefix`` (``FrozenPrefix``) serves the frozen lower layers from its cache."""
+    loss = torch.zeros((), device=llm.device)
+    for mb in micro_batches(rows, max_tokens):
+        chosen = [rows[i] for i in mb]
+        batch = collate(chosen, llm.tokenizer.pad_token_id, llm.device)
+        losses = row_losses(llm, batch, BankMixture(bank, weights(mb)[:, None, :]), prefix, chosen)
+        part = losses.sum() * scale
+        _check_finite(part, step)
+        part.backward()
+        loss = loss + part.detach()
+        if per_row is not None:
+            for i, v in zip(mb, losses.detach().tolist()):
+                per_row[i] = v
+    return loss
+
+
+def _check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(f"Training diverged: the loss is {float(loss.detach())} at step {step}. "
+                            "Lower lr / routing_lr (or use a float32 model) and encode again.")
+
+
+def layer_index(module_name: str) -> int | None:
+    """The transformer layer a module belongs to (``model.layers.12.mlp.up_proj`` -> 12), None if it names none."""
+    found = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)\.", module_name)
+    return int(found.group(1)) if found else None

@@ -1,0 +1,1 @@
+"""Generation: loading the base model, prompts, batch planning, decoding with a mixture applied, and stopping."""
