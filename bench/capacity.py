@@ -41,6 +41,13 @@ POINTS = {
 }
 
 
+# earlier runs on the same questions, shown beside the points: the issue-25 evaluation (the `full` recipe, then the
+# default; its libraries held the questions' BM25 top-3 and gold passages). Its Poly-PRAG bank (m = 32) was trained
+# on the 104 documents of the k = 5 run and reused, which that run's facts do not record
+EARLIER = {"popqa-questions (full recipe)": Path(__file__).parent / "results" / "eval" / "issue25" / "popqa-pob-k3"}
+EARLIER_POLY = {"popqa-questions (full recipe)": (32, 104)}  # (m, documents held)
+
+
 def command(name: str) -> list[str]:
     """The ``polyprag eval`` arguments of a point."""
     where, library, m, rank, methods = POINTS[name]
@@ -59,8 +66,9 @@ def command(name: str) -> list[str]:
 def rows() -> list[dict]:
     """One row per (point, library method) that has finished."""
     out = []
-    for name in POINTS:
-        path = OUT / name / "results.json"
+    folders = {**EARLIER, **{name: OUT / name for name in POINTS}}
+    for name, folder in folders.items():
+        path = folder / "results.json"
         if not path.is_file():
             continue
         r = json.loads(path.read_text(encoding="utf-8"))
@@ -74,8 +82,12 @@ def rows() -> list[dict]:
                 continue
             wrong = by.get(f"{best['method']}_wrong") if best else None
             anyone = oracle or best
-            m = facts.get("adapters", {}).get("prag" if method == "prag" else "poly")
-            out.append({"point": name, "data": Path(r["config"]["data"]).name, "documents": facts["documents"],
+            m = facts.get("adapters", {}).get("prag" if method == "prag" else "poly",
+                                              facts["documents"] if method == "prag" else None)
+            held = facts["documents"]
+            if method == "polyprag" and name in EARLIER_POLY:
+                m, held = EARLIER_POLY[name]
+            out.append({"point": name, "data": Path(r["config"]["data"]).name, "documents": held,
                         "corpus": facts["corpus"], "method": "PRAG" if method == "prag" else "Poly-PRAG",
                         "m": m, "rank": train["rank"],
                         "layers": train.get("prag_layers", train.get("layers")) if method == "prag"
