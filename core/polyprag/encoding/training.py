@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import TrainingExample
-from ..engine import BankMixture, LoRABank
+from ..engine import BankMixture, LoRABank, use_mixture
 from ..errors import TrainingError
 from ..generation.prompts import answer_target, text_start_id
 
@@ -93,7 +93,7 @@ def row_losses(llm: "LoRAMixingLLM", batch: dict[str, torch.Tensor], mixture,
     labels = batch["labels"][:, 1:]  # position t predicts token t+1
     learned_rows, cols = (labels != -100).nonzero(as_tuple=True)
     with llm.compute(mixture):
-        if prefix is not None and rows is not None:
+        if prefix is not None and rows is not None and prefix.usable_for(batch):
             hidden = prefix.top(batch, rows)
         else:
             hidden = model.base_model(input_ids=batch["input_ids"],
@@ -141,44 +141,35 @@ class FrozenPrefix:
             return None
         return cls(llm, base, min(index), max_bytes)
 
-    def top(self, batch: dict[str, torch.Tensor], rows: Sequence[Tokenized]) -> torch.Tensor:
-        """The last hidden state [batch, length, d] of ``batch`` (whose rows are ``rows``), run from the cache."""
+    def usable_for(self, batch: dict[str, torch.Tensor]) -> bool:
+        """Whether this model's layers split here: checked once, on the first batch (see ``_check``)."""
         if not self._checked:
             self._check(batch)
-        if not self.usable:
-            return self.llm.model.base_model(input_ids=batch["input_ids"],
-                                             attention_mask=batch["attention_mask"]).last_hidden_state
-        start = self._start(batch, rows)
-        return self._top(inputs_embeds=start, attention_mask=batch["attention_mask"]).last_hidden_state
+        return self.usable
 
-    def _start(self, batch: dict[str, torch.Tensor], rows: Sequence[Tokenized]) -> torch.Tensor:
+    def top(self, batch: dict[str, torch.Tensor], rows: Sequence[Tokenized]) -> torch.Tensor:
+        """The last hidden state [batch, length, d] of ``batch`` (whose rows are ``rows``), run from the cache."""
         missing = [i for i, r in enumerate(rows) if id(r) not in self._cache]
+        fresh: dict[int, torch.Tensor] = {}
         if missing:
             with torch.no_grad():
                 out = self._bottom(input_ids=batch["input_ids"][missing],
                                    attention_mask=batch["attention_mask"][missing]).last_hidden_state
-            fresh = {}
             for j, i in enumerate(missing):
-                h = out[j, : len(rows[i].ids)].detach()
-                fresh[i] = h
+                fresh[i] = h = out[j, : len(rows[i].ids)]
                 if self.bytes + h.numel() * h.element_size() <= self.max_bytes:
                     self._cache[id(rows[i])] = (rows[i], h)
                     self.bytes += h.numel() * h.element_size()
-        else:
-            fresh = {}
-        width = batch["input_ids"].shape[1]
         hs = [fresh[i] if i in fresh else self._cache[id(r)][1] for i, r in enumerate(rows)]
-        start = hs[0].new_zeros((len(rows), width, hs[0].shape[-1]))
+        start = hs[0].new_zeros((len(rows), batch["input_ids"].shape[1], hs[0].shape[-1]))  # [batch, width, d]
         for i, h in enumerate(hs):
             start[i, : h.shape[0]] = h
-        return start
+        return self._top(inputs_embeds=start, attention_mask=batch["attention_mask"]).last_hidden_state
 
     def _check(self, batch: dict[str, torch.Tensor]) -> None:
         """The split forward must give the full forward's hidden state (no adapter applied)."""
         self._checked = True
         ids, mask = batch["input_ids"][:1], batch["attention_mask"][:1]
-        from ..engine.hooks import use_mixture
-
         try:
             with torch.no_grad(), use_mixture(None):
                 full = self.llm.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -194,7 +185,7 @@ class FrozenPrefix:
         if not ok:
             self.usable = False
             warnings.warn(f"Training runs every layer's forward pass: this model's layers cannot be split at layer "
-                          f"{self.first} ({why}).", stacklevel=3)
+                          f"{self.first} ({why}).", stacklevel=4)
 
 
 def _sliced(base: nn.Module, start: int, stop: int, norm: bool) -> nn.Module:
