@@ -337,6 +337,11 @@ def encode_processes(cfg: EvalConfig, libraries: int, llm_given: bool = False,
     return max(1, min(libraries, cores))
 
 
+# libraries whose adapters are each one document's alone (any library holding a run's documents serves it); a
+# shared bank's adapters depend on every document it learned
+_PER_DOCUMENT = frozenset({"prag"})
+
+
 def _reuse_key(cfg: EvalConfig, train: dict, kind: str, corpus: Sequence[Document],
                held: Sequence[str]) -> tuple[str, dict]:
     """The folder name a library of ``kind`` trained with these settings on documents of this corpus has in
@@ -348,7 +353,8 @@ def _reuse_key(cfg: EvalConfig, train: dict, kind: str, corpus: Sequence[Documen
         return hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:12]
 
     ids = digest_of(d.id for d in corpus)
-    what = {"kind": kind, "corpus": ids, **({} if kind == "prag" else {"documents": digest_of(held)}), "model": cfg.model or "default", "seed": cfg.seed,
+    shared = {} if kind in _PER_DOCUMENT else {"documents": digest_of(held)}
+    what = {"kind": kind, "corpus": ids, **shared, "model": cfg.model or "default", "seed": cfg.seed,
             "max_length": cfg.max_length,
             "batch_size": cfg.batch_size, "compute_dtype": cfg.compute_dtype,
             "training": {k: list(v) if isinstance(v, tuple) else v for k, v in train.items()}}
@@ -369,7 +375,7 @@ def _reuse(llm, cfg: EvalConfig, train: dict, kind: str, docs: Sequence[Document
         return None
     library = AdapterLibrary.load(path, llm)
     held, wanted = set(library.doc_ids), {d.id for d in docs}
-    if not wanted <= held or (kind != "prag" and held != wanted):
+    if not wanted <= held or (kind not in _PER_DOCUMENT and held != wanted):
         # trained on fewer documents: train anew (and keep the larger set next time). A shared bank's adapters
         # depend on every document it holds, so Poly-PRAG reuses only a library of exactly these documents;
         # PRAG's adapters are each their document's alone, so any library that holds them serves
