@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 from ...encoding.augment import Augmenter, TrainingExample
 from ...encoding.checkpoint import Checkpoint
 from ...documents import Document
-from ...encoding.encoder import Encoder
+from ...encoding.encoder import Encoder, Shard
 from ...engine import LoRABank
 from ...library.adapters import AdapterLibrary
 from ...encoding.recipes import bank_size, get_recipe
@@ -35,6 +35,7 @@ class PolyPRAGEncoder(Encoder):
 
     kind = PolyPRAGKind.name
     phase = "poly-fit"
+    data_parallel = True
 
     def __init__(self, llm: "LoRAMixingLLM", num_adapters: int | None = None, rank: int | None = None,
                  alpha: float | None = None, target_modules: Sequence[str] | None = None,
@@ -73,8 +74,13 @@ class PolyPRAGEncoder(Encoder):
         return {**super().run_identity(), "m": self.num_adapters}
 
     def train_library(self, docs: list[Document], data: Sequence[Sequence[TrainingExample]],
-                      checkpoint: Checkpoint | None) -> AdapterLibrary:
-        """The bank and every document's routing trained jointly (checkpointed every ``checkpoint.every`` steps)."""
-        bank, logits = self.initial_poly(len(docs))
-        train_poly(self.llm, bank, logits, data, self.train, train_bank=True, checkpoint=checkpoint)
-        return AdapterLibrary(self.llm, bank, docs, self.library_config(bank.m), routing_logits=logits)
+                      checkpoint: Checkpoint | None, shard: Shard) -> AdapterLibrary:
+        """The bank and every document's routing trained jointly (checkpointed every ``checkpoint.every`` steps);
+        in a data-parallel ``shard`` every process starts from rank 0's values and trains its mini-batches."""
+        bank, logits = self.initial_poly(len(docs))  # [N, m] logits
+        shard.broadcast(list(bank.parameters()) + [logits])
+        cfg = replace(self.train, progress=self.train.progress and shard.rank == 0)  # one bar, not one per process
+        train_poly(self.llm, bank, logits, data, cfg, train_bank=True, shard=(shard.rank, shard.world),
+                   sync=shard.sync, checkpoint=checkpoint)
+        config = self.library_config(bank.m, **shard.recorded())
+        return AdapterLibrary(self.llm, bank, docs, config, routing_logits=logits)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 from ...encoding.augment import TrainingExample
 from ...encoding.checkpoint import Checkpoint
 from ...documents import Document
-from ...encoding.encoder import Encoder
+from ...encoding.encoder import Encoder, Shard
 from ...library.adapters import AdapterLibrary
 from ...encoding.recipes import get_recipe
 from .kind import PRAGKind
@@ -45,7 +45,7 @@ class PRAGEncoder(Encoder):
         return {**super().run_identity(), "group_size": self.group_size}
 
     def train_library(self, docs: list[Document], data: Sequence[Sequence[TrainingExample]],
-                      checkpoint: Checkpoint | None) -> AdapterLibrary:
+                      checkpoint: Checkpoint | None, shard: Shard) -> AdapterLibrary:
         """Every document's adapter, trained in groups (each finished group saved in ``checkpoint``)."""
         bank = train_prag_bank(self.llm, self.trained_modules(), data, self.rank, self.alpha, self.train,
                                self.group_size, checkpoint=checkpoint)
