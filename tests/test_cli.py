@@ -61,9 +61,9 @@ def test_encode_takes_the_options_left_unset_from_the_recipe(model_dir, corpus, 
                  "-q"]) == 0
     config = json.loads((lib / "config.json").read_text())
     paper = RECIPES["prag-paper"]
-    assert (config["m"], config["rank"], config["alpha"]) == (paper.num_adapters, paper.rank, paper.alpha)
+    assert (config["m"], config["rank"], config["alpha"]) == (paper.poly.num_adapters, paper.rank, paper.alpha)
     assert config["training"]["recipe"] == "prag-paper"
-    assert (config["training"]["epochs"], config["training"]["lr"]) == (paper.epochs, paper.lr)
+    assert (config["training"]["epochs"], config["training"]["lr"]) == (paper.poly.epochs, paper.poly.lr)
     assert main(["encode", corpus, str(tmp_path / "lib2"), "--model", model_dir, "--recipe", "prag-paper",
                  "--augment", "passage", "--num-adapters", "3", "--rank", "4", "--lr", "0.01", "-q"]) == 0
     config = json.loads((tmp_path / "lib2" / "config.json").read_text())

@@ -110,20 +110,16 @@ def _configure_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", choices=list(RECIPES), default="default",
                    help="training recipe (polyprag.encoding.recipes): its training texts, alpha and routing settings, "
                         "and each option below marked \"the --recipe's\" that is left unset (default: default)")
-    p.add_argument("--num-adapters", type=int, default=None,
-                   help=_recipe_default("Poly-PRAG bank size m", "num_adapters"))
-    p.add_argument("--rank", type=int, default=None, help=_recipe_default("LoRA rank", "rank"))
-    p.add_argument("--epochs", type=int, default=None,
-                   help=_recipe_default("training epochs, poly/prag", "epochs", "prag_epochs"))
+    p.add_argument("--num-adapters", type=int, default=None, help=_recipe_help("poly.num_adapters"))
+    p.add_argument("--rank", type=int, default=None, help=_recipe_help("rank"))
+    p.add_argument("--epochs", type=int, default=None, help=_recipe_help("poly.epochs", "prag.epochs"))
     p.add_argument("--augment", choices=("generated_qa", "passage"), default=None,
                    help="generated_qa: the recipe's texts, generating those the model must write; passage: the "
                         "passage alone (default: the recipe's texts, generated only when they need it)")
     p.add_argument("--batch-size", type=int, default=None, help="training mini-batch per process (default 8)")
-    p.add_argument("--lr", type=float, default=None, help=_recipe_default("learning rate, poly/prag", "lr", "prag_lr"))
-    p.add_argument("--layers", type=int, default=None,
-                   help="LoRA on the last N transformer layers only: the backward pass stops there (default: all)")
-    p.add_argument("--stop-loss", type=float, default=None,
-                   help="PRAG: a document stops training once its epoch loss is below this (default: none)")
+    p.add_argument("--lr", type=float, default=None, help=_recipe_help("poly.lr", "prag.lr"))
+    p.add_argument("--layers", type=int, default=None, help=_recipe_help("poly.layers", "prag.layers"))
+    p.add_argument("--stop-loss", type=float, default=None, help=_recipe_help("prag.stop_loss"))
     p.add_argument("--library", dest="which", default="corpus",
                    help="documents to encode: 'corpus' (all), 'questions' (the --questions' retrieved top-k and "
                         "gold passages) or a number N (those plus N other documents, seeded)")
@@ -153,15 +149,16 @@ def _chosen_documents(docs: list, args: argparse.Namespace) -> list:
     return library_documents(docs, questions, retrieved, True, use_gold, which, args.seed)
 
 
-def _recipe_default(what: str, *fields: str) -> str:
-    """Help text of an option left to the recipe, with each recipe's value."""
-    from .encoding.recipes import RECIPES
+def _recipe_help(*paths: str) -> str:
+    """Help text of an option left to the recipe: the help of the recipe fields it sets (``recipes.setting``
+    paths, e.g. "poly.epochs", "prag.epochs") and each recipe's values of them."""
+    from .encoding.recipes import RECIPES, setting, setting_help
 
     def shown(value) -> str:
-        return "sized by the corpus" if value is None else f"{value:g}"
+        return "None" if value is None else f"{value:g}"
 
-    values = ", ".join(f"{name} {'/'.join(shown(getattr(r, f)) for f in fields)}" for name, r in RECIPES.items())
-    return f"{what} (default: the --recipe's: {values})"
+    values = ", ".join(f"{name} {'/'.join(shown(setting(r, p)) for p in paths)}" for name, r in RECIPES.items())
+    return f"{'; '.join(setting_help(p) for p in paths)} (default: the --recipe's: {values})"
 
 
 def cmd_encode(args: argparse.Namespace) -> int:

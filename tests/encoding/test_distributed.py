@@ -108,3 +108,14 @@ def test_a_world_size_without_a_launcher_is_refused(monkeypatch, llm, docs):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(InvalidInputError, match="torchrun"):
         distributed.fit(PolyPRAGEncoder(llm, **ENCODER), docs)
+
+
+def test_a_shard_of_several_processes_is_refused_where_fit_cannot_share_it(llm, docs, tmp_path):
+    from polyprag import InvalidInputError, PRAGEncoder
+    from polyprag.encoding.encoder import Shard
+
+    two = Shard(rank=0, world=2)
+    with pytest.raises(InvalidInputError, match="covers Poly-PRAG, not PRAGEncoder"):
+        PRAGEncoder(llm, augmenter="passage", progress=False).fit(docs, shard=two)
+    with pytest.raises(InvalidInputError, match="checkpoint"):
+        PolyPRAGEncoder(llm, **ENCODER).fit(docs, checkpoint_dir=tmp_path, shard=two)

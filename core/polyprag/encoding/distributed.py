@@ -1,10 +1,12 @@
 """Data-parallel Poly-PRAG encoding under ``torchrun`` / ``accelerate launch`` (gloo on CPU, NCCL on GPU).
 
-Every process holds a full replica of the bank and of the routing logits. Each one augments a
-share of the documents (gathered so all see every text), takes every world-th mini-batch of the
-same seeded order (``train_poly(shard=(rank, world))``) and, before each optimiser step, the
-gradients of the bank and of the routing logits are averaged across processes with one
-all-reduce, so the replicas take identical AdamW steps and stay equal. Rank 0 saves.
+Training goes through ``Encoder.fit`` as in one process; this module only supplies its ``Shard``: the
+launcher's rank and world and the hooks that join the processes. Every process holds a full replica of
+the bank and of the routing logits. Each one augments a share of the documents (gathered so all see
+every text), takes every world-th mini-batch of the same seeded order (``train_poly(shard=(rank,
+world))``) and, before each optimiser step, the gradients of the bank and of the routing logits are
+averaged across processes with one all-reduce, so the replicas take identical AdamW steps and stay
+equal. Rank 0 saves.
 
 Why all-reduce the routing logits instead of sharding their rows: the table is N × m floats
 (10k documents × 16 adapters = 640 kB), less than the bank's own gradient for a 135M model
@@ -27,11 +29,9 @@ from typing import Sequence
 import torch
 
 from ..documents import Document
-from .encoder import Encoder
+from .encoder import Encoder, Shard
 from ..errors import InvalidInputError
 from ..library.adapters import AdapterLibrary
-from ..methods.polyprag.encoder import PolyPRAGEncoder
-from ..methods.polyprag.training import train_poly
 
 
 def world() -> tuple[int, int]:
@@ -94,22 +94,22 @@ def broadcast_(tensors: Sequence[torch.Tensor]) -> None:
             dist.broadcast(t.data, src=0)
 
 
-def augment_sharded(encoder: Encoder, docs: Sequence[Document]) -> list[list]:
-    """Every document's training examples, each process augmenting every world-th document."""
+def gather(part: list) -> list[list]:
+    """Every process's ``part``, in rank order (in memory, between processes)."""
     import torch.distributed as dist
 
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, part)
+    return gathered
+
+
+def shard() -> Shard:
+    """This process's ``Shard`` of a fit: the launcher's rank and world, joined by ``gather``, ``broadcast_``
+    and ``average_gradients`` when there are several (call ``init`` first); the whole fit when alone."""
     rank, size = world()
-    if size == 1 or not dist.is_initialized():
-        return encoder.augmenter(docs)
-    mine = list(range(rank, len(docs), size))
-    local = encoder.augmenter([docs[i] for i in mine]) if mine else []
-    gathered: list = [None] * size
-    dist.all_gather_object(gathered, list(zip(mine, local)))  # in memory, between processes
-    data: list = [None] * len(docs)
-    for part in gathered:
-        for i, examples in part:
-            data[i] = examples
-    return data
+    if size == 1:
+        return Shard()
+    return Shard(rank, size, gather=gather, broadcast=broadcast_, sync=average_gradients)
 
 
 def fit(encoder: Encoder, documents: Sequence[Document]) -> AdapterLibrary:
@@ -117,27 +117,8 @@ def fit(encoder: Encoder, documents: Sequence[Document]) -> AdapterLibrary:
 
     Every rank returns the same library; only rank 0 should save it. ``batch_size`` is per process,
     so N processes train with an effective batch of N × batch_size."""
-    rank, size = init(encoder.llm.device)
-    if size == 1:
-        return encoder.fit(documents)
-    if not isinstance(encoder, PolyPRAGEncoder):
-        raise InvalidInputError("Distributed encoding covers Poly-PRAG; PRAG's per-document adapters are "
-                                "independent: encode shards of the corpus separately and join them.")
-    docs = encoder.checked(documents)
-    data = augment_sharded(encoder, docs)
-    cfg = encoder.train
-    bank, logits = encoder.initial_poly(len(docs))  # [N, m] logits
-    broadcast_(list(bank.parameters()) + [logits])
-    progress = cfg.progress
-    cfg.progress = progress and rank == 0  # one progress bar, not one per process
-    try:
-        train_poly(encoder.llm, bank, logits, data, cfg, train_bank=True, shard=(rank, size),
-                   sync=average_gradients)
-    finally:
-        cfg.progress = progress
-    config = encoder.library_config(bank.m)
-    config.training["world_size"] = size  # batch_size above is per process
-    return AdapterLibrary(encoder.llm, bank, docs, config, routing_logits=logits)
+    init(encoder.llm.device)
+    return encoder.fit(documents, shard=shard())
 
 
 def barrier() -> None:

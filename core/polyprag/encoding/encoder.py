@@ -1,10 +1,11 @@
 """Encoder: documents in, an AdapterLibrary out; what every method's encoder shares (its settings from a
-recipe, checked; the training texts; the library config it records; the steps of ``fit``)."""
+recipe, checked; the training texts; the library config it records; the steps of ``fit``, the one training
+entry, single-process or one process's ``Shard`` of a data-parallel run)."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .augment import Augmenter, TrainingExample
 from .checkpoint import Checkpoint
@@ -17,18 +18,44 @@ from ..library.state import LibraryConfig
 from .training import TrainConfig, layer_index
 
 if TYPE_CHECKING:
+    import torch
+
     from ..generation.llm import LoRAMixingLLM
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of ``Encoder.fit``: it augments every ``world``-th document and trains every
+    ``world``-th mini-batch from ``rank``; the hooks join it to the other processes (``encoding.distributed``
+    supplies them under a launcher). The default is the whole fit in one process.
+
+    ``gather``: every process's augmented part, from this one's; ``broadcast``: copy rank 0's values into
+    these tensors (the replicas start equal); ``sync``: average these gradients before each step (they stay
+    equal)."""
+
+    rank: int = 0
+    world: int = 1
+    gather: Callable[[list], list[list]] = lambda part: [part]
+    broadcast: Callable[[Sequence["torch.Tensor"]], None] = lambda tensors: None
+    sync: Callable[[list["torch.Tensor"]], None] | None = None
+
+    def recorded(self) -> dict:
+        """What a library trained in this shard records of it: the world size when there are several
+        (``batch_size`` is then per process)."""
+        return {"world_size": self.world} if self.world > 1 else {}
 
 
 class Encoder:
     """What each method's encoder (``PolyPRAGEncoder``, ``PRAGEncoder``) shares; a method names the library
-    ``kind`` it makes and its checkpoint ``phase``, and implements ``train_library``.
+    ``kind`` it makes and its checkpoint ``phase``, says whether it trains ``data_parallel``, and implements
+    ``train_library``.
 
     Settings left at None come from ``recipe`` (``polyprag.encoding.recipes``); ``train`` holds the method's own
     optimisation settings (``TrainConfig`` fields)."""
 
     kind = ""
     phase = ""
+    data_parallel = False  # whether several processes can train one library (``Shard``)
 
     def __init__(self, llm: "LoRAMixingLLM", train: dict, rank: int | None = None, alpha: float | None = None,
                  target_modules: Sequence[str] | None = None, augmenter: Augmenter | str | None = None,
@@ -98,21 +125,38 @@ class Encoder:
         """The settings besides ``TrainConfig`` that determine what ``fit`` trains (they name its checkpoint)."""
         return {"rank": self.rank, "alpha": self.alpha, "modules": self.trained_modules(), "layers": self.layers}
 
+    def augment(self, docs: list[Document], shard: Shard) -> list[list[TrainingExample]]:
+        """Every document's training examples, this process augmenting its shard's documents."""
+        mine = list(range(shard.rank, len(docs), shard.world))
+        local = self.augmenter([docs[i] for i in mine]) if mine else []
+        data: list = [None] * len(docs)
+        for part in shard.gather(list(zip(mine, local))):
+            for i, examples in part:
+                data[i] = examples
+        return data
+
     def fit(self, documents: Sequence[Document], checkpoint_dir: str | os.PathLike | None = None,
-            checkpoint_every: int = 10) -> AdapterLibrary:
+            checkpoint_every: int = 10, shard: Shard = Shard()) -> AdapterLibrary:
         """Train a new library on the documents (augmented first) and return it.
 
         ``checkpoint_dir``: save progress there (every ``checkpoint_every`` steps for Poly-PRAG, after
         each finished group of documents for PRAG); rerunning the same ``fit`` after a crash resumes
         where it stopped and gives the same library as an uninterrupted run. Delete the folder once
-        the library is saved."""
+        the library is saved. ``shard``: this process's part of a data-parallel run (``encoding.distributed``);
+        every process returns the same library."""
+        if shard.world > 1 and not self.data_parallel:
+            raise InvalidInputError(f"Distributed encoding covers Poly-PRAG, not {type(self).__name__}: encode "
+                                    "shards of the corpus separately (one process each) and join them.")
+        if shard.world > 1 and checkpoint_dir is not None:
+            raise InvalidInputError("A data-parallel fit keeps no checkpoint; run it without checkpoint_dir.")
         docs = self.checked(documents)
-        data = self.augmenter(docs)
+        data = self.augment(docs, shard)
         ck = run_checkpoint(checkpoint_dir, checkpoint_every, self.phase, self.llm, docs, data, self.train,
                             self.run_identity())
-        return self.train_library(docs, data, ck)
+        return self.train_library(docs, data, ck, shard)
 
     def train_library(self, docs: list[Document], data: Sequence[Sequence[TrainingExample]],
-                      checkpoint: Checkpoint | None) -> AdapterLibrary:
-        """The library of ``docs`` trained on their training texts ``data`` (saving progress in ``checkpoint``)."""
+                      checkpoint: Checkpoint | None, shard: Shard) -> AdapterLibrary:
+        """The library of ``docs`` trained on their training texts ``data`` (saving progress in ``checkpoint``;
+        this process training its ``shard``)."""
         raise NotImplementedError

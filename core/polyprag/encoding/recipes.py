@@ -6,6 +6,10 @@ recipe table and ``bench/results/recipes``); ``prag-paper`` is PRAG's published 
 and without context; rank 2, alpha 32, lr 3e-4, 1 epoch), which a 1B–8B model learns from in one pass
 and a 135M model does not.
 
+A ``Recipe`` holds what both methods share (texts, rank, alpha) and each method's own settings,
+``recipe.prag`` (``PRAGConfig``) and ``recipe.poly`` (``PolyPRAGConfig``); each field's ``metadata["help"]``
+is its one help text (the CLI's and the evaluation's options read it).
+
 Training texts (``texts``): ``passage`` (the document itself), ``recall`` ("What do you know about
 <title>?" answered with the passage: no generation needed), ``sentences`` (the recall question answered by
 each sentence of the passage on its own, so that any one fact can start an answer), ``rewrite`` (the model's rewrite of it),
@@ -15,35 +19,71 @@ adapter), ``qa_context`` (each generated QA with the passage, and with the rewri
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 from ..errors import InvalidInputError
 
 TEXT_KINDS = ("passage", "recall", "sentences", "rewrite", "qa", "qa_context")
 FREE_TEXTS = frozenset({"passage", "recall", "sentences"})  # made from the passage alone, no generation
 PRAG_TEXTS = ("passage", "rewrite", "qa", "qa_context")  # PRAG's augmentation
+MIN_BANK, MAX_BANK, DOCS_PER_ADAPTER = 8, 256, 4
+
+
+@dataclass(frozen=True)
+class PRAGConfig:
+    """PRAG's optimisation settings: one LoRA per document, trained on that document's texts alone."""
+
+    lr: float = field(metadata={"help": "PRAG learning rate"})
+    epochs: int = field(metadata={"help": "PRAG training epochs"})
+    layers: int | None = field(default=None, metadata={
+        "help": "PRAG: LoRA on the last N transformer layers only, the layers below run once per text (None: all)"})
+    lr_decay: bool = field(default=False, metadata={
+        "help": "PRAG: the learning rate falls linearly to 0 over the run (else constant)"})
+    stop_loss: float | None = field(default=None, metadata={
+        "help": "PRAG: a document stops training once its epoch loss is below this (None: never)"})
+
+    def __post_init__(self) -> None:
+        if self.stop_loss is not None and not self.stop_loss > 0:
+            raise InvalidInputError(f"stop_loss must be > 0 (a mean token loss), got {self.stop_loss!r}.")
+
+
+@dataclass(frozen=True)
+class PolyPRAGConfig:
+    """Poly-PRAG's optimisation settings: the shared bank of LoRAs and each document's routing, trained jointly."""
+
+    lr: float = field(metadata={"help": "Poly-PRAG bank learning rate"})
+    routing_lr: float = field(metadata={
+        "help": "Poly-PRAG routing-logit learning rate (mttl trains them ~100x faster than the adapters)"})
+    epochs: int = field(metadata={"help": "Poly-PRAG training epochs"})
+    num_adapters: int | None = field(metadata={
+        "help": "Poly-PRAG bank size m (None: sized by the corpus, recipes.bank_size)"})
+    temperature: float = field(default=1.0, metadata={"help": "Poly-PRAG relaxed-Bernoulli temperature of the "
+                                                              "routing samples"})
+    routing_active: int = field(default=0, metadata={
+        "help": "Poly-PRAG: adapters each document's routing starts on (0: all, near uniform)"})
+    layers: int | None = field(default=None, metadata={
+        "help": "Poly-PRAG: LoRA on the last N transformer layers only (None: all)"})
+    lr_decay: bool = field(default=False, metadata={
+        "help": "Poly-PRAG: the learning rate falls linearly to 0 over the run (else constant)"})
+
+    def __post_init__(self) -> None:
+        if self.num_adapters is not None and self.num_adapters < 1:
+            raise InvalidInputError(f"num_adapters must be >= 1, got {self.num_adapters}.")
+        smallest = MIN_BANK if self.num_adapters is None else self.num_adapters  # bank_size is never below MIN_BANK
+        if not 0 <= self.routing_active <= smallest:
+            raise InvalidInputError(f"routing_active must be between 0 and num_adapters ({smallest}), "
+                                    f"got {self.routing_active}.")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Training texts and optimisation settings for PRAG and Poly-PRAG encoders."""
+    """A named training recipe: the texts and LoRA shape both methods share, and each method's own settings."""
 
-    texts: tuple[str, ...]
-    rank: int
-    alpha: float
-    prag_lr: float        # PRAG: one LoRA per document
-    prag_epochs: int
-    lr: float             # Poly-PRAG: the shared bank
-    routing_lr: float     # Poly-PRAG: routing logits (mttl trains them ~100× faster than the adapters)
-    epochs: int
-    num_adapters: int | None  # Poly-PRAG bank size m; None: sized by the corpus (``bank_size``)
-    temperature: float = 1.0
-    routing_active: int = 0  # Poly-PRAG: adapters each document's routing starts on (0: all, near uniform)
-    layers: int | None = None  # Poly-PRAG: LoRA on the last N transformer layers only (None: all)
-    lr_decay: bool = False  # Poly-PRAG: the learning rate falls linearly to 0 over the run (else constant)
-    prag_layers: int | None = None  # PRAG: LoRA on the last N layers only; the layers below run once per text
-    prag_lr_decay: bool = False  # PRAG: the learning rate falls linearly to 0 over the run
-    stop_loss: float | None = None  # PRAG: a document stops training once its epoch loss is below this
+    texts: tuple[str, ...] = field(metadata={"help": "training texts per document, from " + ",".join(TEXT_KINDS)})
+    rank: int = field(metadata={"help": "LoRA rank (PRAG and Poly-PRAG)"})
+    alpha: float = field(metadata={"help": "LoRA alpha (scale alpha / rank)"})
+    prag: PRAGConfig = field(metadata={"help": "PRAG's settings: one LoRA per document"})
+    poly: PolyPRAGConfig = field(metadata={"help": "Poly-PRAG's settings: the shared bank and the routing"})
 
 
 RECIPES: dict[str, Recipe] = {
@@ -59,20 +99,17 @@ RECIPES: dict[str, Recipe] = {
     # recited 35% (F1 92.6); constant-rate or 10-layer variants recited worse (F1 62-77).
     # Poly-PRAG keeps every layer and 15 epochs at 2e-3: on the same probe, 12 layers with a falling rate took
     # 2.1x less time but recited 15% (F1 51.1) where every layer recited 20% (F1 66.6).
-    "default": Recipe(texts=("passage",), rank=2, alpha=32.0, prag_lr=6e-3, prag_epochs=8,
-                      lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=None, routing_active=2,
-                      prag_layers=12, prag_lr_decay=True),
+    "default": Recipe(texts=("passage",), rank=2, alpha=32.0,
+                      prag=PRAGConfig(lr=6e-3, epochs=8, layers=12, lr_decay=True),
+                      poly=PolyPRAGConfig(lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=None, routing_active=2)),
     # the default until 2026-12-03: LoRA on every layer, 15 epochs at a constant 2e-3. 8 epochs at a constant
     # 4e-3 recited 10/10 on a 20-passage probe but, over the 217 passages of the PopQA-100 evaluation, 4 of 24
     # sampled adapters wrote garbage from the first token ("HonHonHon…"); at 15 / 2e-3 they all recite.
-    "full": Recipe(texts=("passage",), rank=2, alpha=32.0, prag_lr=2e-3, prag_epochs=15,
-                   lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=None, routing_active=2),
-    "prag-paper": Recipe(texts=PRAG_TEXTS, rank=2, alpha=32.0, prag_lr=3e-4,
-                         prag_epochs=1, lr=3e-4, routing_lr=3e-4, epochs=1, num_adapters=8),
+    "full": Recipe(texts=("passage",), rank=2, alpha=32.0, prag=PRAGConfig(lr=2e-3, epochs=15),
+                   poly=PolyPRAGConfig(lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=None, routing_active=2)),
+    "prag-paper": Recipe(texts=PRAG_TEXTS, rank=2, alpha=32.0, prag=PRAGConfig(lr=3e-4, epochs=1),
+                         poly=PolyPRAGConfig(lr=3e-4, routing_lr=3e-4, epochs=1, num_adapters=8)),
 }
-
-
-MIN_BANK, MAX_BANK, DOCS_PER_ADAPTER = 8, 256, 4
 
 
 def bank_size(documents: int) -> int:
@@ -96,3 +133,18 @@ def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise InvalidInputError(f"Unknown recipe {name!r}; choose from {list(RECIPES)}.")
     return RECIPES[name]
+
+
+def setting(recipe: Recipe, path: str):
+    """The recipe's value at ``path``: a shared field ("rank") or a method's own ("prag.epochs", "poly.lr")."""
+    value = recipe
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def setting_help(path: str) -> str:
+    """The ``metadata["help"]`` of the recipe field at ``path`` (named as in ``setting``)."""
+    *method, name = path.split(".")
+    config = {"prag": PRAGConfig, "poly": PolyPRAGConfig}[method[0]] if method else Recipe
+    return {f.name: f for f in fields(config)}[name].metadata["help"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..encoding.recipes import RECIPES, check_texts, setting_help
 from ..errors import InvalidInputError
 from ..generation.models import pick_compute_dtype
 
@@ -75,6 +76,20 @@ def _help(text: str, **kw):
     return field(metadata={"help": text}, **kw)
 
 
+def _recipe_help(path: str):
+    """An option overriding the recipe's setting at ``path`` (None: the recipe's), helped by that setting's help."""
+    return _help(setting_help(path) + "; default: the recipe's", default=None)
+
+
+# every recipe setting by its flat name, as EvalConfig's options and results.json's "training" facts spell it:
+# a PRAG setting is prag_<field> where Poly-PRAG has a field of that name
+RECIPE_SETTINGS = {"texts": "texts", "rank": "rank", "alpha": "alpha", "prag_lr": "prag.lr",
+                   "prag_epochs": "prag.epochs", "lr": "poly.lr", "routing_lr": "poly.routing_lr",
+                   "epochs": "poly.epochs", "num_adapters": "poly.num_adapters", "temperature": "poly.temperature",
+                   "routing_active": "poly.routing_active", "layers": "poly.layers", "lr_decay": "poly.lr_decay",
+                   "prag_layers": "prag.layers", "prag_lr_decay": "prag.lr_decay", "stop_loss": "prag.stop_loss"}
+
+
 @dataclass
 class EvalConfig:
     """One evaluation run: the data slice, the methods and how the parametric libraries are encoded.
@@ -93,20 +108,18 @@ class EvalConfig:
                               default=None)
     recipe: str = _help("training recipe for PRAG and Poly-PRAG: 'default' (injects on the default model) "
                         "or 'prag-paper' (PRAG's published settings)", default="default")
-    num_adapters: int | None = _help("Poly-PRAG bank size m", default=None)
-    rank: int | None = _help("LoRA rank (PRAG and Poly-PRAG)", default=None)
-    alpha: float | None = _help("LoRA alpha (scale alpha / rank)", default=None)
-    epochs: int | None = _help("Poly-PRAG training epochs", default=None)
-    lr: float | None = _help("Poly-PRAG bank learning rate", default=None)
-    routing_lr: float | None = _help("Poly-PRAG routing-logit learning rate", default=None)
-    routing_active: int | None = _help("Poly-PRAG: adapters each document's routing starts on (0: all, near "
-                                       "uniform)", default=None)
-    prag_epochs: int | None = _help("PRAG training epochs", default=None)
-    prag_lr: float | None = _help("PRAG learning rate", default=None)
+    num_adapters: int | None = _recipe_help("poly.num_adapters")
+    rank: int | None = _recipe_help("rank")
+    alpha: float | None = _recipe_help("alpha")
+    epochs: int | None = _recipe_help("poly.epochs")
+    lr: float | None = _recipe_help("poly.lr")
+    routing_lr: float | None = _recipe_help("poly.routing_lr")
+    routing_active: int | None = _recipe_help("poly.routing_active")
+    prag_epochs: int | None = _recipe_help("prag.epochs")
+    prag_lr: float | None = _recipe_help("prag.lr")
     layers: int | None = _help("LoRA on the last N transformer layers only (PRAG and Poly-PRAG; default: the "
                                "recipe's)", default=None)
-    stop_loss: float | None = _help("PRAG: a document stops training once its epoch loss is below this (default: "
-                                    "the recipe's)", default=None)
+    stop_loss: float | None = _recipe_help("prag.stop_loss")
     texts: str | None = _help("training texts, comma-separated from passage,rewrite,qa,qa_context",
                               default=None)
     library: str = _help("documents encoded: 'questions' (the questions' retrieved and gold passages, PRAG's "
@@ -143,8 +156,6 @@ class EvalConfig:
     progress: bool = _help("progress bars", default=True)
 
     def __post_init__(self) -> None:
-        from ..encoding.recipes import RECIPES, check_texts
-
         if isinstance(self.methods, str):
             self.methods = tuple(m.strip() for m in self.methods.split(",") if m.strip())
         self.methods = tuple(self.methods)

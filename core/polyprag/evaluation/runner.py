@@ -26,10 +26,10 @@ from ..retrieval.parametric import ParametricRetriever, Retrieval
 from ..pipeline.modes import MODES
 from ..pipeline.pipeline import PolyPRAG
 from ..progress import progress_bar
-from ..encoding.recipes import FREE_TEXTS, check_texts, get_recipe
+from ..encoding.recipes import FREE_TEXTS, check_texts, get_recipe, setting
 from ..retrieval.dense import build_retriever
 from ..retrieval.base import ScoredDocument
-from .config import METHODS, EvalConfig, Method
+from .config import METHODS, RECIPE_SETTINGS, EvalConfig, Method
 from .metrics import accuracy, exact_match, f1_score, mean, paired_bootstrap, recall_at_k
 from .questions import evidence, prior_answers, question_kind, states_answer
 from .report import Comparison, EvalReport, MethodResult, write_report
@@ -54,8 +54,10 @@ def load_slice(data: str | os.PathLike, n: int | None = None, start: int = 0) ->
 
 
 def settings(cfg: EvalConfig) -> dict:
-    """The training settings of the run: the recipe's, with every option the config sets on top."""
-    r = asdict(get_recipe(cfg.recipe))
+    """The training settings of the run, by their flat names (``RECIPE_SETTINGS``): the recipe's, with every
+    option the config sets on top."""
+    recipe = get_recipe(cfg.recipe)
+    r = {name: setting(recipe, path) for name, path in RECIPE_SETTINGS.items()}
     for name in ("num_adapters", "rank", "alpha", "epochs", "lr", "routing_lr", "routing_active", "prag_epochs",
                  "prag_lr", "layers", "stop_loss"):
         if getattr(cfg, name) is not None:

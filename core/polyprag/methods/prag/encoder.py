@@ -1,13 +1,13 @@
 """PRAGEncoder: documents in, a PRAG library out (one LoRA per document)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 from ...encoding.augment import TrainingExample
 from ...encoding.checkpoint import Checkpoint
 from ...documents import Document
-from ...errors import InvalidInputError
-from ...encoding.encoder import Encoder
+from ...encoding.encoder import Encoder, Shard
 from ...library.adapters import AdapterLibrary
 from ...encoding.recipes import get_recipe
 from .kind import PRAGKind
@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 class PRAGEncoder(Encoder):
     """PRAG (Su et al. 2025): one LoRA per document from one shared random init, summed at query time.
 
-    Defaults come from ``recipe``: "default" (measured to inject on the default model) or "prag-paper"
-    (rank 2, alpha 32, lr 3e-4, 1 epoch, passage + rewrite + generated QA in PRAG's three forms).
+    Settings left at None come from ``recipe``'s shared fields and ``recipe.prag`` (``PRAGConfig``): "default"
+    (measured to inject on the default model) or "prag-paper" (rank 2, alpha 32, lr 3e-4, 1 epoch, passage +
+    rewrite + generated QA in PRAG's three forms).
     ``group_size`` documents train together, in one batch; other options as ``PolyPRAGEncoder``."""
 
     kind = PRAGKind.name
@@ -31,24 +32,20 @@ class PRAGEncoder(Encoder):
                  lr: float | None = None, epochs: int | None = None, group_size: int = 32,
                  stop_loss: float | None = None, **options):
         r = get_recipe(options.get("recipe", "default"))
-        if options.get("layers") is None:
-            options["layers"] = r.prag_layers
-        if options.get("lr_decay") is None:
-            options["lr_decay"] = r.prag_lr_decay
+        given = dict(lr=lr, epochs=epochs, stop_loss=stop_loss, layers=options.get("layers"),
+                     lr_decay=options.get("lr_decay"))
+        cfg = replace(r.prag, **{k: v for k, v in given.items() if v is not None})  # checked by PRAGConfig
+        options.update(layers=cfg.layers, lr_decay=cfg.lr_decay)
         self.group_size = group_size
-        stop_loss = r.stop_loss if stop_loss is None else stop_loss
-        if stop_loss is not None and not stop_loss > 0:
-            raise InvalidInputError(f"stop_loss must be > 0 (a mean token loss), got {stop_loss!r}.")
-        train = dict(lr=r.prag_lr if lr is None else lr, epochs=r.prag_epochs if epochs is None else epochs,
-                     routing_lr=None, routing_active=0, temperature=r.temperature,  # no routing to train
-                     stop_loss=stop_loss)
+        train = dict(lr=cfg.lr, epochs=cfg.epochs, routing_lr=None, routing_active=0,  # no routing to train
+                     stop_loss=cfg.stop_loss)
         super().__init__(llm, train, rank=rank, alpha=alpha, **options)
 
     def run_identity(self) -> dict:
         return {**super().run_identity(), "group_size": self.group_size}
 
     def train_library(self, docs: list[Document], data: Sequence[Sequence[TrainingExample]],
-                      checkpoint: Checkpoint | None) -> AdapterLibrary:
+                      checkpoint: Checkpoint | None, shard: Shard) -> AdapterLibrary:
         """Every document's adapter, trained in groups (each finished group saved in ``checkpoint``)."""
         bank = train_prag_bank(self.llm, self.trained_modules(), data, self.rank, self.alpha, self.train,
                                self.group_size, checkpoint=checkpoint)
