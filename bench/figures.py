@@ -153,7 +153,7 @@ def add_document(llm: LoRAMixingLLM, docs: Sequence[Document], reencode_docs: in
     texts = GeneratedQAAugmenter(llm, texts=recipe.texts)(docs)
     fixed = FixedAugmenter({d.id: t for d, t in zip(docs, texts)})
     encoder = PolyPRAGEncoder(llm, augmenter=fixed, progress=False)
-    library = random_library(llm, synthetic_docs(library_docs), m=recipe.num_adapters or bank_size(library_docs),
+    library = random_library(llm, synthetic_docs(library_docs), m=recipe.poly.num_adapters or bank_size(library_docs),
                              rank=recipe.rank,
                              training={**asdict(encoder.train), "augmenter": "FixedAugmenter",
                                        "texts": list(recipe.texts)})
@@ -177,7 +177,7 @@ def add_document(llm: LoRAMixingLLM, docs: Sequence[Document], reencode_docs: in
                   training_examples=len(fixed.examples[one.id]), library_documents=library_docs,
                   adapters_added=grown, bytes_per_added_document=added_bytes,
                   text_bytes_per_added_document=text_bytes)
-    vs_prag = result(add / prag, 0.5, True, prag_adapter_s=prag, prag_epochs=recipe.prag_epochs,
+    vs_prag = result(add / prag, 0.5, True, prag_adapter_s=prag, prag_epochs=recipe.prag.epochs,
                       routing_only_add_s=routing, routing_only_ratio=routing / prag, **common)
     vs_reencode = result(add / scaled, 0.1, True, reencode_s=scaled, reencode_measured_s=reencode,
                           reencode_measured_documents=reencode_docs,
