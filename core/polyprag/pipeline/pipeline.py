@@ -15,7 +15,8 @@ from ..documents import check_text
 from ..errors import IncompatibleModelError, InvalidInputError
 from ..generation.llm import GenerationConfig, LoRAMixingLLM
 from ..engine import Mixture, SumMixture
-from ..retrieval.parametric import ParametricRetriever, Retrieval, check_retriever, corpus_size, retrieve_from
+from ..retrieval.parametric import (ParametricRetriever, Retrieval, check_retriever, corpus_size,
+                                   retrieve_checked_from)
 from ..retrieval.base import ScoredDocument, check_query, check_top_k
 from ..library.state import LibraryState
 from .fit import fit_prompt
@@ -193,7 +194,7 @@ class PolyPRAG:
                 rows.append(([s.document.full_text for s in in_prompt], found.mixture))
         elif spec.passages:  # passages only: the library, if any, plays no part
             raw = self.retriever.retriever if isinstance(self.retriever, ParametricRetriever) else self.retriever
-            docs = retrieve_from(raw, question, k)
+            docs = retrieve_checked_from(raw, question, k)  # question and k checked above
             texts = [s.document.full_text for s in docs]
             rows = [([t], None) for t in texts] if spec.ensemble else [(texts, None)]
         if not rows:  # closed book, lag, or an ensemble that retrieved nothing: one row without documents
