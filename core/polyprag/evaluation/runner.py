@@ -90,9 +90,10 @@ class WrongMixtureRetriever(ParametricRetriever):
         super().__init__(wrong, library, rule)
         self.passages = passages
 
-    def retrieve(self, query: str, k: int | None = None) -> Retrieval:
+    def retrieve_checked(self, query: str, k: int | None = None) -> Retrieval:
+        """The retrieved passages with the wrong documents' mixture (PolyPRAG asks here, past ``retrieve``)."""
         shown = self.passages.retrieve(query, k)
-        found = super().retrieve(query, k)
+        found = super().retrieve_checked(query, k)
         n = min(len(shown), len(found.documents))  # as many wrong documents as passages (choose_documents)
         ids = found.library_ids[:n]
         return Retrieval(shown[:n], found.state.mixture(ids, self.rule) if n else None,
