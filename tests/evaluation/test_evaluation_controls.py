@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from polyprag import AdapterLibrary, Document
+from polyprag import AdapterLibrary, Document, PolyPRAG
 from polyprag.documents import Question, save_jsonl
 from polyprag.evaluation import EvalConfig, run_evaluation
 from polyprag.evaluation.questions import evidence, prior_answers, question_kind
@@ -78,6 +78,10 @@ def test_combine_wrong_shows_the_passages_but_mixes_the_wrong_documents(llm, doc
     assert found.library_ids == ["d3", "d4"]  # the adapters are the wrong documents'
     assert torch.equal(found.mixture.weights, library.mixture(["d3", "d4"], "mean").weights)
     assert not torch.equal(found.mixture.weights, library.mixture(["d1", "d0"], "mean").weights)
+    answer = PolyPRAG(llm, retriever, mode="combine", max_new_tokens=3).answer(question)  # as the runner asks
+    assert [s.document.id for s in answer.documents] == ["d1", "d0"]
+    assert answer.prompt == llm.question_prompt(question, [docs[1].full_text, docs[0].full_text])
+    assert torch.equal(answer.mixture.weights, found.mixture.weights)
 
 
 def test_combine_wrong_methods_answer_with_the_retrieved_passages(llm, docs, tmp_path):

@@ -106,19 +106,57 @@ def test_eval_recite_methods_and_their_controls(llm, docs, tmp_path, one_thread)
     assert report.injection_efficiency("prag_recite_oracle") is None or "prag_recite_oracle" in report.markdown()
 
 
-def test_recitals_are_memoised_per_library_state(llm, docs, one_thread):
+def test_recitals_are_memoised_per_library_state(llm, docs, monkeypatch, one_thread):
     """A document retrieved again is not recited again; an update gives the next state a fresh memo, so an
     answer never reads a recital of an older state."""
     library = PRAGEncoder(llm, augmenter=PassageAugmenter(("passage",)), epochs=1, progress=False).fit(docs[:3])
     rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(docs[:3], k=1), library), mode="recite", recite_tokens=4)
+    recitations = _count_recitations(llm, monkeypatch)
     first = rag.answer("who built the krell lighthouse")
     doc_id = first.documents[0].document.id
     state = library.snapshot()
-    assert [key[0] for key in state.recitals] == [doc_id]
+    assert rag.reciter.recited(state) == [doc_id] and recitations == [1]
     assert rag.answer("who built the krell lighthouse").recitals == first.recitals
+    assert recitations == [1]  # read from the memo, not recited again
     library.update_documents([Document(id=doc_id, text="the krell lighthouse was built by marisol", title="krell")],
                              progress=False)
-    assert library.snapshot() is not state and not library.snapshot().recitals
+    assert library.snapshot() is not state and not rag.reciter.recited(library.snapshot())
     again = rag.answer("who built the krell lighthouse")
+    assert recitations == [1, 1]  # the new state's document is recited anew
+    assert rag.reciter.recited(library.snapshot()) == [doc_id]
     assert again.recitals == llm.generate([llm.recital_prompt], [library.mixture([doc_id])], max_new_tokens=4,
                                           short=False)
+
+
+def _count_recitations(llm, monkeypatch) -> list[int]:
+    """A list that grows by the number of rows of each recitation batch ``llm`` generates from now on."""
+    batches, generate = [], llm.generate
+
+    def counting(prompts, *args, **kwargs):
+        if prompts and prompts[0] == llm.recital_prompt:
+            batches.append(len(prompts))
+        return generate(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(llm, "generate", counting)
+    return batches
+
+
+def test_the_recital_memo_is_bounded_and_lets_go_of_old_states(llm, docs, one_thread):
+    """Each state keeps at most max_recitals recitals (least recently read dropped first), and the memo does not
+    keep a state alive: a long-running server's memo does not grow without bound."""
+    import gc
+    import weakref
+
+    from polyprag.pipeline.recite import Reciter
+
+    library = random_poly_library(llm, docs, m=3)
+    reciter = Reciter(llm, max_new_tokens=3, max_recitals=2)
+    state = library.snapshot()
+    texts = reciter.recite([(state, "d0"), (state, "d1"), (state, "d0")])
+    assert texts[0] == texts[2] and reciter.recited(state) == ["d0", "d1"]
+    assert reciter.recite([(state, "d0"), (state, "d2")])[0] == texts[0]
+    assert reciter.recited(state) == ["d0", "d2"]  # d1, read least recently, was dropped
+    held = weakref.ref(state)
+    del library, state
+    gc.collect()
+    assert held() is None  # nothing but the memo knew the state: it went, and its recitals with it

@@ -38,6 +38,19 @@ def test_dense_refuses_bad_input(docs):
         DenseRetriever(docs, embed=word_embed).retrieve("  ")
 
 
+@pytest.mark.parametrize("kind", RETRIEVERS)
+def test_every_retriever_refuses_a_query_that_is_no_question(docs, kind):
+    """Asked directly (not through the pipeline, which checks once), each retriever still refuses bad queries."""
+    retriever = build_retriever(kind, docs, k=2, embed=word_embed)
+    for entry in (retriever.retrieve, retriever.score_array):
+        with pytest.raises(InvalidInputError, match="empty or only white space; ask a question"):
+            entry(" \n")
+        with pytest.raises(InvalidInputError, match="A query must be a string, got NoneType"):
+            entry(None)
+    with pytest.raises(InvalidInputError, match="k must be a positive integer"):
+        retriever.retrieve(QUESTION, k=0)
+
+
 def test_hybrid_is_reciprocal_rank_fusion_of_bm25_and_dense(docs):
     bm25, dense = BM25Retriever(docs), DenseRetriever(docs, embed=word_embed)
     hybrid = HybridRetriever([bm25, dense], k=3, c=60)

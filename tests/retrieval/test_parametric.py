@@ -122,3 +122,29 @@ def test_things_that_are_not_retrievers_are_refused_with_advice(library, docs):
 def test_in_context_mode_takes_any_retriever_without_a_library(llm, docs):
     answer = PolyPRAG(llm, fixed(docs[2]), mode="in_context", max_new_tokens=4).answer(QUESTION)
     assert docs[2].text in answer.prompt and answer.mixture is None
+
+
+@pytest.mark.parametrize("kind", ["bm25", "hybrid"])
+@pytest.mark.parametrize("mode", ["parametric", "in_context"])
+def test_a_question_checks_its_query_once(library, docs, monkeypatch, kind, mode):
+    """From PolyPRAG.answer through ParametricRetriever to BM25 (or BM25 + dense fused), the query is checked
+    once: each retriever below the pipeline is asked through its checked entry."""
+    import sys
+
+    from fakes import word_embed
+    from polyprag import build_retriever
+    from polyprag.retrieval import base
+
+    calls, check = [], base.check_query
+
+    def spy(query):
+        calls.append(query)
+        return check(query)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("polyprag") and getattr(module, "check_query", None) is check:
+            monkeypatch.setattr(module, "check_query", spy)
+    retriever = ParametricRetriever(build_retriever(kind, docs, k=2, embed=word_embed), library)
+    answer = PolyPRAG(library.llm, retriever, mode=mode, max_new_tokens=3).answer(QUESTION)
+    assert answer.documents[0].document.id == "d1"
+    assert calls == [QUESTION]

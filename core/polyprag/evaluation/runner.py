@@ -12,7 +12,7 @@ import random
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -92,9 +92,10 @@ class WrongMixtureRetriever(ParametricRetriever):
         super().__init__(wrong, library, rule)
         self.passages = passages
 
-    def retrieve(self, query: str, k: int | None = None) -> Retrieval:
+    def retrieve_checked(self, query: str, k: int | None = None) -> Retrieval:
+        """The retrieved passages with the wrong documents' mixture (PolyPRAG asks here, past ``retrieve``)."""
         shown = self.passages.retrieve(query, k)
-        found = super().retrieve(query, k)
+        found = super().retrieve_checked(query, k)
         n = min(len(shown), len(found.documents))  # as many wrong documents as passages (choose_documents)
         ids = found.library_ids[:n]
         return Retrieval(shown[:n], found.state.mixture(ids, self.rule) if n else None,
@@ -164,6 +165,7 @@ def run_evaluation(config: EvalConfig, llm: "LoRAMixingLLM | None" = None,
 
 
 def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Path) -> EvalReport:
+    """The run's stages in order: load, retrieve, choose the documents, augment, encode, answer, report."""
     t_start = time.perf_counter()
     cfg = config
     given_llm = llm is not None
@@ -173,40 +175,102 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
         _lag_api()  # fail now, not after an hour of encoding
     train = settings(cfg)
     torch.manual_seed(cfg.seed)
+    docs, questions, llm = _load(cfg, llm)
+    retrieved, recall = _retrieve(cfg, docs, questions)
+    chosen = _choose(cfg, specs, needs, docs, questions, retrieved, recall)
+    augmenter, fixed, augment_s = _augment(llm, cfg, train, needs, chosen.encoded)
+    libraries = _libraries(llm, cfg, train, needs, chosen, fixed, given_llm, scratch)
+    lag_router, lag_facts = _lag(llm, libraries, cfg, questions) if "lag" in needs else (None, None)
+    results = []
+    priors = prior_answers(questions)
+    for method, spec in specs.items():
+        enc = libraries.get(spec.library) if spec.library else None
+        res = _answer_method(llm, cfg, method, spec, chosen, enc, lag_router, priors)
+        _add_costs(res, spec, chosen, enc, augment_s)
+        results.append(res)
+        if on_method:
+            on_method(res)
+    facts = _facts(cfg, llm, chosen, train, augmenter, augment_s, libraries, lag_facts, t_start)
+    report = EvalReport(config=asdict(cfg), results=results, facts=facts,
+                        comparisons=compare(results, cfg.bootstrap, cfg.seed))
+    if cfg.out:
+        write_report(report, Path(cfg.out))
+    return report
+
+
+@dataclass
+class _Chosen:
+    """What the run's questions read: the corpus, the questions, the recall of their retrieval, the documents the
+    libraries encode, and per source (retrieved, gold, wrong, top1) each question's document ids; the oracle rows
+    are the questions whose evidence states their answer."""
+
+    docs: list[Document]
+    questions: list[Question]
+    recall: float | None
+    encoded: list[Document]
+    sources: dict[str, list[list[str]]]
+    oracle_rows: list[int]
+    use_retrieved: bool  # the libraries hold the retrieved documents (PRAG's protocol)
+    use_gold: bool       # ... and the gold ones (an oracle method runs)
+
+
+def _load(cfg: EvalConfig, llm: "LoRAMixingLLM | None") -> tuple[list[Document], list[Question], "LoRAMixingLLM"]:
+    """The slice's corpus and questions (an answer's own article never gold) and the model, loaded unless given."""
     docs, questions = load_slice(cfg.data, cfg.n, cfg.start)
     questions = [replace(q, gold=evidence(q)) for q in questions]  # an answer's own article is never gold
     if llm is None:
         from ..generation.llm import LoRAMixingLLM
 
         llm = LoRAMixingLLM.from_pretrained(cfg.model, device=cfg.device, compute_dtype=cfg.compute_dtype)
+    return docs, questions, llm
+
+
+def _retrieve(cfg: EvalConfig, docs: list[Document],
+              questions: list[Question]) -> tuple[list[list[str]], float | None]:
+    """Each question's top-k document ids from the run's retriever over the whole corpus, and their recall."""
     index = build_retriever(cfg.retriever, docs, k=min(cfg.k, len(docs)))  # over the whole corpus
     retrieved = [[s.document.id for s in index.retrieve(q.question)] for q in questions]
-    recall = mean([recall_at_k(ids, q.gold) for ids, q in zip(retrieved, questions)])
+    return retrieved, mean([recall_at_k(ids, q.gold) for ids, q in zip(retrieved, questions)])
 
-    # PRAG's protocol: encode the retrieved passages; with oracle methods, the gold passages too
+
+def _choose(cfg: EvalConfig, specs: dict[str, Method], needs: set[str], docs: list[Document],
+            questions: list[Question], retrieved: list[list[str]], recall: float | None) -> _Chosen:
+    """What the libraries encode (PRAG's protocol: the retrieved passages; with oracle methods, the gold passages
+    too) and each source's documents per question."""
     lib_specs = [s for s in specs.values() if s.library is not None]
     use_retrieved = any(s.documents in ("retrieved", "wrong", "top1") for s in lib_specs) or "lag" in needs
     use_gold = any(s.documents == "gold" for s in specs.values())
     encoded = library_documents(docs, questions, retrieved, use_retrieved, use_gold, cfg.library, cfg.seed)
     sources = choose_documents(questions, retrieved, [d.id for d in encoded], not use_retrieved, cfg.seed)
-    by_id = {d.id: d for d in docs}
     oracle_rows = [i for i, q in enumerate(questions) if states_answer(q)]  # evidence that states the answer
+    return _Chosen(docs, questions, recall, encoded, sources, oracle_rows, use_retrieved, use_gold)
 
+
+def _augment(llm, cfg: EvalConfig, train: dict, needs: set[str],
+             encoded: list[Document]) -> tuple[PassageAugmenter | GeneratedQAAugmenter | None,
+                                               FixedAugmenter | None, float]:
+    """The one augmentation every library trains on (none when no method needs a library): the augmenter, its
+    examples fixed per document, and the seconds it took."""
+    if not needs:
+        return None, None, 0.0
+    t0 = time.perf_counter()
+    texts = train["texts"]
+    if set(texts) <= FREE_TEXTS:
+        augmenter = PassageAugmenter(texts)
+    else:
+        augmenter = GeneratedQAAugmenter(llm, cache=cfg.cache, batch_size=cfg.augment_batch_size,
+                                         seed=cfg.seed, progress=cfg.progress, texts=texts)
+    examples = augmenter(encoded)
+    fixed = FixedAugmenter({d.id: ex for d, ex in zip(encoded, examples)})
+    return augmenter, fixed, time.perf_counter() - t0
+
+
+def _libraries(llm, cfg: EvalConfig, train: dict, needs: set[str], chosen: _Chosen, fixed: FixedAugmenter | None,
+               given_llm: bool, scratch: Path) -> dict[str, "_Encoded"]:
+    """The libraries the methods need by kind: reused from ``--libraries`` where one fits, else trained (side
+    by side in worker processes where that is faster) and kept there for later runs."""
     out = Path(cfg.out) if cfg.out else None
-    augmenter, fixed, augment_s = None, None, 0.0
-    if needs:
-        t0 = time.perf_counter()
-        texts = train["texts"]
-        if set(texts) <= FREE_TEXTS:
-            augmenter = PassageAugmenter(texts)
-        else:
-            augmenter = GeneratedQAAugmenter(llm, cache=cfg.cache, batch_size=cfg.augment_batch_size,
-                                             seed=cfg.seed, progress=cfg.progress, texts=texts)
-        examples = augmenter(encoded)
-        fixed = FixedAugmenter({d.id: ex for d, ex in zip(encoded, examples)})
-        augment_s = time.perf_counter() - t0
-    n_docs = max(len(encoded), 1)
-
+    encoded, docs = chosen.encoded, chosen.docs
     kinds = [k for k in ("prag", "poly", "poly_m1") if k in needs or (k == "prag" and "lag" in needs)]
     libraries = {k: lib for k in kinds if (lib := _reuse(llm, cfg, train, k, encoded, docs)) is not None}
     todo = [k for k in kinds if k not in libraries]
@@ -218,59 +282,67 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
                       for kind in todo}
     for kind in todo:
         _keep(cfg, train, kind, libraries[kind], _save_path(out, scratch, kind), docs)
-    lag_router, lag_facts = None, None
-    if "lag" in needs:
-        lag_router, lag_facts = _lag(llm, libraries, cfg, questions)
+    return libraries
 
-    results = []
-    priors = prior_answers(questions)
-    for method, spec in specs.items():
-        enc = libraries.get(spec.library) if spec.library else None
-        rows = oracle_rows if spec.documents == "gold" else range(len(questions))  # oracles: evidence that answers
-        asked = [questions[i] for i in rows]
-        chosen = [sources[spec.documents][i] for i in rows]
-        if spec.mode == "prior":
-            res = _scored(method, asked, [priors[i] for i in rows], [[] for _ in asked])
-        else:
-            rag = PolyPRAG(llm, _retriever(spec, enc, asked, chosen, [sources["wrong"][i] for i in rows], encoded,
-                                           docs, cfg), mode=spec.mode, max_new_tokens=cfg.max_new_tokens,
-                           lag=lag_router, recite_tokens=cfg.recite_tokens, ensemble_weights=cfg.ensemble_weights)
-            shown = MODES[spec.mode].passages
-            prompt_chars = [len(q.question) + (sum(len(by_id[i].full_text) for i in ids) if shown else 0)
-                            for q, ids in zip(asked, chosen)]
-            res = _answer_all(rag, asked, chosen, method, cfg, prompt_chars)
-        if spec.mode not in ("closed_book", "lag", "prior"):
-            res.recall_at_k = 100.0 * recall if spec.documents == "retrieved" and recall is not None else None
-        if enc is not None:
-            res.encode_s_per_doc = None if enc.train_s is None else (augment_s + enc.train_s) / n_docs
-            res.storage_bytes_per_doc, res.storage_bytes_new_doc = enc.bytes_per_doc, enc.bytes_new_doc
-        results.append(res)
-        if on_method:
-            on_method(res)
 
+def _answer_method(llm, cfg: EvalConfig, method: str, spec: Method, chosen: _Chosen, enc: "_Encoded | None",
+                   lag_router, priors: Sequence[str]) -> MethodResult:
+    """One method's scored answers to its questions (an oracle's: those whose evidence answers them), through
+    its retriever and controls."""
+    questions, sources = chosen.questions, chosen.sources
+    rows = chosen.oracle_rows if spec.documents == "gold" else range(len(questions))
+    asked = [questions[i] for i in rows]
+    ids = [sources[spec.documents][i] for i in rows]
+    if spec.mode == "prior":
+        return _scored(method, asked, [priors[i] for i in rows], [[] for _ in asked])
+    retriever = _retriever(spec, enc, asked, ids, [sources["wrong"][i] for i in rows], chosen.encoded, chosen.docs,
+                           cfg)
+    rag = PolyPRAG(llm, retriever, mode=spec.mode, max_new_tokens=cfg.max_new_tokens, lag=lag_router,
+                   recite_tokens=cfg.recite_tokens, ensemble_weights=cfg.ensemble_weights)
+    by_id = {d.id: d for d in chosen.docs}
+    shown = MODES[spec.mode].passages
+    prompt_chars = [len(q.question) + (sum(len(by_id[i].full_text) for i in d) if shown else 0)
+                    for q, d in zip(asked, ids)]
+    return _answer_all(rag, asked, ids, method, cfg, prompt_chars)
+
+
+def _add_costs(res: MethodResult, spec: Method, chosen: _Chosen, enc: "_Encoded | None", augment_s: float) -> None:
+    """Add to a method's result its retrieval's recall and its library's encoding seconds and bytes per document."""
+    recall = chosen.recall
+    if spec.mode not in ("closed_book", "lag", "prior"):
+        res.recall_at_k = 100.0 * recall if spec.documents == "retrieved" and recall is not None else None
+    if enc is not None:
+        n_docs = max(len(chosen.encoded), 1)
+        res.encode_s_per_doc = None if enc.train_s is None else (augment_s + enc.train_s) / n_docs
+        res.storage_bytes_per_doc, res.storage_bytes_new_doc = enc.bytes_per_doc, enc.bytes_new_doc
+
+
+def _facts(cfg: EvalConfig, llm, chosen: _Chosen, train: dict, augmenter, augment_s: float, libraries: dict,
+           lag_facts: dict | None, t_start: float) -> dict:
+    """What the report says about the run: its slice, what was encoded from what, the model and training, the
+    augmentation's and the libraries' costs, and the machine."""
     stats = asdict(augmenter.stats) if isinstance(augmenter, GeneratedQAAugmenter) else {
         "cache_hits": 0, "generated": 0, "retries": 0, "qa_failures": 0, "rewrite_failures": 0}
+    use_retrieved, use_gold, recall = chosen.use_retrieved, chosen.use_gold, chosen.recall
     encoded_from = " ∪ ".join(([f"{cfg.retriever} top-{cfg.k}"] if use_retrieved or not use_gold else []) +
                               (["gold passages"] if use_gold else []) +
                               ([f"{cfg.library} other documents"] if cfg.library.isdigit() else []))
     if cfg.library == "corpus":
         encoded_from = "the whole corpus"
-    facts = {"questions": len(questions), "oracle_questions": len(oracle_rows), "documents": len(encoded),
-             "library": cfg.library, "corpus": len(docs), "k": cfg.k,
+    n_docs = max(len(chosen.encoded), 1)
+    facts = {"questions": len(chosen.questions), "oracle_questions": len(chosen.oracle_rows),
+             "documents": len(chosen.encoded), "library": cfg.library, "corpus": len(chosen.docs), "k": cfg.k,
              "encoded_from": encoded_from, "model": llm.name, "recipe": cfg.recipe, "training": train,
              "augment": stats, "augment_s": augment_s, "augment_s_per_doc": augment_s / n_docs,
              "train_s": {k: v.train_s for k, v in libraries.items()},
              "adapters": {k: v.library.config.m for k, v in libraries.items() if k != "lag"},  # PRAG: one per document
-             "retriever": cfg.retriever, "recall_at_k": None if recall is None else 100.0 * recall, "wall_s": time.perf_counter() - t_start,
+             "retriever": cfg.retriever, "recall_at_k": None if recall is None else 100.0 * recall,
+             "wall_s": time.perf_counter() - t_start,
              "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
              "device": str(llm.device), "compute_dtype": str(llm.compute_dtype or llm.dtype).replace("torch.", "")}
     if lag_facts:
         facts["lag"] = lag_facts
-    report = EvalReport(config=asdict(cfg), results=results, facts=facts,
-                        comparisons=compare(results, cfg.bootstrap, cfg.seed))
-    if out is not None:
-        write_report(report, out)
-    return report
+    return facts
 
 
 def _retriever(spec: Method, enc: "_Encoded | None", asked: Sequence[Question], chosen: Sequence[list[str]],

@@ -140,9 +140,6 @@ class LibraryState:
     version: int = 0                            # how many updates the library had when this state was made
     doc_ids: list[str] = field(init=False, repr=False)
     _row: dict[str, int] = field(init=False, repr=False)
-    # greedy recitals of this state's documents (PolyPRAG mode "recite"), memoised: they depend only on the state,
-    # the document and the decoding, so a document retrieved again is not recited again
-    recitals: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         docs = check_unique(self.documents)

@@ -15,11 +15,13 @@ from ..documents import check_text
 from ..errors import IncompatibleModelError, InvalidInputError
 from ..generation.llm import GenerationConfig, LoRAMixingLLM
 from ..engine import Mixture, SumMixture
-from ..retrieval.parametric import ParametricRetriever, Retrieval, check_retriever, corpus_size, retrieve_from
+from ..retrieval.parametric import (ParametricRetriever, Retrieval, check_retriever, corpus_size,
+                                   retrieve_checked_from)
 from ..retrieval.base import ScoredDocument, check_query, check_top_k
 from ..library.state import LibraryState
 from .fit import fit_prompt
 from .modes import ENSEMBLE_WEIGHTS, MODES
+from .recite import Reciter
 
 
 
@@ -114,13 +116,10 @@ class PolyPRAG:
         self.k = None if k is None else self._check_k(k)
         self.generation = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                                            stop=tuple(stop))
-        if recite_tokens < 1:
-            raise InvalidInputError(f"recite_tokens must be >= 1, got {recite_tokens}.")
         if ensemble_weights not in ENSEMBLE_WEIGHTS:
             raise InvalidInputError(f"ensemble_weights must be one of {ENSEMBLE_WEIGHTS}, got {ensemble_weights!r}.")
         self.ensemble_weights = ensemble_weights
-        # a recital is greedy and decodes to its end-of-text token (or this budget): the passage, not a sentence
-        self.recital = GenerationConfig(max_new_tokens=recite_tokens, short=False)
+        self.reciter = Reciter(llm, recite_tokens)  # mode "recite": each document's recital, kept per library state
 
     def _check_mode(self, mode: str) -> str:
         spec = MODES.get(mode) if isinstance(mode, str) else None
@@ -146,12 +145,13 @@ class PolyPRAG:
     def prepare_batch(self, questions: Sequence[str], mode: str | None = None, k: int | None = None) -> list[Prepared]:
         """``prepare`` for many questions; the recite modes write every question's recitals in one batch."""
         pending = [self._retrieve(q, mode, k) for q in questions]
-        self._recite([p for q in pending for parts, _ in q.rows for p in parts if not isinstance(p, str)])
+        recited = iter(self.reciter.recite([p for q in pending for parts, _ in q.rows for p in parts
+                                            if not isinstance(p, str)]))
         out = []
         for q in pending:
             rows, recitals = [], []
             for parts, mixture in q.rows:
-                texts = [p if isinstance(p, str) else p[0].recitals[self._recital_key(p[1])] for p in parts]
+                texts = [p if isinstance(p, str) else next(recited) for p in parts]  # in the order recited
                 recitals += [t for t, p in zip(texts, parts) if not isinstance(p, str)]
                 rows.append((fit_prompt(self.llm, q.question, texts, self.generation.max_new_tokens), mixture))
             if q.ensemble:
@@ -166,21 +166,6 @@ class PolyPRAG:
         """The ensemble weights of ``n`` rows in retrieval rank order."""
         w = [1.0] * n if self.ensemble_weights == "uniform" else [1.0 / (r + 1) for r in range(n)]
         return [x / sum(w) for x in w]
-
-    def _recital_key(self, doc_id: str) -> tuple:
-        return doc_id, self.recital.max_new_tokens, str(self.llm.compute_dtype)
-
-    def _recite(self, wanted: Sequence[tuple[LibraryState, str]]) -> None:
-        """Recite the documents whose recitals their states do not hold yet, all in one batch: each row applies its
-        own document's mixture to the recital prompt and decodes greedily to its end-of-text token."""
-        todo = list({(id(state), doc): (state, doc) for state, doc in wanted
-                     if self._recital_key(doc) not in state.recitals}.values())
-        if not todo:
-            return
-        texts = self.llm.generate([self.llm.recital_prompt] * len(todo), [state.mixture([doc]) for state, doc in todo],
-                                  config=self.recital)
-        for (state, doc), text in zip(todo, texts):
-            state.recitals[self._recital_key(doc)] = text
 
     def _retrieve(self, question: str, mode: str | None, k: int | None) -> _Pending:
         question = check_text(check_query(question), "The query")
@@ -209,7 +194,7 @@ class PolyPRAG:
                 rows.append(([s.document.full_text for s in in_prompt], found.mixture))
         elif spec.passages:  # passages only: the library, if any, plays no part
             raw = self.retriever.retriever if isinstance(self.retriever, ParametricRetriever) else self.retriever
-            docs = retrieve_from(raw, question, k)
+            docs = retrieve_checked_from(raw, question, k)  # question and k checked above
             texts = [s.document.full_text for s in docs]
             rows = [([t], None) for t in texts] if spec.ensemble else [(texts, None)]
         if not rows:  # closed book, lag, or an ensemble that retrieved nothing: one row without documents

@@ -27,19 +27,30 @@ def check_query(query: str) -> str:
 
 
 class ScoreRetriever:
-    """What a retriever with ``score_array`` (one score per document) adds: top-k retrieval and its size."""
+    """What a retriever with scores (one per document) adds: top-k retrieval and its size. A subclass implements
+    ``score_array_checked``; the public entries check the query, the ``_checked`` ones trust their caller
+    (ParametricRetriever's checked path: the query is checked once a question)."""
 
     documents: list[Document]
     k: int
 
-    def score_array(self, query: str) -> np.ndarray:
+    def score_array_checked(self, query: str) -> np.ndarray:
+        """The score of every document [N], in document order, for a query its caller has already checked."""
         raise NotImplementedError
+
+    def score_array(self, query: str) -> np.ndarray:
+        """The score of every document for the query [N], in document order (a query that is no usable string
+        is refused)."""
+        return self.score_array_checked(check_query(query))
 
     def retrieve(self, query: str, k: int | None = None) -> list[ScoredDocument]:
         """The k best-scored documents for the query, best first (ties broken by corpus order)."""
-        k = self.k if k is None else check_top_k(k)
-        scores = self.score_array(query)
-        return [ScoredDocument(self.documents[i], float(scores[i])) for i in top_k(scores, k)]
+        return self.retrieve_checked(check_query(query), None if k is None else check_top_k(k))
+
+    def retrieve_checked(self, query: str, k: int | None = None) -> list[ScoredDocument]:
+        """``retrieve`` for a query and k its caller has already checked."""
+        scores = self.score_array_checked(query)
+        return [ScoredDocument(self.documents[i], float(scores[i])) for i in top_k(scores, self.k if k is None else k)]
 
     def __len__(self) -> int:
         return len(self.documents)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..documents import Document, check_unique
 from ..errors import InvalidInputError
-from .base import ScoreRetriever, check_query, check_top_k
+from .base import ScoreRetriever, check_top_k
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 # A short English stop list: BM25's idf already discounts common words, this only trims noise.
@@ -62,9 +62,9 @@ class BM25Retriever(ScoreRetriever):
         else:
             self._index = okapi_bm25s_index(corpus, k1=k1, b=b, epsilon=epsilon)
 
-    def score_array(self, query: str) -> np.ndarray:
-        """BM25 score of every document for the query [N], float64, in document order."""
-        toks = tokenize(check_query(query))
+    def score_array_checked(self, query: str) -> np.ndarray:
+        """BM25 score of every document for a checked query [N], float64, in document order."""
+        toks = tokenize(query)
         if not toks:
             return np.zeros(len(self.documents))
         if self.backend == "rank_bm25":

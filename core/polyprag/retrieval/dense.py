@@ -20,7 +20,7 @@ import numpy as np
 
 from ..documents import Document, check_unique
 from ..errors import InvalidInputError, ModelLoadError
-from .base import ScoreRetriever, check_query, check_top_k, top_k
+from .base import ScoreRetriever, check_top_k, top_k
 from .bm25 import BM25Retriever
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
@@ -110,9 +110,9 @@ class DenseRetriever(ScoreRetriever):
                                     "texts; it must return one vector per text, [n, d].")
         return vectors
 
-    def score_array(self, query: str) -> np.ndarray:
-        """Cosine of every document with the query [N], float64, in document order."""
-        q = unit_rows(self._embed([check_query(query)]))[0]  # [d]
+    def score_array_checked(self, query: str) -> np.ndarray:
+        """Cosine of every document with a checked query [N], float64, in document order."""
+        q = unit_rows(self._embed([query]))[0]  # [d]
         return (self.embeddings @ q).astype(np.float64)
 
 
@@ -149,12 +149,12 @@ class HybridRetriever(ScoreRetriever):
         return cls([BM25Retriever(documents, k=k, backend=backend), DenseRetriever(documents, k=k, embed=embed)],
                    k=k, **fusion)
 
-    def score_array(self, query: str) -> np.ndarray:
-        """RRF score of every document for the query [N], in document order (0: in no retriever's top depth)."""
-        check_query(query)
+    def score_array_checked(self, query: str) -> np.ndarray:
+        """RRF score of every document for a checked query [N], in document order (0: in no retriever's top
+        depth); a polyprag retriever scores it without checking it again."""
         fused = np.zeros(len(self.documents))
         for r in self.retrievers:
-            scores = r.score_array(query)
+            scores = r.score_array_checked(query) if isinstance(r, ScoreRetriever) else r.score_array(query)
             ranked = top_k(scores, self.depth or len(scores))
             ranked = [i for i in ranked if scores[i] != 0]  # a zero score (no query word for BM25) ranks nothing
             fused[ranked] += 1.0 / (self.c + np.arange(1, len(ranked) + 1))

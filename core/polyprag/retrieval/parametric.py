@@ -21,7 +21,7 @@ from ..errors import InvalidInputError, UnknownDocumentError
 from ..library.adapters import AdapterLibrary
 from ..library.state import RULES, LibraryState
 from ..engine import BankMixture
-from .base import ScoredDocument, check_query, check_top_k
+from .base import ScoredDocument, ScoreRetriever, check_query, check_top_k
 
 ON_UNKNOWN = ("error", "in_context", "skip")
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class ParametricRetriever:
 
     def retrieve_checked(self, query: str, k: int | None = None) -> Retrieval:
         """``retrieve`` for a query and k its caller has already checked (PolyPRAG checks them once a question)."""
-        return self.resolve(retrieve_from(self.retriever, query, k))
+        return self.resolve(retrieve_checked_from(self.retriever, query, k))
 
     def resolve(self, found: Sequence[ScoredDocument]) -> Retrieval:
         """Match retrieved documents to the library, apply ``on_unknown``, and mix the known ones."""
@@ -249,6 +249,14 @@ def retrieve_from(retriever: Any, query: str, k: int | None = None) -> list[Scor
     found = method(query, k) if callable(method) else retriever(query)
     out = scored_documents(found)
     return out if k is None else out[:k]
+
+
+def retrieve_checked_from(retriever: Any, query: str, k: int | None = None) -> list[ScoredDocument]:
+    """``retrieve_from`` for a query and k its caller has already checked: a polyprag retriever is asked past its
+    own checks, so a question's query is checked once."""
+    if isinstance(retriever, ScoreRetriever):
+        return retriever.retrieve_checked(query, k)
+    return retrieve_from(retriever, query, k)
 
 
 def scored_documents(found: Any) -> list[ScoredDocument]:
