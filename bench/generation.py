@@ -211,8 +211,8 @@ def parametric_vs_in_context(llm: LoRAMixingLLM, docs: Sequence[Document], quest
     recite = PolyPRAG(llm, retriever, mode="recite", max_new_tokens=tokens, recite_tokens=recite_tokens)
     cold: list[float] = []
     warm: list[float] = []
-    for q in questions:  # cold: the library state's recital memo emptied first; warm: the same question again
-        library.snapshot().recitals.clear()
+    for q in questions:  # cold: the reciter's memo emptied first; warm: the same question again
+        recite.reciter.clear()
         cold.append(timed(lambda: recite.answer(q), llm.device))
         warm.append(timed(lambda: recite.answer(q), llm.device))
     n = len(questions)
