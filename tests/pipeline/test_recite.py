@@ -160,3 +160,24 @@ def test_the_recital_memo_is_bounded_and_lets_go_of_old_states(llm, docs, one_th
     del library, state
     gc.collect()
     assert held() is None  # nothing but the memo knew the state: it went, and its recitals with it
+
+
+def test_pipelines_sharing_a_reciter_recite_a_document_once(llm, docs, monkeypatch, one_thread):
+    """The evaluation's methods share one Reciter: an oracle and an ensemble method over the same library state
+    recite each document once between them; a reciter made with another model wrapper is refused."""
+    from polyprag import InvalidInputError, LoRAMixingLLM
+    from polyprag.pipeline.recite import Reciter
+
+    library = random_poly_library(llm, docs, m=3)
+    retriever = ParametricRetriever(BM25Retriever(docs, k=1), library)
+    reciter = Reciter(llm, max_new_tokens=4)
+    recitations = _count_recitations(llm, monkeypatch)
+    one = PolyPRAG(llm, retriever, mode="recite", max_new_tokens=3, reciter=reciter)
+    other = PolyPRAG(llm, retriever, mode="recite_ensemble", max_new_tokens=3, reciter=reciter)
+    first = one.answer("who built the krell lighthouse")
+    assert other.answer("who built the krell lighthouse").recitals == first.recitals
+    assert recitations == [1]  # the second pipeline read the first one's recital
+    assert PolyPRAG(llm, retriever, mode="recite").reciter is not reciter  # unshared by default
+    twin = LoRAMixingLLM(llm.model, llm.tokenizer)
+    with pytest.raises(InvalidInputError, match="another model wrapper"):
+        PolyPRAG(twin, ParametricRetriever(BM25Retriever(docs, k=1), library), mode="recite", reciter=reciter)

@@ -25,6 +25,7 @@ from ..library.adapters import AdapterLibrary
 from ..retrieval.parametric import ParametricRetriever, Retrieval
 from ..pipeline.modes import MODES
 from ..pipeline.pipeline import PolyPRAG
+from ..pipeline.recite import Reciter
 from ..progress import progress_bar
 from ..encoding.recipes import FREE_TEXTS, check_texts, get_recipe, setting
 from ..retrieval.dense import build_retriever
@@ -183,9 +184,10 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
     lag_router, lag_facts = _lag(llm, libraries, cfg, questions) if "lag" in needs else (None, None)
     results = []
     priors = prior_answers(questions)
+    reciter = Reciter(llm, cfg.recite_tokens)  # one memo for every method: a state's documents recited once
     for method, spec in specs.items():
         enc = libraries.get(spec.library) if spec.library else None
-        res = _answer_method(llm, cfg, method, spec, chosen, enc, lag_router, priors)
+        res = _answer_method(llm, cfg, method, spec, chosen, enc, lag_router, priors, reciter)
         _add_costs(res, spec, chosen, enc, augment_s)
         results.append(res)
         if on_method:
@@ -286,9 +288,9 @@ def _libraries(llm, cfg: EvalConfig, train: dict, needs: set[str], chosen: _Chos
 
 
 def _answer_method(llm, cfg: EvalConfig, method: str, spec: Method, chosen: _Chosen, enc: "_Encoded | None",
-                   lag_router, priors: Sequence[str]) -> MethodResult:
+                   lag_router, priors: Sequence[str], reciter: Reciter) -> MethodResult:
     """One method's scored answers to its questions (an oracle's: those whose evidence answers them), through
-    its retriever and controls."""
+    its retriever and controls (recitals read from ``reciter``, shared by the run's methods)."""
     questions, sources = chosen.questions, chosen.sources
     rows = chosen.oracle_rows if spec.documents == "gold" else range(len(questions))
     asked = [questions[i] for i in rows]
@@ -298,7 +300,7 @@ def _answer_method(llm, cfg: EvalConfig, method: str, spec: Method, chosen: _Cho
     retriever = _retriever(spec, enc, asked, ids, [sources["wrong"][i] for i in rows], chosen.encoded, chosen.docs,
                            cfg)
     rag = PolyPRAG(llm, retriever, mode=spec.mode, max_new_tokens=cfg.max_new_tokens, lag=lag_router,
-                   recite_tokens=cfg.recite_tokens, ensemble_weights=cfg.ensemble_weights)
+                   ensemble_weights=cfg.ensemble_weights, reciter=reciter)
     by_id = {d.id: d for d in chosen.docs}
     shown = MODES[spec.mode].passages
     prompt_chars = [len(q.question) + (sum(len(by_id[i].full_text) for i in d) if shown else 0)

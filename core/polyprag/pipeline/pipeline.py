@@ -97,6 +97,9 @@ class PolyPRAG:
     ``"rank"`` (the document at retrieval rank r weighs 1/(r+1)). Cost: k rows of one document each
     instead of one row of k documents (the same prefill tokens, k times the decode rows).
 
+    ``reciter``: a ``Reciter`` shared with other pipelines on the same ``llm`` (its budget replaces
+    ``recite_tokens``), so that each library state's documents are recited once between them.
+
     Example:
         rag = PolyPRAG(llm, ParametricRetriever(BM25Retriever(docs, k=3), library), mode="parametric")
         rag.answer("Who …?").text
@@ -105,7 +108,7 @@ class PolyPRAG:
     def __init__(self, llm: LoRAMixingLLM, retriever: ParametricRetriever | Any | None = None,
                  mode: str = "parametric", k: int | None = None, max_new_tokens: int = 32,
                  temperature: float = 0.0, stop: Sequence[str] = (), lag: Mixture | None = None,
-                 recite_tokens: int = 160, ensemble_weights: str = "rank"):
+                 recite_tokens: int = 160, ensemble_weights: str = "rank", reciter: Reciter | None = None):
         self.llm = llm
         self.retriever = retriever if retriever is None else check_retriever(retriever)
         self.lag = lag
@@ -119,7 +122,11 @@ class PolyPRAG:
         if ensemble_weights not in ENSEMBLE_WEIGHTS:
             raise InvalidInputError(f"ensemble_weights must be one of {ENSEMBLE_WEIGHTS}, got {ensemble_weights!r}.")
         self.ensemble_weights = ensemble_weights
-        self.reciter = Reciter(llm, recite_tokens)  # mode "recite": each document's recital, kept per library state
+        if reciter is not None and reciter.llm is not llm:
+            raise InvalidInputError("The reciter given to PolyPRAG recites with another model wrapper; pass one made "
+                                    "with this llm: Reciter(llm, recite_tokens).")
+        # mode "recite": each document's recital, kept per library state (shared when given: its own budget)
+        self.reciter = Reciter(llm, recite_tokens) if reciter is None else reciter
 
     def _check_mode(self, mode: str) -> str:
         spec = MODES.get(mode) if isinstance(mode, str) else None
