@@ -183,8 +183,8 @@ class SumMixture(Mixture):
         parts = []
         for i in range(n.pop()):
             col = [m.parts[i] for m in real]
-            kind = type(col[0])
-            if any(type(c) is not kind for c in col):
-                raise InvalidInputError("SumMixture rows of one batch must have parts of the same kinds.")
-            parts.append(kind.stack(col))
+            part_type = type(col[0])
+            if any(type(c) is not part_type for c in col):
+                raise InvalidInputError("SumMixture rows of one batch must have parts of the same types.")
+            parts.append(part_type.stack(col))
         return cls(parts)

@@ -227,15 +227,15 @@ class LoRAMixingLLM:
     def plan_batches(self, lengths: Sequence[int], new_tokens: int, rows_each: int = 1) -> list[list[int]]:
         """Items (their prompt lengths in tokens, ``rows_each`` rows apiece) grouped into generation batches
         that fit this device: similar lengths together, each batch within ``batch_memory`` and ``max_batch_rows``."""
-        kind = self.device.type
-        budget = self.batch_memory or int(batching.MEMORY_SHARE.get(kind, 0.5) * batching.free_memory(self.device))
+        device_type = self.device.type
+        budget = self.batch_memory or int(batching.MEMORY_SHARE.get(device_type, 0.5) * batching.free_memory(self.device))
         cache_bytes = (self.compute_dtype or self.dtype).itemsize
 
         def capacity(width: int) -> int:
             return min(self.max_batch_rows, budget // batching.row_bytes(self.model.config, width, new_tokens,
                                                                          cache_bytes)) // rows_each
 
-        return batching.plan(lengths, capacity, overhead=batching.STEP_TOKENS.get(kind, 2000.0) * new_tokens)
+        return batching.plan(lengths, capacity, overhead=batching.STEP_TOKENS.get(device_type, 2000.0) * new_tokens)
 
     @contextlib.contextmanager
     def compute(self, mixture: Mixture | None = None) -> Iterator[None]:
@@ -439,10 +439,10 @@ class LoRAMixingLLM:
             return None
         if len(real) == 1 and len(mixtures) == 1:
             return real[0]
-        kind = type(real[0])
-        if any(type(m) is not kind for m in real):
-            raise InvalidInputError("All mixtures of one batch must be of one kind (e.g. all BankMixture).")
-        return kind.stack(mixtures)  # each mixture kind knows how its rows share a batch
+        mixture_type = type(real[0])
+        if any(type(m) is not mixture_type for m in real):
+            raise InvalidInputError("All mixtures of one batch must be of one type (e.g. all BankMixture).")
+        return mixture_type.stack(mixtures)  # each mixture type knows how its rows share a batch
 
     def _stop_ids(self) -> list[int]:
         """Token ids that end an answer: the tokenizer's end-of-turn token and the model's own EOS ids."""

@@ -161,16 +161,16 @@ class HybridRetriever(ScoreRetriever):
         return fused
 
 
-def build_retriever(kind: str, documents: Sequence[Document], k: int = 3, embed: Embed | None = None,
+def build_retriever(name: str, documents: Sequence[Document], k: int = 3, embed: Embed | None = None,
                     backend: str = "rank_bm25") -> BM25Retriever | DenseRetriever | HybridRetriever:
     """A retriever over the documents by name: "bm25", "dense" or "hybrid" (BM25 + dense, fused)."""
-    if kind == "bm25":
+    if name == "bm25":
         return BM25Retriever(documents, k=k, backend=backend)
-    if kind == "dense":
+    if name == "dense":
         return DenseRetriever(documents, k=k, embed=embed)
-    if kind == "hybrid":
+    if name == "hybrid":
         return HybridRetriever.from_documents(documents, k=k, embed=embed, backend=backend)
-    raise InvalidInputError(f"Unknown retriever {kind!r}; use one of {RETRIEVERS}.")
+    raise InvalidInputError(f"Unknown retriever {name!r}; use one of {RETRIEVERS}.")
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
