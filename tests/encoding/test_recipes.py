@@ -49,6 +49,9 @@ def test_the_recipes_keep_their_settings():
             "full": dict(texts=("passage",), rank=2, alpha=32.0, prag_lr=2e-3, prag_epochs=15, lr=2e-3,
                          routing_lr=0.1, epochs=15, num_adapters=None, routing_active=2, prag_layers=None,
                          prag_lr_decay=False, **shared),
+            "corpus": dict(texts=("passage",), rank=2, alpha=32.0, prag_lr=6e-3, prag_epochs=8, lr=6e-3,
+                           routing_lr=0.1, epochs=8, num_adapters=None, routing_active=2, prag_layers=12,
+                           prag_lr_decay=True, **{**shared, "layers": 12}),
             "prag-paper": dict(texts=("passage", "rewrite", "qa", "qa_context"), rank=2, alpha=32.0, prag_lr=3e-4,
                                prag_epochs=1, lr=3e-4, routing_lr=3e-4, epochs=1, num_adapters=8, routing_active=0,
                                prag_layers=None, prag_lr_decay=False, **shared)}
