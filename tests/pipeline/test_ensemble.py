@@ -123,4 +123,28 @@ def test_ensemble_input_is_checked(llm, docs):
     with pytest.raises(InvalidInputError, match="ParametricRetriever"):
         PolyPRAG(llm, BM25Retriever(docs), mode="recite_ensemble")
     assert {m for m, spec in MODES.items() if spec.ensemble} == {
-        "parametric_ensemble", "recite_ensemble", "combine_ensemble", "in_context_ensemble"}
+        "parametric_ensemble", "recite_ensemble", "combine_ensemble", "in_context_ensemble", "cross_ensemble",
+        "dual_ensemble"}
+
+
+def test_cross_ensemble_reads_each_passage_with_the_other_documents_adapters(llm, docs, one_thread):
+    library, rag = _rag(llm, docs, "cross_ensemble")
+    p = rag.prepare(Q)
+    ids = [s.document.id for s in p.documents]
+    assert len(p.rows) == 3
+    for r, ((prompt, mixture), s) in enumerate(zip(p.rows, p.documents)):
+        assert prompt == llm.question_prompt(Q, [s.document.full_text])
+        others = [i for j, i in enumerate(ids) if j != r]
+        assert torch.equal(mixture.weights, library.mixture(others).weights)  # not its own adapter
+
+
+def test_dual_ensemble_gives_each_document_a_reading_vote_and_an_adapter_vote(llm, docs, one_thread):
+    library, rag = _rag(llm, docs, "dual_ensemble")
+    p = rag.prepare(Q)
+    ids = [s.document.id for s in p.documents]
+    assert len(p.rows) == 6
+    assert [m for _, m in p.rows[:3]] == [None] * 3  # the passages read as in_context_ensemble
+    assert [r[0] for r in p.rows[:3]] == [llm.question_prompt(Q, [s.document.full_text]) for s in p.documents]
+    for (prompt, mixture), i in zip(p.rows[3:], ids):  # the adapters on the bare question
+        assert prompt == llm.question_prompt(Q) and torch.equal(mixture.weights, library.mixture([i]).weights)
+    assert p.weights == pytest.approx([6 / 22, 3 / 22, 2 / 22] * 2)  # each document's rank weight, twice

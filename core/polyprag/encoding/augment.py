@@ -35,11 +35,14 @@ class TrainingExample:
     """One training text: plain ``target`` (language modelling) or the answer to ``question``.
 
     With a question, the prompt is the model's question prompt (``context`` passages in it when
-    given) and only the answer tokens are learned."""
+    given) and only the answer tokens are learned; with a ``teacher`` (context distillation,
+    ``encoding.distill``), each answer token learns the teacher's distribution: (top ids, their
+    probabilities), one row per answer token."""
 
     target: str
     question: str | None = None
     context: str | None = None
+    teacher: tuple[tuple[tuple[int, ...], ...], tuple[tuple[float, ...], ...]] | None = None
 
 
 class Augmenter(Protocol):

@@ -21,7 +21,11 @@ if TYPE_CHECKING:
 
 def choose_augmenter(augmenter: Augmenter | str | None, llm: "LoRAMixingLLM",
                      texts: Sequence[str] = PRAG_TEXTS) -> Augmenter:
-    """The augmenter asked for (a name, a callable, or None: generated QA only when ``texts`` need it)."""
+    """The augmenter asked for (a name, a callable, or None: generated QA only when ``texts`` need it, the
+    in-context teacher when they hold "distill")."""
+    if augmenter is None and "distill" in texts:
+        from .distill import DistillAugmenter
+        return DistillAugmenter(llm, texts)
     if augmenter is None and set(texts) <= FREE_TEXTS:
         return PassageAugmenter(texts)
     if augmenter is None or augmenter == "generated_qa":

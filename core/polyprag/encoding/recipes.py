@@ -14,7 +14,9 @@ Training texts (``texts``): ``passage`` (the document itself), ``recall`` ("What
 <title>?" answered with the passage: no generation needed), ``sentences`` (the recall question answered by
 each sentence of the passage on its own, so that any one fact can start an answer), ``rewrite`` (the model's rewrite of it),
 ``qa`` (each generated question answered with no context: what parametric answering asks of the
-adapter), ``qa_context`` (each generated QA with the passage, and with the rewrite, in the prompt).
+adapter), ``qa_context`` (each generated QA with the passage, and with the rewrite, in the prompt),
+``distill`` (context distillation, ``encoding.distill``: generic questions about the document's subject,
+each answered with the token distributions of the model that reads the passage).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field, fields
 
 from ..errors import InvalidInputError
 
-TEXT_KINDS = ("passage", "recall", "sentences", "rewrite", "qa", "qa_context")
+TEXT_KINDS = ("passage", "recall", "sentences", "rewrite", "qa", "qa_context", "distill")
 FREE_TEXTS = frozenset({"passage", "recall", "sentences"})  # made from the passage alone, no generation
 PRAG_TEXTS = ("passage", "rewrite", "qa", "qa_context")  # PRAG's augmentation
 # the bank's capacity curve (python -m bench.capacity table; recitation from a question's own documents): 20
@@ -122,6 +124,13 @@ RECIPES: dict[str, Recipe] = {
                      prag=PRAGConfig(lr=6e-3, epochs=8, layers=12, lr_decay=True),
                      poly=PolyPRAGConfig(lr=6e-3, routing_lr=0.1, epochs=8, num_adapters=None, routing_active=2,
                                          layers=12)),
+    # context distillation (encoding.distill, Knowledge Modules' deep context distillation): the passage, plus
+    # the profile questions about its subject answered with the in-context model's top-16 distributions; the
+    # adapter learns to answer as the passage reads, not only to recite it. Chosen on the popqa-birthplaces dev
+    # probe (docs/results.md: the recipe table)
+    "distill": Recipe(texts=("passage", "distill"), rank=2, alpha=32.0,
+                      prag=PRAGConfig(lr=6e-3, epochs=8, layers=12, lr_decay=True),
+                      poly=PolyPRAGConfig(lr=2e-3, routing_lr=0.1, epochs=15, num_adapters=None, routing_active=2)),
     "prag-paper": Recipe(texts=PRAG_TEXTS, rank=2, alpha=32.0, prag=PRAGConfig(lr=3e-4, epochs=1),
                          poly=PolyPRAGConfig(lr=3e-4, routing_lr=3e-4, epochs=1, num_adapters=8)),
 }

@@ -45,10 +45,14 @@ class TrainConfig:
 
 @dataclass
 class Tokenized:
-    """One example as token ids with labels (-100 where nothing is learned)."""
+    """One example as token ids with labels (-100 where nothing is learned); a distilled answer also has the
+    teacher's top ids and probabilities for its tokens from position ``soft_start`` on."""
 
     ids: list[int]
     labels: list[int]
+    soft_start: int = 0
+    soft_ids: tuple | None = None
+    soft_p: tuple | None = None
 
 
 def tokenize(llm: "LoRAMixingLLM", ex: TrainingExample, max_length: int) -> Tokenized:
@@ -66,11 +70,20 @@ def tokenize(llm: "LoRAMixingLLM", ex: TrainingExample, max_length: int) -> Toke
     a = tok(answer_target(ex.target), add_special_tokens=False)["input_ids"] + eos  # " <answer>." as asked
     keep = max(1, max_length - len(a))
     p = p[-keep:]
-    return Tokenized((p + a)[:max_length], ([-100] * len(p) + a)[:max_length])
+    ids, labels = (p + a)[:max_length], ([-100] * len(p) + a)[:max_length]
+    if ex.teacher is None:
+        return Tokenized(ids, labels)
+    t_ids, t_p = ex.teacher
+    if len(t_ids) != len(a):
+        raise TrainingError(f"The teacher's distributions cover {len(t_ids)} answer tokens, the answer has {len(a)}; "
+                            "the distillation cache was made with another tokenizer: delete it and encode again.")
+    n = len(ids) - len(p)
+    return Tokenized(ids, labels, len(p), tuple(t_ids[:n]), tuple(t_p[:n]))
 
 
 def collate(rows: Sequence[Tokenized], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Right-padded batch: input_ids, attention_mask, labels."""
+    """Right-padded batch: input_ids, attention_mask, labels; with distilled rows also soft_ids and soft_p
+    [batch, width, top_k], the teacher's distribution at each answer token (zero elsewhere)."""
     width = max(len(r.ids) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
@@ -79,7 +92,18 @@ def collate(rows: Sequence[Tokenized], pad_id: int, device) -> dict[str, torch.T
         ids[i, : len(r.ids)] = torch.tensor(r.ids)
         labels[i, : len(r.labels)] = torch.tensor(r.labels)
         mask[i, : len(r.ids)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    out = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    soft = [r for r in rows if r.soft_ids]
+    if soft:
+        k = max(len(t) for r in soft for t in r.soft_ids)
+        s_ids = torch.zeros((len(rows), width, k), dtype=torch.long)
+        s_p = torch.zeros((len(rows), width, k))
+        for i, r in enumerate(rows):
+            for j, (t, p) in enumerate(zip(r.soft_ids or (), r.soft_p or ())):
+                s_ids[i, r.soft_start + j, : len(t)] = torch.tensor(t)
+                s_p[i, r.soft_start + j, : len(p)] = torch.tensor(p)
+        out["soft_ids"], out["soft_p"] = s_ids.to(device), s_p.to(device)
+    return out
 
 
 def row_losses(llm: "LoRAMixingLLM", batch: dict[str, torch.Tensor], mixture,
@@ -100,6 +124,10 @@ def row_losses(llm: "LoRAMixingLLM", batch: dict[str, torch.Tensor], mixture,
                                       attention_mask=batch["attention_mask"]).last_hidden_state
         logits = model.get_output_embeddings()(hidden[:, :-1][learned_rows, cols]).float()  # [learned, vocab]
     tok_loss = F.cross_entropy(logits, labels[learned_rows, cols], reduction="none")
+    if "soft_p" in batch:  # distilled tokens: -Σ_v p_teacher(v) log p(v) over the teacher's top k, replacing the CE
+        p = batch["soft_p"][:, 1:][learned_rows, cols]  # [learned, k]
+        soft = -(p * F.log_softmax(logits, -1).gather(1, batch["soft_ids"][:, 1:][learned_rows, cols])).sum(1)
+        tok_loss = torch.where(p.sum(1) > 0, soft, tok_loss)
     sums = torch.zeros(labels.shape[0], device=tok_loss.device).index_add(0, learned_rows, tok_loss)
     counts = (labels != -100).sum(1).clamp(min=1)
     return sums / counts

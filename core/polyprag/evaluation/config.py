@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..encoding.recipes import RECIPES, check_texts, setting_help
 from ..errors import InvalidInputError
 from ..generation.models import pick_compute_dtype
+from ..pipeline.modes import MODES
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ def _methods() -> dict[str, Method]:
     bases = {"prag": ("prag", "sum"), "polyprag": ("poly", "mean"), "polyprag_sum": ("poly", "sum")}
     modes = (("parametric", ""), ("recite", "_recite"), ("combine", "_combine"),
              ("parametric_ensemble", "_ensemble"), ("recite_ensemble", "_recite_ensemble"),
-             ("combine_ensemble", "_combine_ensemble"))
+             ("combine_ensemble", "_combine_ensemble"), ("cross_ensemble", "_cross_ensemble"),
+             ("dual_ensemble", "_dual_ensemble"))
     for base, (lib, combine) in bases.items():
         for mode, suffix in modes:
             if base == "polyprag_sum" and mode.endswith("_ensemble"):
@@ -50,7 +52,7 @@ def _methods() -> dict[str, Method]:
             name = base + suffix
             out[name] = Method(lib, mode, combine)
             out[name + "_oracle"] = Method(lib, mode, combine, documents="gold")
-            if mode.startswith("combine"):  # the retrieved passages, the adapters of wrong documents
+            if MODES[mode].passages:  # the retrieved passages, the adapters of wrong documents
                 out[name + "_wrong"] = Method(lib, mode, combine, mixture_from="wrong")
             else:
                 out[name + "_wrong"] = Method(lib, mode, combine, documents="wrong")

@@ -24,6 +24,7 @@ class MethodResult:
     predictions: list[dict] = field(default_factory=list, repr=False)
     questions: int = 0                             # questions answered (oracles: those whose evidence answers)
     by_kind: dict = field(default_factory=dict)    # question kind -> {"questions", "accuracy"}
+    reading: str | None = None                     # best_reading: the reading method it is
 
     def question_ids(self) -> list:
         """Each prediction's question id (its position when a prediction carries none)."""
@@ -91,12 +92,13 @@ class EvalReport:
 
     def markdown(self) -> str:
         """The results as markdown tables (metrics in percent): methods, then the control comparisons."""
-        base = [b for b in ("closed_book", "in_context") if self.result(b) is not None]
+        base = [b for b in ("closed_book", "in_context", "best_reading") if self.result(b) is not None]
         head = ["method", "n", "EM", "F1", "acc"] + [f"Δacc vs {b} [95% CI]" for b in base] + [
             "inj. eff.", "recall@k", "bytes/doc", "encode s/doc", "latency p50 s"]
         rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.results:
-            cells = [r.method, str(r.questions or len(r.predictions)), f"{r.em:.1f}", f"{r.f1:.1f}", f"{r.accuracy:.1f}"]
+            name = r.method if r.reading is None else f"{r.method} (= {r.reading})"
+            cells = [name, str(r.questions or len(r.predictions)), f"{r.em:.1f}", f"{r.f1:.1f}", f"{r.accuracy:.1f}"]
             for b in base:
                 c = self.comparison(r.method, b)
                 cells.append("–" if c is None else c.cell())

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from ..encoding.augment import FixedAugmenter, GeneratedQAAugmenter, PassageAugmenter
+from ..encoding.distill import DistillAugmenter
 from ..documents import Document, Question, load_corpus, load_questions
 from ..errors import InvalidInputError, PolyPRAGError
 from ..library.adapters import AdapterLibrary
@@ -193,6 +194,9 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
         results.append(res)
         if on_method:
             on_method(res)
+    reading = best_reading(results)
+    if reading is not None:
+        results.append(reading)
     facts = _facts(cfg, llm, chosen, train, augmenter, augment_s, libraries, lag_facts, t_start)
     report = EvalReport(config=asdict(cfg), results=results, facts=facts,
                         comparisons=compare(results, cfg.bootstrap, cfg.seed))
@@ -258,7 +262,10 @@ def _augment(llm, cfg: EvalConfig, train: dict, needs: set[str],
         return None, None, 0.0
     t0 = time.perf_counter()
     texts = train["texts"]
-    if set(texts) <= FREE_TEXTS:
+    if "distill" in texts:
+        augmenter = DistillAugmenter(llm, texts, cache=cfg.cache, batch_size=cfg.augment_batch_size,
+                                     progress=cfg.progress)
+    elif set(texts) <= FREE_TEXTS:
         augmenter = PassageAugmenter(texts)
     else:
         augmenter = GeneratedQAAugmenter(llm, cache=cfg.cache, batch_size=cfg.augment_batch_size,
@@ -324,7 +331,7 @@ def _facts(cfg: EvalConfig, llm, chosen: _Chosen, train: dict, augmenter, augmen
            lag_facts: dict | None, t_start: float) -> dict:
     """What the report says about the run: its slice, what was encoded from what, the model and training, the
     augmentation's and the libraries' costs, and the machine."""
-    stats = asdict(augmenter.stats) if isinstance(augmenter, GeneratedQAAugmenter) else {
+    stats = asdict(augmenter.stats) if isinstance(augmenter, (GeneratedQAAugmenter, DistillAugmenter)) else {
         "cache_hits": 0, "generated": 0, "retries": 0, "qa_failures": 0, "rewrite_failures": 0}
     use_retrieved, use_gold, recall = chosen.use_retrieved, chosen.use_gold, chosen.recall
     encoded_from = " ∪ ".join(([f"{cfg.retriever} top-{cfg.k}"] if use_retrieved or not use_gold else []) +
@@ -367,11 +374,25 @@ def _retriever(spec: Method, enc: "_Encoded | None", asked: Sequence[Question], 
     return ParametricRetriever(FixedRetriever(encoded, per_question), library, rule=spec.rule)
 
 
+READINGS = ("in_context", "in_context_top1", "in_context_ensemble")  # the ways to read the retrieved passages
+BASELINES = ("closed_book", "in_context", "best_reading")  # every method is compared with each of these
+
+
+def best_reading(results: Sequence[MethodResult]) -> MethodResult | None:
+    """The strongest reading baseline on the run's retrieval: the most accurate of in_context, in_context_top1
+    and in_context_ensemble, as a result named ``best_reading`` (``reading`` says which; None if none ran)."""
+    reads = [r for r in results if r.method in READINGS]
+    if not reads:
+        return None
+    best = max(reads, key=lambda r: (r.accuracy, r.f1))
+    return replace(best, method="best_reading", reading=best.method)
+
+
 def compare(results: Sequence[MethodResult], samples: int = 10_000, seed: int = 0) -> list[Comparison]:
-    """Paired bootstrap comparisons: every method against closed_book and in_context, and every method
-    against its controls (``X`` − ``X_shuffled`` / ``_uniform`` / ``_m1`` / ``_wrong``, oracle included)."""
+    """Paired bootstrap comparisons: every method against closed_book, in_context and best_reading, and every
+    method against its controls (``X`` − ``X_shuffled`` / ``_uniform`` / ``_m1`` / ``_wrong``, oracle included)."""
     by = {r.method: r for r in results}
-    pairs = [(m, b) for b in ("closed_book", "in_context") if b in by for m in by if m != b]
+    pairs = [(m, b) for b in BASELINES if b in by for m in by if m != b and by[b].reading != m]
     for m in by:
         for suffix in CONTROL_SUFFIXES:
             for control in (m + suffix, m.replace("_oracle", "") + suffix if suffix == "_wrong" else None):

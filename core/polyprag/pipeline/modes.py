@@ -14,6 +14,8 @@ class Mode:
     recite: bool = False     # each encoded document's recital (what its adapter writes back) is in the prompt
     lag: bool = False        # the data-free LAG router is applied
     ensemble: bool = False   # one row per retrieved document (its own passage / recital / mixture), decoded together
+    others: bool = False     # ensemble: a row's mixture is the *other* retrieved documents' adapters, not its own
+    dual: bool = False       # ensemble: each document votes twice, its passage read and its adapter alone
 
     @property
     def library(self) -> bool:
@@ -36,5 +38,10 @@ MODES: dict[str, Mode] = {
     "recite_ensemble": Mode(recite=True, ensemble=True),
     "combine_ensemble": Mode(mixture=True, passages=True, ensemble=True),
     "in_context_ensemble": Mode(passages=True, ensemble=True),
+    # a row reads one passage with the other retrieved documents' adapters applied: the two hops of a bridge
+    # question, one in the prompt and one in the weights
+    "cross_ensemble": Mode(mixture=True, passages=True, ensemble=True, others=True),
+    # each document votes twice, as in_context_ensemble reads it and as parametric_ensemble recalls it
+    "dual_ensemble": Mode(mixture=True, passages=True, ensemble=True, dual=True),
 }
 ENSEMBLE_WEIGHTS = ("uniform", "rank")

@@ -80,6 +80,7 @@ class _Pending:
     rows: list[tuple[list[str | tuple[LibraryState, str]], Mixture | None]]
     ensemble: bool = False
     retrieval: Retrieval | None = None
+    ranks: list[int] = field(default_factory=list)  # each row's document rank (ensembles)
 
 
 class PolyPRAG:
@@ -163,15 +164,15 @@ class PolyPRAG:
                 rows.append((fit_prompt(self.llm, q.question, texts, self.generation.max_new_tokens), mixture))
             if q.ensemble:
                 out.append(Prepared(q.question, rows[0][0], None, q.documents, q.mode, recitals, rows,
-                                    self._weights(len(rows)), q.retrieval))
+                                    self._weights(q.ranks), q.retrieval))
             else:
                 out.append(Prepared(q.question, rows[0][0], rows[0][1], q.documents, q.mode, recitals,
                                     retrieval=q.retrieval))
         return out
 
-    def _weights(self, n: int) -> list[float]:
-        """The ensemble weights of ``n`` rows in retrieval rank order."""
-        w = [1.0] * n if self.ensemble_weights == "uniform" else [1.0 / (r + 1) for r in range(n)]
+    def _weights(self, ranks: Sequence[int]) -> list[float]:
+        """The ensemble weights of rows whose documents have these retrieval ranks (0 = first)."""
+        w = [1.0] * len(ranks) if self.ensemble_weights == "uniform" else [1.0 / (r + 1) for r in ranks]
         return [x / sum(w) for x in w]
 
     def _retrieve(self, question: str, mode: str | None, k: int | None) -> _Pending:
@@ -181,6 +182,7 @@ class PolyPRAG:
         k = self.k if k is None else self._check_k(k)
         docs: list[ScoredDocument] = []
         rows: list[tuple[list, Mixture | None]] = []
+        ranks: list[int] = []  # ensemble: the retrieval rank of each row's document (its weight in the vote)
         found = None
         if spec.library:
             found = self.retriever.retrieve_checked(question, k)  # question, mode and k checked above
@@ -189,11 +191,22 @@ class PolyPRAG:
             def part(s: ScoredDocument, i: str | None):  # encoded documents are recited; unknown ones go in as text
                 return s.document.full_text if i is None or not spec.recite else (found.state, i)
 
-            if spec.ensemble:  # a row per document: its passage or recital, its own adapter
-                for s, i in zip(docs, found.library_ids):
-                    own = None if i is None or not spec.mixture else found.state.mixture([i])
+            if spec.ensemble:  # a row per document: its passage or recital, its own adapter (or the others')
+                ids = found.library_ids
+                for r, (s, i) in enumerate(zip(docs, ids)):
+                    if spec.others:
+                        other = [x for j, x in enumerate(ids) if j != r and x is not None]
+                        mix = found.state.mixture(other) if spec.mixture and other else None
+                    else:
+                        mix = None if i is None or not spec.mixture or spec.dual else found.state.mixture([i])
                     shown = spec.recite or spec.passages or i is None
-                    rows.append(([part(s, i)] if shown else [], own))
+                    rows.append(([part(s, i)] if shown else [], mix))
+                    ranks.append(r)
+                if spec.dual:  # the second vote of each encoded document: its adapter on the bare question
+                    for r, i in enumerate(ids):
+                        if i is not None:
+                            rows.append(([], found.state.mixture([i])))
+                            ranks.append(r)
             elif spec.recite:
                 rows.append(([part(s, i) for s, i in zip(docs, found.library_ids)], None))
             else:
@@ -204,11 +217,13 @@ class PolyPRAG:
             docs = retrieve_checked_from(raw, question, k)  # question and k checked above
             texts = [s.document.full_text for s in docs]
             rows = [([t], None) for t in texts] if spec.ensemble else [(texts, None)]
+            ranks = list(range(len(texts)))
         if not rows:  # closed book, lag, or an ensemble that retrieved nothing: one row without documents
             rows = [([], None)]
         if spec.lag:
             rows = [(parts, self.lag if m is None else SumMixture([self.lag, m])) for parts, m in rows]
-        return _Pending(question, mode, docs, rows, ensemble=spec.ensemble, retrieval=found)
+        return _Pending(question, mode, docs, rows, ensemble=spec.ensemble, retrieval=found,
+                        ranks=ranks if len(ranks) == len(rows) else list(range(len(rows))))
 
     def answer(self, question: str, mode: str | None = None, k: int | None = None, **generation) -> Answer:
         """Answer one question."""
