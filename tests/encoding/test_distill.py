@@ -70,3 +70,18 @@ def test_distill_refuses_generated_texts(llm):
         DistillAugmenter(llm, texts=("passage",))
     with pytest.raises(PolyPRAGError, match="generated"):
         DistillAugmenter(llm, texts=("qa", "distill"))
+
+
+def test_poly_prag_bank_learns_the_teacher_too(llm, docs, tmp_path):
+    """The same distillation texts train a Poly-PRAG bank and its routing (one training loss for both methods)."""
+    from polyprag import PolyPRAGEncoder
+    from polyprag.encoding.augment import TrainingExample
+
+    aug = DistillAugmenter(llm, texts=("distill",), top_k=2, cache=tmp_path, max_new_tokens=4)
+    lib = PolyPRAGEncoder(llm, augmenter=aug, num_adapters=2, epochs=20, lr=2e-2, progress=False).fit(docs[:2])
+    (q, a, ids, probs), *_ = aug.teach(docs[:1])[0]
+    row = tokenize(llm, TrainingExample(target=a, question=q, teacher=(ids, probs)), 256)
+    batch = collate([row], llm.tokenizer.pad_token_id, llm.device)
+    before = float(row_losses(llm, batch, None)[0])
+    after = float(row_losses(llm, batch, lib.mixture([docs[0].id]))[0])
+    assert after < before - 0.1, (before, after)

@@ -71,7 +71,11 @@ def test_end_to_end_on_tiny_slice(llm, docs, tmp_path):
                      out=str(tmp_path / "out"), progress=False)
     report = run_evaluation(cfg, llm=llm)
     by = {r.method: r for r in report.results}
-    assert list(by) == list(cfg.methods)
+    assert list(by) == list(cfg.methods) + ["best_reading"]  # the strongest reading baseline, added
+    reads = [by[m] for m in ("in_context", "in_context_top1", "in_context_ensemble")]
+    assert by["best_reading"].accuracy == max(r.accuracy for r in reads)
+    assert by["best_reading"].reading in {r.method for r in reads if r.accuracy == by["best_reading"].accuracy}
+    assert report.comparison("prag_recite_ensemble", "best_reading") is not None
     for r in report.results:
         assert 0 <= r.em <= r.f1 <= 100 and 0 <= r.accuracy <= 100
         assert len(r.predictions) == 10 and (r.method == "prior" or r.latency_p50_s > 0)  # prior: no model
@@ -81,7 +85,7 @@ def test_end_to_end_on_tiny_slice(llm, docs, tmp_path):
     assert by["prag"].encode_s_per_doc > 0 and by["closed_book"].encode_s_per_doc is None
     assert report.facts["augment"]["generated"] == report.facts["documents"] <= 5
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [r["method"] for r in saved["results"]] == list(cfg.methods)
+    assert [r["method"] for r in saved["results"]] == list(cfg.methods) + ["best_reading"]
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| polyprag_combine |" in table and "cache hits" in table
     assert (tmp_path / "out" / "libraries" / "poly" / "config.json").is_file()

@@ -19,7 +19,8 @@ class MethodResult:
     storage_bytes_per_doc: int | None = None       # saved tensor files / documents (bank amortised)
     storage_bytes_new_doc: int | None = None       # what one more document adds (Poly-PRAG: its routing)
     encode_s_per_doc: float | None = None          # augmentation share + training, per document
-    latency_p50_s: float | None = None             # one question alone: retrieve + mix + generate
+    latency_p50_s: float | None = None             # one question alone: retrieve + mix + generate (warm)
+    latency_cold_p50_s: float | None = None        # the same before any batch ran (nothing recited or cached)
     batched_s_per_question: float | None = None    # answering in batches
     predictions: list[dict] = field(default_factory=list, repr=False)
     questions: int = 0                             # questions answered (oracles: those whose evidence answers)
@@ -94,8 +95,10 @@ class EvalReport:
         """The results as markdown tables (metrics in percent): methods, then the control comparisons."""
         base = [b for b in ("closed_book", "in_context", "best_reading") if self.result(b) is not None]
         head = ["method", "n", "EM", "F1", "acc"] + [f"Δacc vs {b} [95% CI]" for b in base] + [
-            "inj. eff.", "recall@k", "bytes/doc", "encode s/doc", "latency p50 s"]
+            "inj. eff.", "recall@k", "bytes/doc", "encode s/doc", "latency p50 s cold / warm",
+            "warm × in_context_ensemble"]
         rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        ice = getattr(self.result("in_context_ensemble"), "latency_p50_s", None)
         for r in self.results:
             name = r.method if r.reading is None else f"{r.method} (= {r.reading})"
             cells = [name, str(r.questions or len(r.predictions)), f"{r.em:.1f}", f"{r.f1:.1f}", f"{r.accuracy:.1f}"]
@@ -105,7 +108,9 @@ class EvalReport:
             eff = self.injection_efficiency(r.method) if "_oracle" in r.method and r.method != "in_context_oracle" \
                 else None
             cells += [_fmt(eff, ".2f"), _fmt(r.recall_at_k, ".1f"), _fmt(r.storage_bytes_per_doc, ","),
-                      _fmt(r.encode_s_per_doc, ".2f"), _fmt(r.latency_p50_s, ".2f")]
+                      _fmt(r.encode_s_per_doc, ".2f"),
+                      f"{_fmt(r.latency_cold_p50_s, '.2f')} / {_fmt(r.latency_p50_s, '.2f')}",
+                      _fmt(None if not ice or r.latency_p50_s is None else r.latency_p50_s / ice, ".2f")]
             rows.append("| " + " | ".join(cells) + " |")
         controls = [c for c in self.comparisons if c.b not in base and c.metric == "accuracy"]
         if controls:

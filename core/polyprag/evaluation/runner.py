@@ -628,6 +628,7 @@ def _answer_all(rag: PolyPRAG, questions: Sequence[Question], chosen: Sequence[S
     the answers, then time a few questions one by one; answers are kept in question order."""
     answers: dict[int, str] = {}
     recitals: dict[int, list[str]] = {}
+    cold = _latencies(rag, questions[: cfg.latency_samples])  # before any batch: nothing recited or cached yet
     order = sorted(range(len(questions)), key=lambda i: prompt_chars[i])
     t0 = time.perf_counter()
     with progress_bar(len(questions), method, cfg.progress) as bar:
@@ -638,15 +639,22 @@ def _answer_all(rag: PolyPRAG, questions: Sequence[Question], chosen: Sequence[S
             bar.update(len(chunk))
     preds = [answers[i] for i in range(len(questions))]
     batched = (time.perf_counter() - t0) / max(len(questions), 1)
-    latencies = []
-    for q in questions[: cfg.latency_samples]:
-        t1 = time.perf_counter()
-        rag.answer(q.question)
-        latencies.append(time.perf_counter() - t1)
+    warm = _latencies(rag, questions[: cfg.latency_samples])  # the same questions again, after the batch
     res = _scored(method, questions, preds, chosen, [recitals[i] for i in range(len(questions))])
-    res.latency_p50_s = statistics.median(latencies) if latencies else None
+    res.latency_p50_s = statistics.median(warm) if warm else None
+    res.latency_cold_p50_s = statistics.median(cold) if cold else None
     res.batched_s_per_question = batched
     return res
+
+
+def _latencies(rag: PolyPRAG, questions: Sequence[Question]) -> list[float]:
+    """Seconds to answer each question alone (retrieve, recite where the mode does, mix, generate)."""
+    out = []
+    for q in questions:
+        t0 = time.perf_counter()
+        rag.answer(q.question)
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def _scored(method: str, questions: Sequence[Question], preds: Sequence[str], chosen: Sequence[Sequence[str]],
