@@ -109,8 +109,9 @@ class EvalConfig:
     model: str | None = _help("HF model folder or hub id (default: the bundled SmolLM2-135M-Instruct)",
                               default=None)
     recipe: str = _help("training recipe for PRAG and Poly-PRAG: 'default' (injects on the default model), "
-                        "'corpus' (a whole corpus: Poly-PRAG on the last 12 layers, 8 epochs), 'full' (every "
-                        "layer, 15 epochs) or 'prag-paper' (PRAG's published settings)", default="default")
+                        "'distill' (the passage plus answers distilled from the in-context model), 'corpus' (a whole "
+                        "corpus: Poly-PRAG on the last 12 layers, 8 epochs), 'full' (every layer, 15 epochs) or "
+                        "'prag-paper' (PRAG's published settings)", default="default")
     num_adapters: int | None = _recipe_help("poly.num_adapters")
     rank: int | None = _recipe_help("rank")
     alpha: float | None = _recipe_help("alpha")
