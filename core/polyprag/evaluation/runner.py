@@ -34,7 +34,7 @@ from ..retrieval.base import ScoredDocument
 from .config import METHODS, RECIPE_SETTINGS, EvalConfig, Method
 from .metrics import accuracy, exact_match, f1_score, mean, paired_bootstrap, recall_at_k
 from .questions import evidence, prior_answers, question_kind, states_answer
-from .report import Comparison, EvalReport, MethodResult, write_report
+from .report import Comparison, EvalReport, MethodResult, check_report_target, write_report
 
 if TYPE_CHECKING:
     from ..generation.llm import LoRAMixingLLM
@@ -175,6 +175,8 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
     needs = {s.library for s in specs.values()} - {None}
     if "lag" in needs:
         _lag_api()  # fail now, not after an hour of encoding
+    if cfg.out:
+        check_report_target(cfg.out)  # a folder of the user's files is refused now, not after the run
     train = settings(cfg)
     torch.manual_seed(cfg.seed)
     docs, questions, llm = _load(cfg, llm)
@@ -475,6 +477,9 @@ def _keep(cfg: EvalConfig, train: dict, kind: str, enc: "_Encoded", saved: Path,
     name, what = _reuse_key(cfg, train, kind, corpus, enc.library.doc_ids)
     path = Path(cfg.libraries) / name
     if path.exists():
+        from ..library.storage import check_target
+
+        check_target(path)  # only a library polyprag wrote is replaced; anything else is refused
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(saved, path)
