@@ -21,7 +21,7 @@ import torch
 
 from ..encoding.augment import FixedAugmenter, GeneratedQAAugmenter, PassageAugmenter
 from ..documents import Document, Question, load_corpus, load_questions
-from ..errors import InvalidInputError, PolyPRAGError
+from ..errors import CorpusFormatError, InvalidInputError, PolyPRAGError
 from ..library.adapters import AdapterLibrary
 from ..retrieval.parametric import ParametricRetriever, Retrieval
 from ..pipeline.modes import MODES
@@ -52,7 +52,15 @@ def load_slice(data: str | os.PathLike, n: int | None = None, start: int = 0) ->
     questions = load_questions(folder / "questions.jsonl")[start:]
     if not questions:
         raise InvalidInputError(f"{folder / 'questions.jsonl'} holds no questions (after skipping {start}).")
-    return load_corpus(folder / "corpus.jsonl"), questions[:n] if n else questions
+    questions = questions[:n] if n else questions
+    docs = load_corpus(folder / "corpus.jsonl")
+    ids = {d.id for d in docs}
+    missing = [(q.id, g) for q in questions for g in q.gold if g not in ids]
+    if missing:
+        raise CorpusFormatError(f"{folder / 'questions.jsonl'}: question {missing[0][0]!r} names gold passage "
+                                f"{missing[0][1]!r}, which corpus.jsonl does not hold ({len(missing)} such gold "
+                                "id(s)); fix the ids or add the passages to the corpus.")
+    return docs, questions
 
 
 def settings(cfg: EvalConfig) -> dict:
