@@ -145,9 +145,6 @@ def check_target(path: str | os.PathLike, what: str = "an adapter library", mark
     Called before any training, so a refusal costs nothing; ``publish_folder`` checks again when it writes."""
     given = Path(path)
     path = given.expanduser().absolute()
-    if path.exists() and path.resolve() == Path.cwd().resolve():
-        raise LibraryFolderError(f"{str(given)!r} is the current folder; write {what} into a folder of its own, "
-                                 "e.g. ./lib, from its parent folder.")
     if path.exists() and not path.is_dir():
         raise LibraryFolderError(f"{given} is an existing file, not a folder; polyprag writes {what} only into a "
                                  "new or empty folder or over one it wrote. Choose another path, e.g. "
@@ -158,6 +155,9 @@ def check_target(path: str | os.PathLike, what: str = "an adapter library", mark
             f"{given} holds files that polyprag did not write (e.g. {', '.join(sample)}); polyprag writes {what} "
             "only into a new or empty folder or over one it wrote, and never deletes your files. Choose a new "
             f"folder, e.g. {given / 'lib'}.")
+    if path.exists() and path.resolve() == Path.cwd().resolve():
+        raise LibraryFolderError(f"{str(given)!r} is the current folder; write {what} into a folder of its own, "
+                                 "e.g. ./lib, from its parent folder.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.mkdtemp(prefix=f".{path.name}.probe-", dir=path.parent)
