@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Chat
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, PrivateAttr, model_validator
 
-from polyprag import (DEFAULT_MODEL, AdapterLibrary, InvalidInputError, LoRAMixingLLM, Mixture, PolyPRAG,
+from polyprag import (DEFAULT_MODEL, AdapterLibrary, GenerationConfig, InvalidInputError, LoRAMixingLLM, Mixture, PolyPRAG,
                       iterate_in_thread)
 
 from .retrievers import document_ids
@@ -89,6 +89,7 @@ class ChatPolyPRAG(BaseChatModel):
             raise InvalidInputError("documents=... needs library=AdapterLibrary to turn them into a mixture.")
         if self.max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be >= 1, got {self.max_tokens}.")
+        GenerationConfig(max_new_tokens=self.max_tokens, temperature=self.temperature)  # NaN or < 0: refused
 
     @property
     def _llm_type(self) -> str:

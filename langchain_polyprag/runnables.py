@@ -12,7 +12,7 @@ from langchain_core.runnables import AddableDict, RunnableConfig, RunnableSerial
 from langchain_core.runnables.config import var_child_runnable_config
 from pydantic import ConfigDict, PrivateAttr
 
-from polyprag import (MODES, AdapterLibrary, Answer, FrameworkRetriever, InvalidInputError, LoRAMixingLLM, PolyPRAG,
+from polyprag import (MODES, AdapterLibrary, Answer, FrameworkRetriever, GenerationConfig, InvalidInputError, LoRAMixingLLM, PolyPRAG,
                       Prepared, answer_sources, face_pipeline, iterate_in_thread)
 
 from .chat_models import ChatPolyPRAG
@@ -74,6 +74,8 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
         self._check()  # after pydantic: our errors reach the caller as polyprag exceptions
 
     def _check(self) -> None:
+        if self.temperature is not None:
+            GenerationConfig(temperature=self.temperature)  # NaN or < 0: refused
         if self.mode not in MODES:
             raise InvalidInputError(f"mode must be one of {tuple(MODES)}, got {self.mode!r}.")
         if self.rag is None and self.retriever is None:

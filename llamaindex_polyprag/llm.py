@@ -8,11 +8,11 @@ from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence
 from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
                                               CompletionResponse, CompletionResponseAsyncGen,
                                               CompletionResponseGen, LLMMetadata, MessageRole)
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, ValidationError
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from polyprag import InvalidInputError, LoRAMixingLLM, Mixture, iterate_in_thread
+from polyprag import GenerationConfig, InvalidInputError, LoRAMixingLLM, Mixture, iterate_in_thread
 
 # Roles some chat templates do not know, mapped onto the three every template has.
 _ROLE_ALIASES = {MessageRole.DEVELOPER.value: "system", MessageRole.CHATBOT.value: "assistant",
@@ -47,13 +47,23 @@ class PolyPRAGLLM(CustomLLM):
                                     "or leave it out and name a model with model=... to load lazily.")
         own_chat = kwargs.get("messages_to_prompt") is not None
         own_completion = kwargs.get("completion_to_prompt") is not None
-        super().__init__(**kwargs)
+        try:
+            super().__init__(**kwargs)
+        except ValidationError as e:  # a bad setting is polyprag's InvalidInputError, as everywhere
+            raise InvalidInputError(f"PolyPRAGLLM: {e}") from None
+        GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature)
         self._mixing = llm
         # By default both prompt paths go through the model's own chat template.
         if not own_chat:
             self.messages_to_prompt = self._chat_template_prompt
         if not own_completion:
             self.completion_to_prompt = self._user_turn_prompt
+
+    def __repr_args__(self):
+        """Its settings by name, and the loaded model's (pydantic's own repr recursed without end)."""
+        yield from ((name, getattr(self, name)) for name in ("model", "device", "max_new_tokens", "temperature",
+                                                              "stop", "context_window"))
+        yield "loaded", None if self._mixing is None else self._mixing.name
 
     @classmethod
     def class_name(cls) -> str:

@@ -79,6 +79,13 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
         self._rag = face_pipeline(llm.mixing_llm, self._retrieval(), library, rule, on_unknown, mode=mode, k=k,
                                   lag=lag)
 
+    def __repr_args__(self):
+        """What a notebook shows of the engine: its settings by name, not the objects behind them (whose
+        references lead back to the engine: pydantic's own repr recursed without end)."""
+        yield "retriever", type(self.retriever).__name__
+        yield "library", None if self.library is None else f"{self.library.kind}, {len(self.library)} documents"
+        yield from ((name, getattr(self, name)) for name in ("mode", "k", "rule", "on_unknown", "streaming"))
+
     def _retrieval(self) -> Any:
         """The user's retriever as polyprag's: a PolyPRAGRetriever's own, any other (its top-k and callbacks kept)
         through the core's bridge."""
@@ -89,7 +96,16 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
     @classmethod
     def from_index(cls, index: Any, library: AdapterLibrary, k: int | None = None, **kwargs: Any
                    ) -> "PolyPRAGQueryEngine":
-        """An engine over an index's own retriever (``index.as_retriever()``, top ``k`` when given)."""
+        """An engine over an index's own retriever (``index.as_retriever()``, top ``k`` when given).
+
+        ``k`` must be a positive integer no larger than the index's nodes (when it can tell them): a larger one is
+        refused (InvalidInputError), not clamped to nodes that do not match the question."""
+        if k is not None:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise InvalidInputError(f"k must be a positive integer (nodes retrieved per question), got {k!r}.")
+            nodes = _node_count(index)
+            if nodes is not None and k > nodes:
+                raise InvalidInputError(f"k={k} is larger than the index ({nodes} nodes); ask for at most k={nodes}.")
         retriever = index.as_retriever() if k is None else index.as_retriever(similarity_top_k=k)
         return cls(retriever, library=library, **kwargs)
 
@@ -151,6 +167,15 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
             return AsyncStreamingResponse(response_gen=_deltas(stream), source_nodes=nodes, metadata=meta)
         answer = await self.llm.acomplete(prepared.prompt, formatted=True, mixture=prepared.mixture)
         return Response(answer.text, source_nodes=nodes, metadata=meta)
+
+
+def _node_count(index: Any) -> int | None:
+    """How many nodes an index holds (its docstore's), or None when it cannot say (a remote vector store)."""
+    docs = getattr(getattr(index, "docstore", None), "docs", None)
+    if not docs:
+        return None
+    nodes = getattr(getattr(index, "index_struct", None), "nodes_dict", None)
+    return len(nodes) if nodes else len(docs)
 
 
 def _metadata(prepared: Prepared, nodes: list[NodeWithScore]) -> dict[str, Any]:

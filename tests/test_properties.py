@@ -3,6 +3,7 @@ pipeline; only polyprag's documented exceptions (PolyPRAGError and its subclasse
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from hypothesis import strategies as st
 
 from polyprag import (AdapterLibrary, BM25Retriever, Document, ParametricRetriever, PolyPRAG, PolyPRAGEncoder,
                       PolyPRAGError, load_corpus)
+from edits import resign
+from polyprag import GenerationConfig
+from polyprag.documents import check_unique
+from polyprag.errors import LibraryFolderError
 from test_reliability import word_llm
 
 # Any code point, lone surrogates included (what a careless bytes.decode leaves behind).
@@ -62,14 +67,14 @@ def setup():
 def test_retriever(docs, query, k):
     built = documented_only(lambda: docs.draw(documents))
     assume(built is not None)
-    retriever = documented_only(BM25Retriever, built, k=2)
+    retriever = documented_only(BM25Retriever, built, k=1)
     assert (retriever is None) == (not built or len({d.id for d in built}) < len(built))  # empty or a repeated id
     assume(retriever is not None)
     hits = documented_only(retriever.retrieve, query, k)
-    if not (k is None or valid_k(k)) or not query.strip():
+    if not (k is None or (valid_k(k) and k <= len(built))) or not query.strip():  # a k beyond the corpus: refused
         assert hits is None
         return
-    assert len(hits) == min(2 if k is None else k, len(built))  # the k best, or all of a smaller corpus
+    assert len(hits) == (1 if k is None else k)  # the k best
     assert len({h.document.id for h in hits}) == len(hits) and all(h.document in built for h in hits)
     assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))  # best first
 
@@ -142,7 +147,72 @@ def test_library_folders(setup, raw, changes):
         good = json.loads((path / "config.json").read_text())
         (path / "config.json").write_bytes(raw)  # garbage instead of a config
         assert documented_only(AdapterLibrary.load, path, llm) is None
-        changed = {**good, **changes}  # a real config with some fields altered
+        changed = {**good, **changes}  # a real config with some fields altered, the manifest re-signed
         (path / "config.json").write_bytes(json.dumps(changed).encode("utf-8", "surrogatepass"))
+        resign(path)
         loaded = documented_only(AdapterLibrary.load, path, llm)
         assert loaded is None or loaded.doc_ids == lib.doc_ids
+        if loaded is not None:  # what loads is in range
+            c = loaded.config
+            assert c.rank == lib.bank.rank and c.m == lib.bank.m and c.alpha > 0 and set(changed) <= set(good) | {"files"}
+
+
+NAMES = st.text(st.sampled_from(list("abc.-_ é")), min_size=1, max_size=6).filter(lambda n: n not in (".", ".."))
+TREES = st.dictionaries(st.lists(NAMES, min_size=1, max_size=2).map("/".join), st.binary(max_size=20), max_size=4)
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(tree=TREES, as_file=st.booleans())
+def test_saving_over_a_users_folder_or_file(setup, tree, as_file):
+    """Whatever a user keeps at the path, a save either writes the library (the path was absent or an empty
+    folder) or is refused with a LibraryFolderError; the user's files stay as they were, nothing is left beside."""
+    _, _, lib = setup
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "target"
+        if as_file:
+            target.write_bytes(b"mine")
+        else:
+            target.mkdir()
+            for name, data in tree.items():
+                f = target / name
+                if f.parent.is_file() or f.is_dir():
+                    continue  # a name that is both a file and a folder: one is enough
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_bytes(data)
+        before = {p.relative_to(target).as_posix(): p.read_bytes() for p in target.rglob("*") if p.is_file()} \
+            if target.is_dir() else target.read_bytes()
+        empty = target.is_dir() and not any(target.iterdir())
+        try:
+            lib.save(target)
+            saved = True
+        except LibraryFolderError:
+            saved = False
+        assert saved == empty
+        if not saved:
+            after = {p.relative_to(target).as_posix(): p.read_bytes() for p in target.rglob("*") if p.is_file()} \
+                if target.is_dir() else target.read_bytes()
+            assert after == before
+        assert [p.name for p in Path(tmp).iterdir()] == ["target"]
+
+
+NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3), st.none(), st.booleans(),
+                    st.text(max_size=3))
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(temperature=NUMBERS, top_p=NUMBERS, max_new_tokens=NUMBERS)
+def test_generation_settings(temperature, top_p, max_new_tokens):
+    cfg = documented_only(GenerationConfig, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    if cfg is not None:
+        assert math.isfinite(cfg.temperature) and cfg.temperature >= 0 and 0 < cfg.top_p <= 1
+        assert isinstance(cfg.max_new_tokens, int) and cfg.max_new_tokens >= 1
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(doc_id=st.one_of(TEXT, NUMBERS, st.binary(max_size=4)), text=st.one_of(TEXT, NUMBERS, st.binary(max_size=4)),
+       title=st.one_of(TEXT, NUMBERS))
+def test_documents_of_any_type(doc_id, text, title):
+    doc = documented_only(Document, id=doc_id, text=text, title=title)
+    if doc is not None:
+        assert isinstance(doc.text, str) and doc.text.strip() and isinstance(doc.id, str)
+    assert documented_only(check_unique, doc) is None  # one document (or none) is not a list of them

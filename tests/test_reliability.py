@@ -17,6 +17,8 @@ from polyprag import (AdapterLibrary, BankMixture, BM25Retriever, CorpusFormatEr
 from polyprag.encoding.checkpoint import safe_child
 from polyprag.errors import CheckpointError, TrainingError
 from polyprag.methods.polyprag.routing import routing_weights
+from edits import edit_config, resign
+from polyprag.library.storage import MANIFEST
 from tiny import tiny_llm, tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,11 +134,7 @@ def test_nan_or_inf_routing_logits(llm, docs, lib, tmp_path):
     from safetensors.torch import save_file
 
     save_file({"routing_logits": bad}, str(path / "routing.safetensors"))
-    cfg = json.loads((path / "config.json").read_text())
-    from polyprag.library.storage import sha256_file
-
-    cfg["files"]["routing.safetensors"] = sha256_file(path / "routing.safetensors")
-    (path / "config.json").write_text(json.dumps(cfg))
+    resign(path)
     with pytest.raises(LibraryError, match="NaN or inf weights .*re-encode"):
         AdapterLibrary.load(path, llm)
 
@@ -184,13 +182,17 @@ def test_truncated_or_altered_files(llm, lib, tmp_path):
 
 def test_config_cannot_drop_checksums_or_point_outside(llm, lib, tmp_path):
     path = lib.save(tmp_path / "lib")
-    cfg = json.loads((path / "config.json").read_text())
-    for files in ({}, {**cfg["files"], "../../etc/passwd": "0" * 64}):
-        (path / "config.json").write_text(json.dumps({**cfg, "files": files}))
-        with pytest.raises(LibraryError, match="the config was altered"):
+    manifest = json.loads((path / MANIFEST).read_text())
+    for files, said in (({}, "does not list config.json"),
+                        ({k: v for k, v in manifest["files"].items() if k != "bank.safetensors"},
+                         "lists files .* expected .*the config was altered"),
+                        ({**manifest["files"], "../../etc/passwd": "0" * 64}, "'../../etc/passwd', which is not a file")):
+        (path / MANIFEST).write_text(json.dumps({**manifest, "files": files}))
+        with pytest.raises(LibraryError, match=said):
             AdapterLibrary.load(path, llm)
-    (path / "config.json").write_text(json.dumps({**cfg, "rank": "2"}))
-    with pytest.raises(LibraryError, match="'rank' must be a non-negative integer"):
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    edit_config(path, rank="2")
+    with pytest.raises(LibraryError, match="'rank' must be a positive integer"):
         AdapterLibrary.load(path, llm)
 
 

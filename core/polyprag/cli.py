@@ -167,9 +167,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
     Under `torchrun` / `accelerate launch` the Poly-PRAG training is data-parallel; rank 0 saves."""
     from .documents import load_corpus
     from .encoding import distributed
+    from .library.storage import check_target
     from .methods.polyprag.encoder import PolyPRAGEncoder
     from .methods.prag.encoder import PRAGEncoder
 
+    check_target(args.library)  # a folder of the user's, a file or an unwritable path: refused before training
     docs = _chosen_documents(load_corpus(args.docs), args)
     llm = _load_llm(args.model, distributed.local_device(args.device), args.compute_dtype)
     # options left at None come from the recipe
@@ -241,10 +243,11 @@ def _open_library(args: argparse.Namespace):
     """(llm, library) for ``args.library`` on ``args.model`` or the model the library was encoded on."""
     from .encoding import distributed
     from .library.adapters import AdapterLibrary
+    from .library.storage import is_polyprag_folder
 
     cfg = Path(args.library) / "config.json"
-    if not cfg.is_file():  # refused before any model loads
-        raise LibraryError(f"{args.library} is not an adapter library (no config.json); "
+    if not Path(args.library).is_dir() or not is_polyprag_folder(Path(args.library)):  # before any model loads
+        raise LibraryError(f"{args.library} is not an adapter library (no polyprag-manifest.json); "
                            "create one with `polyprag encode`.")
     llm = _load_llm(args.model or _library_model(cfg), distributed.local_device(args.device), args.compute_dtype)
     return llm, AdapterLibrary.load(args.library, llm)
@@ -335,8 +338,11 @@ def cmd_add(args: argparse.Namespace) -> int:
     from .documents import load_corpus
     from .errors import DuplicateDocumentError
 
+    from .library.storage import check_target
+
     docs = load_corpus(args.corpus)
     llm, library = _open_library(args)
+    check_target(args.library)  # it can be written back, before any training
     old = [d for d in docs if d.id in library]
     if old and not args.replace:
         raise DuplicateDocumentError(f"{len(old)} document id(s) of {args.corpus} are already in the library, "
@@ -361,7 +367,10 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     """Delete documents from a library (optionally re-fitting the adapters they used), then save it back."""
+    from .library.storage import check_target
+
     llm, library = _open_library(args)
+    check_target(args.library)  # it can be written back, before any training
     options = {k: v for k, v in _fit_options(args).items() if k not in ("strategy", "new_adapters")}
     t0 = time.perf_counter()
     with _checkpoints(args) as folder:
@@ -397,9 +406,10 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the mixture of the given (or retrieved) documents as a peft LoRA folder."""
-    from .library.export import CONFIG_FILE, export_peft
+    from .library.export import CONFIG_FILE, check_export_target, export_peft
     from .retrieval.bm25 import BM25Retriever
 
+    check_export_target(args.out)  # before the model loads
     _, library = _open_library(args)
     doc_ids = args.docs
     if args.question is not None:
@@ -431,8 +441,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Draw the routing heat map and bank-usage histogram, and print the routing summary."""
     from .library.plots import plot_routing, routing_summary
 
+    from .library.plots import check_picture_target
+
     if args.max_rows < 1:
         raise InvalidInputError(f"--max-rows must be >= 1, got {args.max_rows}.")
+    check_picture_target(args.out)
     _, library = _open_library(args)
     out = plot_routing(library, args.out, doc_ids=args.docs, max_rows=args.max_rows)
     summary = {**routing_summary(library, args.docs), "picture": str(out)}

@@ -34,7 +34,11 @@ class Document:
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
             raise InvalidInputError(f"Document id must be a non-empty string, got {self.id!r}.")
-        if not isinstance(self.text, str) or not self.text.strip():
+        if not isinstance(self.text, str):
+            hint = " (decode it first, e.g. data.decode('utf-8'))" if isinstance(self.text, (bytes, bytearray)) else ""
+            raise InvalidInputError(f"Document {self.id!r} has text of type {type(self.text).__name__}; give a "
+                                    f"string{hint}.")
+        if not self.text.strip():
             raise InvalidInputError(f"Document {self.id!r} has empty text; drop it or give it content.")
         if not isinstance(self.title, str):
             raise InvalidInputError(f"Document {self.id!r} has a title of type {type(self.title).__name__}; "
@@ -75,9 +79,15 @@ def check_text(value: str, what: str) -> str:
 
 
 def check_unique(docs: Iterable[Document]) -> list[Document]:
-    """The documents as a list, refusing duplicate ids."""
+    """The documents as a list, refusing duplicate ids (and one document or a string given instead of a list)."""
+    if isinstance(docs, (Document, str, bytes, dict)):
+        raise InvalidInputError(f"Expected a list of polyprag.Document, got one {type(docs).__name__}; pass a list, "
+                                "e.g. [document].")
+    try:
+        out = list(docs)
+    except TypeError:
+        raise InvalidInputError(f"Expected a list of polyprag.Document, got {type(docs).__name__}.") from None
     seen: dict[str, int] = {}
-    out = list(docs)
     for i, d in enumerate(out):
         if not isinstance(d, Document):
             raise InvalidInputError(f"Expected polyprag.Document at position {i}, got {type(d).__name__}.")

@@ -28,6 +28,10 @@ class LibraryError(PolyPRAGError):
     """An adapter library on disk is missing, truncated, altered or of a newer format."""
 
 
+class LibraryFolderError(LibraryError, InvalidInputError):
+    """A folder cannot take a library (or export): it holds other files, is a file, or cannot be written."""
+
+
 class IncompatibleModelError(LibraryError):
     """An adapter library was encoded on another base model than the one given."""
 

@@ -9,6 +9,7 @@ import torch
 from polyprag import (AdapterLibrary, BM25Retriever, Document, DuplicateDocumentError, IncompatibleModelError,
                       LibraryError, ParametricRetriever, PolyPRAG, PolyPRAGEncoder, PRAGEncoder,
                       UnknownDocumentError)
+from edits import edit_config
 from tiny import tiny_llm
 
 
@@ -102,8 +103,7 @@ def test_prag_library_is_one_adapter_per_document_summed(llm, docs, tmp_path):
 def test_a_prag_library_saved_as_per_document_loads_as_prag(llm, docs, tmp_path):
     """PRAG's kind was called "per_document" in config.json before it had one name; such a library still loads."""
     PRAGEncoder(llm, augmenter="passage", progress=False).fit(docs[:2]).save(tmp_path / "old")
-    config = tmp_path / "old" / "config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "kind": "per_document"}))
+    edit_config(tmp_path / "old", kind="per_document")
     assert AdapterLibrary.load(tmp_path / "old", llm).kind == "prag"
 
 
@@ -132,10 +132,8 @@ def test_load_refuses_altered_files(llm, docs, tmp_path):
 
 def test_load_refuses_newer_format(llm, docs, tmp_path):
     path = _poly(llm, docs).save(tmp_path / "lib")
-    cfg = json.loads((path / "config.json").read_text())
-    cfg["format_version"] = 99
-    (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(LibraryError, match="Upgrade polyprag"):
+    edit_config(path, format_version=99)
+    with pytest.raises(LibraryError, match="format version 99; this polyprag reads up to 2. Upgrade polyprag"):
         AdapterLibrary.load(path, llm)
 
 

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from polyprag.library.storage import check_target
+
+    check_target(args.library)  # refused now, not after the training
     torch.manual_seed(0)
     t0 = time.time()
     llm = LoRAMixingLLM.from_pretrained(args.model, compute_dtype="auto")  # bf16 where the CPU/GPU has it

@@ -55,16 +55,35 @@ class Tokenized:
     soft_p: tuple | None = None
 
 
+WINDOW_CONTEXT = 4  # a window after the first repeats the last 1/4 of its width as unlearned context
+
+
 def tokenize(llm: "LoRAMixingLLM", ex: TrainingExample, max_length: int) -> Tokenized:
-    """Token ids of an example: plain text learns every token; a QA learns only the answer."""
+    """The first (for a text that fits, only) training window of an example; see ``windows``."""
+    return windows(llm, ex, max_length)[0]
+
+
+def windows(llm: "LoRAMixingLLM", ex: TrainingExample, max_length: int) -> list[Tokenized]:
+    """Token ids of an example, in windows of at most ``max_length``: a plain text learns every one of its
+    tokens, however long (a text longer than a window is cut into windows that each start with the text's start
+    token and repeat the previous window's last quarter as context, so each token is learned once and with at
+    least that much of what precedes it); a QA learns only its answer, its prompt cut from the left to fit."""
     tok = llm.tokenizer
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     if ex.question is None:
         ids = tok(ex.target, add_special_tokens=False)["input_ids"] + eos
         start = text_start_id(tok)  # a recitation starts from it too (PolyPRAG mode="recite")
         bos = [start] if start is not None else []
-        ids = (bos + ids)[:max_length]
-        return Tokenized(ids, [-100] + ids[1:] if bos else list(ids))
+        width = max(2, max_length - len(bos))
+        context = width // WINDOW_CONTEXT
+        out = [Tokenized((bos + ids)[:max_length], ([-100] + ids if bos else list(ids))[:max_length])]
+        learned = width if bos else max_length
+        while learned < len(ids):  # the next window: `context` tokens seen again, then new ones learned
+            begin = learned - context
+            chunk = ids[begin: begin + width]
+            out.append(Tokenized(bos + chunk, [-100] * (len(bos) + context) + chunk[context:]))
+            learned = begin + len(chunk)
+        return out
     prompt = llm.question_prompt(ex.question, [ex.context] if ex.context else ())  # ends "The answer is"
     p = tok(prompt, add_special_tokens=False)["input_ids"]
     a = tok(answer_target(ex.target), add_special_tokens=False)["input_ids"] + eos  # " <answer>." as asked
@@ -72,13 +91,13 @@ def tokenize(llm: "LoRAMixingLLM", ex: TrainingExample, max_length: int) -> Toke
     p = p[-keep:]
     ids, labels = (p + a)[:max_length], ([-100] * len(p) + a)[:max_length]
     if ex.teacher is None:
-        return Tokenized(ids, labels)
+        return [Tokenized(ids, labels)]
     t_ids, t_p = ex.teacher
     if len(t_ids) != len(a):
         raise TrainingError(f"The teacher's distributions cover {len(t_ids)} answer tokens, the answer has {len(a)}; "
                             "the distillation cache was made with another tokenizer: delete it and encode again.")
     n = len(ids) - len(p)
-    return Tokenized(ids, labels, len(p), tuple(t_ids[:n]), tuple(t_p[:n]))
+    return [Tokenized(ids, labels, len(p), tuple(t_ids[:n]), tuple(t_p[:n]))]
 
 
 def collate(rows: Sequence[Tokenized], pad_id: int, device) -> dict[str, torch.Tensor]:

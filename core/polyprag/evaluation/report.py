@@ -143,11 +143,34 @@ def _fmt(v, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+REPORT_FILES = ("results.json", "results.md", "predictions.jsonl")
+
+
+def check_report_target(out: str | os.PathLike) -> Path:
+    """``out`` as a folder ``write_report`` may write into: its files of those names must be an earlier report's
+    (results.json holding a report), so no file of the user's is ever replaced; refused with advice otherwise."""
+    from ..errors import LibraryFolderError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LibraryFolderError(f"{out} is a file; give --out a folder (new, or one an earlier evaluation wrote).")
+    held = [n for n in REPORT_FILES if (out / n).exists()]
+    if held:
+        try:
+            ours = {"config", "results", "comparisons"} <= set(json.loads((out / "results.json").read_text("utf-8")))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise LibraryFolderError(f"{out} holds {held[0]}, which is not an earlier polyprag report; it is left "
+                                     "as it is. Give --out a new folder.")
+    return out
+
+
 def write_report(report: EvalReport, out: str | os.PathLike) -> Path:
     """Write results.json, results.md and predictions.jsonl (every answer with its scores) into ``out``."""
     from ..library.storage import atomic_write_text
 
-    out = Path(out)
+    out = check_report_target(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(report.to_json(), indent=2))
     atomic_write_text(out / "results.md", report.markdown() + "\n")

@@ -22,7 +22,7 @@ import torch
 from ..encoding.augment import FixedAugmenter, GeneratedQAAugmenter, PassageAugmenter
 from ..encoding.distill import DistillAugmenter
 from ..documents import Document, Question, load_corpus, load_questions
-from ..errors import InvalidInputError, PolyPRAGError
+from ..errors import CorpusFormatError, InvalidInputError, PolyPRAGError
 from ..library.adapters import AdapterLibrary
 from ..retrieval.parametric import ParametricRetriever, Retrieval
 from ..pipeline.modes import MODES
@@ -35,7 +35,7 @@ from ..retrieval.base import ScoredDocument
 from .config import METHODS, RECIPE_SETTINGS, EvalConfig, Method
 from .metrics import accuracy, exact_match, f1_score, mean, paired_bootstrap, recall_at_k
 from .questions import evidence, prior_answers, question_kind, states_answer
-from .report import Comparison, EvalReport, MethodResult, write_report
+from .report import Comparison, EvalReport, MethodResult, check_report_target, write_report
 
 if TYPE_CHECKING:
     from ..generation.llm import LoRAMixingLLM
@@ -53,7 +53,15 @@ def load_slice(data: str | os.PathLike, n: int | None = None, start: int = 0) ->
     questions = load_questions(folder / "questions.jsonl")[start:]
     if not questions:
         raise InvalidInputError(f"{folder / 'questions.jsonl'} holds no questions (after skipping {start}).")
-    return load_corpus(folder / "corpus.jsonl"), questions[:n] if n else questions
+    questions = questions[:n] if n else questions
+    docs = load_corpus(folder / "corpus.jsonl")
+    ids = {d.id for d in docs}
+    missing = [(q.id, g) for q in questions for g in q.gold if g not in ids]
+    if missing:
+        raise CorpusFormatError(f"{folder / 'questions.jsonl'}: question {missing[0][0]!r} names gold passage "
+                                f"{missing[0][1]!r}, which corpus.jsonl does not hold ({len(missing)} such gold "
+                                "id(s)); fix the ids or add the passages to the corpus.")
+    return docs, questions
 
 
 def settings(cfg: EvalConfig) -> dict:
@@ -176,6 +184,8 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
     needs = {s.library for s in specs.values()} - {None}
     if "lag" in needs:
         _lag_api()  # fail now, not after an hour of encoding
+    if cfg.out:
+        check_report_target(cfg.out)  # a folder of the user's files is refused now, not after the run
     train = settings(cfg)
     torch.manual_seed(cfg.seed)
     docs, questions, llm = _load(cfg, llm)
@@ -496,6 +506,9 @@ def _keep(cfg: EvalConfig, train: dict, kind: str, enc: "_Encoded", saved: Path,
     name, what = _reuse_key(cfg, train, kind, corpus, enc.library.doc_ids)
     path = Path(cfg.libraries) / name
     if path.exists():
+        from ..library.storage import check_target
+
+        check_target(path)  # only a library polyprag wrote is replaced; anything else is refused
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(saved, path)

@@ -37,6 +37,23 @@ class GenerationConfig:
     short: bool | None = None  # None: a question prompt (ends "The answer is") stops at its first sentence;
     #                            False: every row decodes to its end (a recitation); True: every row is short
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse settings that decoding cannot use (a negative or NaN temperature, top_p outside (0, 1], …)."""
+        for name in ("max_new_tokens", "min_new_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "max_new_tokens" else 0):
+                raise InvalidInputError(f"{name} must be an integer >= {1 if name == 'max_new_tokens' else 0}, "
+                                        f"got {v!r}.")
+        for name, low, high in (("temperature", 0.0, math.inf), ("top_p", 0.0, 1.0)):
+            v = getattr(self, name)
+            if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low or v > high
+                    or (name == "top_p" and v == 0)):
+                want = "a finite number >= 0 (0: greedy)" if name == "temperature" else "a number in (0, 1]"
+                raise InvalidInputError(f"{name} must be {want}, got {v!r}.")
+
 
 def store_linears_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
     """Store the frozen ``nn.Linear`` weights (and biases) in the autocast ``dtype``; returns how many.
@@ -483,8 +500,7 @@ def _config(config: GenerationConfig | None, overrides: dict) -> GenerationConfi
         if not hasattr(cfg, k):
             raise InvalidInputError(f"Unknown generation option {k!r}; use one of {list(vars(cfg))}.")
         setattr(cfg, k, tuple(v) if k == "stop" else v)
-    if cfg.max_new_tokens < 1:
-        raise InvalidInputError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}.")
+    cfg.check()
     return cfg
 
 

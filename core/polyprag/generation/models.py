@@ -66,10 +66,23 @@ def resolve_model(model: str | os.PathLike | None) -> str:
 
 
 def pick_device(device: str | None = None) -> str:
-    """The device asked for, else CUDA when there is one, else CPU."""
-    if device:
-        return str(device)
+    """The device asked for (refused with advice when this machine has none of it), else CUDA when there is
+    one, else CPU."""
     import torch
+
+    if device:
+        try:
+            asked = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise InvalidInputError(f"Unknown device {device!r} ({e}); use cpu, cuda or cuda:N.") from None
+        if asked.type == "cuda" and (not torch.cuda.is_available()
+                                     or (asked.index or 0) >= torch.cuda.device_count()):
+            raise InvalidInputError(f"Device {device!r} is not available here (CUDA devices: "
+                                    f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}); use "
+                                    "--device cpu (device='cpu'), or leave it out to pick one.")
+        if asked.type == "mps" and not torch.backends.mps.is_available():
+            raise InvalidInputError(f"Device {device!r} is not available here; use device='cpu'.")
+        return str(device)
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -176,53 +176,46 @@ class AdapterLibrary:
 
     # ---- disk ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the library as a folder, atomically: a crash leaves the old folder or the new one."""
+        """Write the library as a folder, atomically: readers and crashes see the old folder or the new one.
+
+        ``path`` must be new, an empty folder or a library polyprag wrote (its ``polyprag-manifest.json``);
+        any other folder or file is refused (LibraryFolderError) and left as it is."""
         from safetensors.torch import save_file
 
         state = self._state  # one whole state, even while an update runs
         path = Path(path)
-        with self._saver, storage.staged_folder(path) as tmp:
+        with self._saver, storage.publish_folder(path, state.kind) as tmp:
             files = {"bank.safetensors": state.bank.tensors()}
             if state.routing_logits is not None:
                 files["routing.safetensors"] = {"routing_logits": state.routing_logits.detach().contiguous()}
-            checks = {}
             for name, tensors in files.items():
                 save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / name))
-                checks[name] = storage.sha256_file(tmp / name)
             with open(tmp / "documents.jsonl", "w", encoding="utf-8") as fh:
                 for d in state.documents:
                     fh.write(json.dumps({"id": d.id, "title": d.title, "text": d.text,
                                          "metadata": d.metadata}, ensure_ascii=False) + "\n")
-            checks["documents.jsonl"] = storage.sha256_file(tmp / "documents.jsonl")
-            config = replace(state.config, files=checks, m=state.bank.m)
-            (tmp / "config.json").write_text(json.dumps(asdict(config), indent=2), encoding="utf-8")
+            config = replace(state.config, files={}, m=state.bank.m, format_version=FORMAT_VERSION)
+            raw = {k: v for k, v in asdict(config).items() if k != "files"}  # the manifest holds the checksums
+            (tmp / "config.json").write_text(json.dumps(raw, indent=2), encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, llm: "LoRAMixingLLM") -> "AdapterLibrary":
-        """Read a saved library onto ``llm``'s device, checking format, files and base model."""
-        from safetensors.torch import load_file
+        """Read a saved library onto ``llm``'s device, checking its manifest (every file's sha256), format,
+        values and base model; a save by another process meanwhile gives the old library or the new one."""
+        from safetensors.torch import load as load_bytes
 
         path = Path(path)
-        config = storage.read_config(path, lambda raw: LibraryConfig(**raw),
-                                     "an adapter library (no config.json); "
-                                     "create one with PolyPRAGEncoder(...).fit(docs).save(path).")
-        if config.format_version > FORMAT_VERSION:
-            raise LibraryError(f"{path} has format version {config.format_version}; this polyprag reads "
-                               f"up to {FORMAT_VERSION}. Upgrade polyprag.")
+        manifest, files = storage.read_folder(path, "an adapter library (no polyprag-manifest.json); create "
+                                                    "one with PolyPRAGEncoder(...).fit(docs).save(path).")
+        config = parse_config(files["config.json"], path)
         kind = KINDS[config.kind]
         expected = {"bank.safetensors", "documents.jsonl", *kind.files}
-        if set(config.files) != expected:
-            raise LibraryError(f"{path / 'config.json'} lists files {sorted(config.files)}, "
-                               f"expected {sorted(expected)}; "
+        listed = set(files) - {"config.json"} if manifest["format_version"] > 1 else set(config.files)
+        if listed != expected:
+            where = path / (storage.MANIFEST if manifest["format_version"] > 1 else "config.json")
+            raise LibraryError(f"{where} lists files {sorted(listed)}, expected {sorted(expected)}; "
                                "the config was altered. Restore it from a backup or re-encode the library.")
-        for name, digest in config.files.items():
-            f = path / name
-            if not f.is_file():
-                raise LibraryError(f"{f} is missing; the library is incomplete. Re-save or re-encode it.")
-            if storage.sha256_file(f) != digest:
-                raise LibraryError(f"{f} does not match its checksum (truncated or altered). "
-                                   "Restore it from a backup or re-encode the library.")
         mine = llm.fingerprint()
         if config.base_model != mine:
             diff = [k for k in mine if config.base_model.get(k) != mine[k]]
@@ -233,8 +226,8 @@ class AdapterLibrary:
                 f"{path} was encoded on another base model ({config.model_name or 'unknown'}; differs in "
                 f"{', '.join(diff)}).{hint} Load it with the model it was encoded on, or re-encode.")
         try:
-            bank = LoRABank.from_tensors(load_file(str(path / "bank.safetensors")), alpha=config.alpha)
-            routing = kind.read_routing(path)
+            bank = LoRABank.from_tensors(load_bytes(files["bank.safetensors"]), alpha=config.alpha)
+            routing = kind.read_routing({n: load_bytes(b) for n, b in files.items() if n in kind.files})
         except Exception as e:  # safetensors raises several types for a damaged file
             raise LibraryError(f"{path}: cannot read the tensors ({e}).") from None
         tensors = list(bank.tensors().values()) + ([routing] if routing is not None else [])
@@ -246,12 +239,11 @@ class AdapterLibrary:
                                f"(m={config.m}, rank={config.rank}); re-save or re-encode the library.")
         try:
             docs = []
-            with open(path / "documents.jsonl", encoding="utf-8") as fh:
-                for line in fh:
-                    if line.strip():
-                        r = json.loads(line)
-                        docs.append(Document(id=r["id"], text=r["text"], title=r.get("title", ""),
-                                             metadata=r.get("metadata") or {}))
+            for line in files["documents.jsonl"].decode("utf-8").splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    docs.append(Document(id=r["id"], text=r["text"], title=r.get("title", ""),
+                                         metadata=r.get("metadata") or {}))
             return cls(llm, bank, docs, config, routing_logits=routing)
         except (ValueError, KeyError, TypeError) as e:  # PolyPRAGErrors are ValueErrors too
             raise LibraryError(f"{path}: the library's documents or tables are inconsistent ({e}); "
@@ -283,3 +275,31 @@ def _check_bank(bank: LoRABank, llm: "LoRAMixingLLM") -> None:
     if not all(torch.isfinite(t).all() for t in bank.tensors().values()):
         raise InvalidInputError("The adapter bank contains NaN or inf (training diverged or the file was altered); "
                                 "re-encode the documents, with a lower lr if it diverged.")
+
+
+def parse_config(raw: bytes, path: Path) -> LibraryConfig:
+    """The LibraryConfig in a library's config.json bytes; unreadable JSON, unknown keys, values out of range and
+    newer formats are each a LibraryError that names the key or value and the format version."""
+    where = path / "config.json"
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LibraryError(f"{where} is unreadable ({e}); restore it from a backup or re-encode the library.") from None
+    if not isinstance(data, dict):
+        raise LibraryError(f"{where} holds a {type(data).__name__}, not a JSON object; re-encode the library.")
+    version = data.get("format_version", 1)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise LibraryError(f"{path} has format version {version}; this polyprag reads up to {FORMAT_VERSION}. "
+                           "Upgrade polyprag.")
+    known = {f.name for f in fields(LibraryConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise LibraryError(f"{where} has the key {unknown[0]!r}, which library format version {version!r} does not "
+                           f"have (its keys: {', '.join(sorted(known))}); a newer polyprag wrote it (upgrade "
+                           "polyprag) or it was edited (remove the key).")
+    missing = [f.name for f in fields(LibraryConfig) if f.name not in data
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise LibraryError(f"{where} lacks the key {missing[0]!r} (library format version {version!r}); "
+                           "re-encode the library.")
+    return LibraryConfig(**data)

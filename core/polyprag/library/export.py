@@ -22,13 +22,15 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from ..errors import InvalidInputError
+from . import storage
 
 if TYPE_CHECKING:
     from .adapters import AdapterLibrary
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-PROVENANCE_FILE = "polyprag_export.json"
+PROVENANCE_FILE = "polyprag_export.json"  # also the marker of a folder polyprag exported to
+WHAT = "a peft adapter export"
 
 
 def peft_state_dict(library: "AdapterLibrary", doc_ids: Sequence[str], rule: str | None = None,
@@ -94,17 +96,21 @@ def export_peft(library: "AdapterLibrary", doc_ids: Sequence[str], out_dir: str 
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise InvalidInputError(f"Unknown dtype {dtype!r}; use float32, float16 or bfloat16.")
         dtype = getattr(torch, dtype)
+    out = check_export_target(out_dir)
     tensors, rank = peft_state_dict(library, doc_ids, rule, pad_rank, dtype)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"{out} exists and is not a folder; choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    (out / CONFIG_FILE).write_text(json.dumps(peft_config(library, rank), indent=2), encoding="utf-8")
     rule = rule or library.snapshot().library_kind.default_rule
-    (out / PROVENANCE_FILE).write_text(json.dumps(
-        {"documents": list(doc_ids), "rule": rule, "library_kind": library.kind,
-         "library_rank": library.bank.rank, "library_alpha": library.bank.alpha, "rank": rank,
-         "base_model": library.config.base_model, "model_name": library.config.model_name},
-        indent=2), encoding="utf-8")
-    return out
+    with storage.publish_folder(out, "peft", WHAT, marker=PROVENANCE_FILE) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(peft_config(library, rank), indent=2), encoding="utf-8")
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(
+            {"documents": list(doc_ids), "rule": rule, "library_kind": library.kind,
+             "library_rank": library.bank.rank, "library_alpha": library.bank.alpha, "rank": rank,
+             "base_model": library.config.base_model, "model_name": library.config.model_name},
+            indent=2), encoding="utf-8")
+    return Path(out_dir)
+
+
+def check_export_target(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a folder an export may be written to: new, empty, or an earlier export (its
+    polyprag_export.json); a folder of other files, a file or an unwritable path is a LibraryFolderError."""
+    return storage.check_target(out_dir, WHAT, marker=PROVENANCE_FILE)

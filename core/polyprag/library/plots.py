@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, LibraryFolderError
 
 if TYPE_CHECKING:
     from .adapters import AdapterLibrary
@@ -39,6 +39,26 @@ def sample_rows(n: int, limit: int = MAX_ROWS) -> list[int]:
     if n <= limit:
         return list(range(n))
     return sorted({int(round(i)) for i in np.linspace(0, n - 1, limit)})
+
+
+PICTURE_MARK = "polyprag inspect"  # written into each picture's metadata: an existing picture polyprag drew
+
+
+def check_picture_target(out: str | os.PathLike) -> Path:
+    """``out`` as a picture file ``plot_routing`` may write: new, or a picture it drew before (its metadata
+    says so); any other file is refused (LibraryFolderError) and left as it is."""
+    out = Path(out)
+    if out.is_dir():
+        raise LibraryFolderError(f"{out} is a folder; give a picture file name, e.g. {out / 'routing.png'}.")
+    if out.exists():
+        try:
+            ours = PICTURE_MARK.encode() in out.read_bytes()
+        except OSError:
+            ours = False
+        if not ours:
+            raise LibraryFolderError(f"{out} exists and polyprag did not draw it; it is left as it is. Choose "
+                                     "another --out, e.g. routing.png in a new folder.")
+    return out
 
 
 def plot_routing(library: "AdapterLibrary", out: str | os.PathLike, doc_ids: Sequence[str] | None = None,
@@ -91,8 +111,9 @@ def plot_routing(library: "AdapterLibrary", out: str | os.PathLike, doc_ids: Seq
     ax_use.legend(fontsize=8, loc="upper right")
     fig.suptitle(title or f"{library.config.model_name or 'library'}: {len(ids)} documents, "
                  f"{library.kind}, m={m}, rank {library.bank.rank}", fontsize=11)
+    check_picture_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, metadata={"Software" if out.suffix.lower() == ".png" else "Creator": PICTURE_MARK})
     plt.close(fig)
     return out
 

@@ -15,11 +15,10 @@ from ..errors import InvalidInputError, LibraryError, UnknownDocumentError
 from ..engine import BankMixture, LoRABank
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from ..generation.llm import LoRAMixingLLM
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: polyprag-manifest.json holds every file's sha256 (config.json's too)
+DTYPES = ("float32", "float16", "bfloat16", "float64")
 RULES = ("mean", "sum")
 RENAMED_KINDS = {"per_document": "prag"}  # kinds read from libraries saved under an earlier name
 ADD_STRATEGIES = ("grow", "routing")  # how add_documents may grow a Poly-PRAG library (see its docstring)
@@ -44,8 +43,8 @@ class LibraryKind:
         """The routing logits [N, m] a library of this kind keeps (None: it has none)."""
         raise NotImplementedError
 
-    def read_routing(self, path: "Path") -> torch.Tensor | None:
-        """The routing logits saved in the library folder ``path`` (None: this kind saves none)."""
+    def read_routing(self, tensors: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor | None:
+        """The routing logits among a saved library's ``tensors`` (its ``files``, each read; None: it saves none)."""
         raise NotImplementedError
 
     def check(self, state: "LibraryState") -> None:
@@ -110,10 +109,13 @@ class LibraryConfig:
             raise LibraryError(f"Unknown library kind {self.kind!r}; expected one of {tuple(KINDS)}.")
         for name in ("rank", "m", "format_version"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise LibraryError(f"Library config field {name!r} must be a non-negative integer, got {value!r}.")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
-            raise LibraryError(f"Library config field 'alpha' must be a finite number, got {self.alpha!r}.")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LibraryError(f"Library config field {name!r} must be a positive integer, got {value!r}; "
+                                   "the config was altered: restore it from a backup or re-encode the library.")
+        if (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha)
+                or self.alpha <= 0):
+            raise LibraryError(f"Library config field 'alpha' must be a positive finite number, got {self.alpha!r}; "
+                               "the config was altered: restore it from a backup or re-encode the library.")
         types = {"target_modules": list, "base_model": dict, "model_name": str, "dtype": str, "training": dict,
                  "files": dict, "deleted_ids": list, "deleted_content": list}
         for name, kind in types.items():
@@ -124,6 +126,11 @@ class LibraryConfig:
             raise LibraryError("Library config field 'files' must map file names to sha256 strings.")
         if not all(isinstance(v, str) for v in self.deleted_ids + self.deleted_content):
             raise LibraryError("Library config fields 'deleted_ids' and 'deleted_content' must list strings.")
+        if self.dtype not in DTYPES:
+            raise LibraryError(f"Library config field 'dtype' must be one of {DTYPES}, got {self.dtype!r}.")
+        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+            raise LibraryError(f"Library config field 'target_modules' must list module names, "
+                               f"got {self.target_modules!r}.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,6 +155,13 @@ class LibraryState:
         object.__setattr__(self, "_row", {d: i for i, d in enumerate(self.doc_ids)})
         if self.config.m != self.bank.m:
             object.__setattr__(self, "config", replace(self.config, m=self.bank.m))
+        if self.config.rank != self.bank.rank:
+            raise LibraryError(f"The library config says rank {self.config.rank}, its bank has rank {self.bank.rank}; "
+                               "re-save or re-encode the library.")
+        listed = [i for i in self.config.deleted_ids if i in self._row]
+        if listed:
+            raise LibraryError(f"Document {listed[0]!r} is both held and listed as deleted (deleted_ids); the config "
+                               "was altered: restore it from a backup, or delete the document again.")
         self.library_kind.check(self)
 
     @property

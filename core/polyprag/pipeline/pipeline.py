@@ -152,6 +152,9 @@ class PolyPRAG:
 
     def prepare_batch(self, questions: Sequence[str], mode: str | None = None, k: int | None = None) -> list[Prepared]:
         """``prepare`` for many questions; the recite modes write every question's recitals in one batch."""
+        if isinstance(questions, str):
+            raise InvalidInputError("answer_batch takes a list of questions, got one string; pass [question], or "
+                                    "call answer(question).")
         pending = [self._retrieve(q, mode, k) for q in questions]
         recited = iter(self.reciter.recite([p for q in pending for parts, _ in q.rows for p in parts
                                             if not isinstance(p, str)]))

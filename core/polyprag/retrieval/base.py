@@ -44,8 +44,9 @@ class ScoreRetriever:
         return self.score_array_checked(check_query(query))
 
     def retrieve(self, query: str, k: int | None = None) -> list[ScoredDocument]:
-        """The k best-scored documents for the query, best first (ties broken by corpus order)."""
-        return self.retrieve_checked(check_query(query), None if k is None else check_top_k(k))
+        """The k best-scored documents for the query, best first (ties broken by corpus order); a k larger than
+        the corpus is refused (InvalidInputError), never clamped to documents that do not match."""
+        return self.retrieve_checked(check_query(query), None if k is None else check_top_k(k, len(self)))
 
     def retrieve_checked(self, query: str, k: int | None = None) -> list[ScoredDocument]:
         """``retrieve`` for a query and k its caller has already checked."""

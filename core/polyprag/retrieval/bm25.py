@@ -50,7 +50,7 @@ class BM25Retriever(ScoreRetriever):
         self.documents = check_unique(documents)
         if not self.documents:
             raise InvalidInputError("BM25Retriever needs at least one document; the corpus is empty.")
-        self.k = check_top_k(k)
+        self.k = check_top_k(k, len(self.documents))  # larger than the corpus: refused, not clamped
         if backend not in self.BACKENDS:
             raise InvalidInputError(f"Unknown BM25 backend {backend!r}; use 'rank_bm25' or 'bm25s'.")
         self.backend = backend

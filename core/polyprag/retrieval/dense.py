@@ -99,7 +99,7 @@ class DenseRetriever(ScoreRetriever):
         self.documents = check_unique(documents)
         if not self.documents:
             raise InvalidInputError("DenseRetriever needs at least one document; the corpus is empty.")
-        self.k = check_top_k(k)
+        self.k = check_top_k(k, len(self.documents))  # larger than the corpus: refused, not clamped
         self.embed = embed if embed is not None else SentenceEmbedder()
         self.embeddings = unit_rows(self._embed([d.full_text for d in self.documents]))  # [N, d]
 
@@ -138,7 +138,7 @@ class HybridRetriever(ScoreRetriever):
             raise InvalidInputError(f"c must be > 0 and depth >= 1 (or None), got c={c}, depth={depth}.")
         self.retrievers = retrievers
         self.documents = retrievers[0].documents
-        self.k = check_top_k(k)
+        self.k = check_top_k(k, len(self.documents))
         self.c = float(c)
         self.depth = depth
 

@@ -107,7 +107,7 @@ class LAGLibrary:
         """Write the factors as a folder (factors.safetensors + config.json), atomically; no pickle."""
         from safetensors.torch import save_file
 
-        with storage.staged_folder(Path(path)) as tmp:
+        with storage.publish_folder(Path(path), "lag", "a LAG library") as tmp:
             tensors = {}
             for module, f in self.modules.items():
                 keep = torch.arange(f.A.shape[1], device=f.ranks.device)[None, :] < f.ranks[:, None]  # [n, R]
@@ -117,36 +117,40 @@ class LAGLibrary:
                 tensors[f"{module}.ranks"] = f.ranks.cpu()
             save_file(tensors, str(tmp / "factors.safetensors"))
             config = {"format_version": FORMAT_VERSION, "kind": "lag", "names": self.names,
-                      "source": self.source, "base_model": self.llm.fingerprint(), "model_name": self.llm.name,
-                      "files": {"factors.safetensors": storage.sha256_file(tmp / "factors.safetensors")}}
+                      "source": self.source, "base_model": self.llm.fingerprint(), "model_name": self.llm.name}
             (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, llm: "LoRAMixingLLM") -> "LAGLibrary":
         """Read a saved LAG library onto ``llm``, checking format, checksum and base model."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load as load_bytes
 
         path = Path(path)
-        config, names, files = storage.read_config(
-            path, lambda c: (c, list(c["names"]), dict(c["files"])),
-            "a LAG library (no config.json); create one with LAGLibrary.from_peft(...) or "
-            ".from_adapter_library(...) and .save(path).")
+        manifest, files = storage.read_folder(
+            path, "a LAG library (no polyprag-manifest.json); create one with LAGLibrary.from_peft(...) or "
+                  ".from_adapter_library(...) and .save(path).")
+        try:
+            config = json.loads(files["config.json"].decode("utf-8"))
+            names = list(config["names"])
+            listed = set(config["files"]) if manifest["format_version"] == 1 else set(files) - {"config.json"}
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as e:
+            raise LibraryError(f"{path / 'config.json'} is unreadable or altered: {e}") from None
         if config.get("kind") != "lag":
             raise LibraryError(f"{path} holds a {config.get('kind')!r} library, not a LAG one; "
                                "load it with AdapterLibrary.load and convert with LAGLibrary.from_adapter_library.")
         if int(config.get("format_version", 0)) > FORMAT_VERSION:
             raise LibraryError(f"{path} has format version {config['format_version']}; this polyprag reads up to "
                                f"{FORMAT_VERSION}. Upgrade polyprag.")
-        for name, digest in files.items():
-            if not (path / name).is_file() or storage.sha256_file(path / name) != digest:
-                raise LibraryError(f"{path / name} is missing or does not match its checksum; re-save the library.")
+        if listed != {"factors.safetensors"}:
+            raise LibraryError(f"{path} lists files {sorted(listed)}, expected ['factors.safetensors']; "
+                               "re-save the library.")
         mine = llm.fingerprint()
         if config.get("base_model") != mine:
             raise IncompatibleModelError(f"{path} was built on another base model "
                                          f"({config.get('model_name') or 'unknown'}); load it with that model.")
         try:
-            raw = load_file(str(path / "factors.safetensors"))
+            raw = load_bytes(files["factors.safetensors"])
         except Exception as e:  # safetensors raises several types for a damaged file
             raise LibraryError(f"{path}: cannot read the factors ({e}).") from None
         factors = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -34,10 +33,8 @@ class PolyPRAGKind(LibraryKind):
     def routing_table(self, logits: torch.Tensor | None, device) -> torch.Tensor | None:
         return None if logits is None else logits.detach().float().to(device)  # [N, m]
 
-    def read_routing(self, path: Path) -> torch.Tensor:
-        from safetensors.torch import load_file
-
-        return load_file(str(path / "routing.safetensors"))["routing_logits"]
+    def read_routing(self, tensors: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+        return tensors["routing.safetensors"]["routing_logits"]
 
     def check(self, state: LibraryState) -> None:
         z, n, m = state.routing_logits, len(state.documents), state.bank.m

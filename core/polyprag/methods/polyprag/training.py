@@ -13,7 +13,7 @@ from ...encoding.augment import TrainingExample
 from ...encoding.checkpoint import optimizer_tensors, python_rng_from, python_rng_state, restore_optimizer
 from ...engine import LoRABank
 from ...progress import progress_bar
-from ...encoding.training import FrozenPrefix, TrainConfig, accumulate, bucketed_order, set_lr, tokenize
+from ...encoding.training import FrozenPrefix, TrainConfig, accumulate, bucketed_order, set_lr, windows
 from .routing import logistic_noise, relaxed_bernoulli_weights
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def train_poly(llm: "LoRAMixingLLM", bank: LoRABank, logits: torch.Tensor,
     (with several processes, give each rank its own checkpoint)."""
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    items = [(d, tokenize(llm, ex, cfg.max_length)) for d, exs in enumerate(data) for ex in exs]
+    items = [(d, t) for d, exs in enumerate(data) for ex in exs for t in windows(llm, ex, cfg.max_length)]
     lengths = [len(t.ids) for _, t in items]
     order = list(range(len(items)))  # drawn each epoch from the seed and the lengths (the same on every rank)
     params = [{"params": [logits], "lr": cfg.routing_lr or cfg.lr}]

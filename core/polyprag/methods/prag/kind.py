@@ -1,7 +1,6 @@
 """PRAG's library kind: one adapter per document (adapter i is document i), routing one-hot, no routing table."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -27,7 +26,7 @@ class PRAGKind(LibraryKind):
     def routing_table(self, logits: torch.Tensor | None, device) -> None:
         return None
 
-    def read_routing(self, path: Path) -> None:
+    def read_routing(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
         return None
 
     def check(self, state: LibraryState) -> None:

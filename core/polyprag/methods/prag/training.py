@@ -11,7 +11,7 @@ from ...encoding.augment import TrainingExample
 from ...engine import LoRABank
 from ...errors import InvalidInputError
 from ...progress import progress_bar
-from ...encoding.training import FrozenPrefix, TrainConfig, accumulate, set_lr, tokenize
+from ...encoding.training import FrozenPrefix, TrainConfig, accumulate, set_lr, windows
 
 if TYPE_CHECKING:
     from ...encoding.checkpoint import Checkpoint
@@ -59,7 +59,7 @@ def train_per_document(llm: "LoRAMixingLLM", bank: LoRABank, data: Sequence[Sequ
     losses, so each adapter gets exactly the gradient of its own document; AdamW is elementwise,
     so this equals training the adapters one by one, only batched."""
     rng = random.Random(cfg.seed)
-    toks = [[tokenize(llm, ex, cfg.max_length) for ex in exs] for exs in data]
+    toks = [[t for ex in exs for t in windows(llm, ex, cfg.max_length)] for exs in data]
     for p in bank.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(bank.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
