@@ -18,6 +18,7 @@ ANSWER_PREFIX = "The answer is"
 _ABBREVIATIONS = frozenset("st mt ft dr mr mrs ms jr sr prof gen col lt sgt capt rev vs no co inc ltd corp "
                            "jan feb mar apr jun jul aug sep sept oct nov dec approx ca est".split())
 _END = re.compile(r"[.!?](?=\s)|\n")
+REPEAT_CHARS = (8, 80)  # an answer that writes a phrase of this many characters twice in a row has ended
 
 
 def question_message(question: str, passages: Sequence[str] = ()) -> str:
@@ -53,6 +54,21 @@ def sentence_end(text: str) -> int | None:
             continue  # "St." / "J." / "U.S." do not end the sentence
         return m.end()
     return None
+
+
+def repeated_tail(text: str) -> int:
+    """How many characters of ``text`` repeat a phrase just before them (0 if none): a phrase of 8 to 80
+    characters, twice in a row, ends an answer ("the Krell family of the Krell family of")."""
+    lo, hi = REPEAT_CHARS
+    for n in range(lo, min(hi, len(text) // 2) + 1):
+        if text.endswith(text[-2 * n:-n]) and is_phrase(text[-n:]):
+            return n
+    return 0
+
+
+def is_phrase(text: str) -> bool:
+    """Whether a repeated text is a phrase (two words or more, or 16 characters), not a doubled name ("Walla Walla")."""
+    return len(text) >= 16 or len(text.split()) >= 2
 
 
 def split_sentences(text: str) -> list[str]:
