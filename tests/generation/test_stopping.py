@@ -12,7 +12,7 @@ from tiny import tiny_llm, tiny_tokenizer
 import polyprag.generation.llm as llm_module
 import polyprag.generation.stopping as stopping
 from polyprag.generation.stopping import cut_at_stop
-from polyprag.generation.prompts import repeated_tail, sentence_end
+from polyprag.generation.prompts import repeat_end, sentence_end
 
 
 class WholeTextStop:
@@ -32,7 +32,7 @@ class WholeTextStop:
                 continue
             text = self.tokenizer.decode(input_ids[i, self.prompt_len:], skip_special_tokens=True)
             self.done[i] = cut_at_stop(text, self.stop) != text or (self.short[i] and (
-                sentence_end(text) is not None or repeated_tail(text) > 0))
+                sentence_end(text) is not None or repeat_end(text) is not None))
         return self.done.to(input_ids.device)
 
 

@@ -17,7 +17,7 @@ from . import batching
 from ..errors import InvalidInputError, ModelLoadError
 from ..engine import Mixture, MixtureSlot, attach, tracing_mixture, use_mixture
 from .models import pick_compute_dtype, pick_device, resolve_model
-from .prompts import ANSWER_PREFIX, question_message, repeated_tail, sentence_end, text_start_id
+from .prompts import ANSWER_PREFIX, question_message, repeat_end, sentence_end, text_start_id
 from .stopping import REPEAT_TRIM, NoEmptyAnswer, SentenceStop, cut_at_stop, finish_answer, held_back
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ class LoRAMixingLLM:
             raw += piece
             text = cut_at_stop(raw, cfg.stop)
             end = sentence_end(text) if short else None
-            done = text != raw or end is not None or (short and repeated_tail(text) > 0)
+            done = text != raw or end is not None or (short and repeat_end(text) is not None)
             if end is not None:
                 text = text[:end]
             # white space (and a short answer's period) is held back until more text follows it, and a short

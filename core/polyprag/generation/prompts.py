@@ -56,14 +56,20 @@ def sentence_end(text: str) -> int | None:
     return None
 
 
-def repeated_tail(text: str) -> int:
-    """How many characters of ``text`` repeat a phrase just before them (0 if none): a phrase of 8 to 80
-    characters, twice in a row, ends an answer ("the Krell family of the Krell family of")."""
+def repeat_end(text: str, start: int = 0) -> int | None:
+    """Where an answer that repeats itself ends: the end of the first copy of the first phrase (8 to 80
+    characters, ``is_phrase``) written twice in a row whose repeat ends after ``start``; None if none does
+    ("the Krell family of the Krell family of" ends after its first "of")."""
     lo, hi = REPEAT_CHARS
-    for n in range(lo, min(hi, len(text) // 2) + 1):
-        if text.endswith(text[-2 * n:-n]) and is_phrase(text[-n:]):
-            return n
-    return 0
+    for end in range(max(start + 1, 2 * lo), len(text) + 1):
+        last = text[end - 1]
+        at = text.rfind(last, max(0, end - 1 - hi), end - lo)  # a phrase of n characters: text[end-1-n] == last
+        while at != -1:
+            n = end - 1 - at
+            if 2 * n <= end and text[end - 2 * n:end - n] == text[end - n:end] and is_phrase(text[end - n:end]):
+                return end - n
+            at = text.rfind(last, max(0, end - 1 - hi), at)
+    return None
 
 
 def is_phrase(text: str) -> bool:

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from .prompts import REPEAT_CHARS, first_sentence, is_phrase, repeated_tail, sentence_end
+from .prompts import REPEAT_CHARS, first_sentence, is_phrase, repeat_end, sentence_end
 
 _WINDOW = 8  # tokens a stopping check re-decodes per step: a token can change the text of the few before it
 #              (bytes that join into one character, a space cleaned up before punctuation)
@@ -81,7 +81,7 @@ class _Continuations:
 
 class SentenceStop(StoppingCriteria):
     """Stopping criterion: a short-answer row is done once its first sentence or line (or a stop string)
-    has ended, or once it repeats a phrase (``repeated_tail``), and not before ``min_tokens`` new tokens; other
+    has ended, or once it repeats a phrase (``repeat_end``), and not before ``min_tokens`` new tokens; other
     rows run on to their end-of-sequence token.
 
     A row still running had no stop string and no sentence end one step ago, so only its text's end can
@@ -123,7 +123,7 @@ class SentenceStop(StoppingCriteria):
             text = before[c:] + new
             self.done[i] = (cut_at_stop(text, self.stop) != text
                             or (self.short[i] and (sentence_end(head + text) is not None
-                                                   or repeated_tail(before + new) > 0)))
+                                                   or repeat_end(before + new, len(before)) is not None)))
         return self.done.to(input_ids.device)
 
 
@@ -154,11 +154,8 @@ def finish_answer(text: str, stop: Sequence[str], short: bool) -> str:
     text = cut_at_stop(text, stop)
     if not short:
         return text.strip()
-    for end in range(2 * REPEAT_CHARS[0], len(text) + 1):  # the first phrase written twice in a row
-        repeat = repeated_tail(text[:end])
-        if repeat:
-            return first_sentence(text[:end - repeat].rstrip(REPEAT_TRIM))
-    return first_sentence(text)
+    end = repeat_end(text)
+    return first_sentence(text if end is None else text[:end].rstrip(REPEAT_TRIM))
 
 
 REPEAT_TRIM = " \t\n,;:"  # what an answer cut before a repeated phrase loses at its end
