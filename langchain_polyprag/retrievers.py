@@ -68,7 +68,7 @@ class PolyPRAGRetriever(BaseRetriever):
         return [to_langchain_document(s, w) for s, w in zip(found.documents, found.routing_rows())]
 
     def routing_weights(self, doc_ids: Sequence[str]) -> Optional[list[list[float]]]:
-        """Routing weights [k][m] of these documents over the library's bank (None without a library)."""
+        """Routing weights (k lists of m floats) of these documents over the library's bank (None without a library)."""
         if self.library is None or not doc_ids:
             return None
         return self.library.routing_weights(list(doc_ids)).tolist()

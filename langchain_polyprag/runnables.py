@@ -7,18 +7,20 @@ from contextvars import copy_context
 from functools import partial
 from typing import Any, AsyncIterator, Iterator, Optional, Union
 
+from langchain_core.messages import HumanMessage
+from langchain_core.prompt_values import ChatPromptValue, PromptValue
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import AddableDict, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import var_child_runnable_config
 from pydantic import ConfigDict, PrivateAttr
 
-from polyprag import (MODES, AdapterLibrary, Answer, FrameworkRetriever, GenerationConfig, InvalidInputError, LoRAMixingLLM, PolyPRAG,
-                      Prepared, answer_sources, face_pipeline, iterate_in_thread)
+from polyprag import (MODES, AdapterLibrary, Answer, FrameworkRetriever, GenerationConfig, InvalidInputError,
+                      LoRAMixingLLM, Mixture, PolyPRAG, Prepared, answer_sources, face_pipeline, iterate_in_thread)
 
 from .chat_models import ChatPolyPRAG
 from .retrievers import PolyPRAGRetriever, returned_document, to_scored_document
 
-Question = Union[str, dict]
+Question = Union[str, dict, PromptValue]
 Output = Union[str, dict]
 _QUESTION_KEYS = ("question", "input", "query")
 
@@ -27,7 +29,9 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
     """Parametric RAG in one Runnable: a drop-in for ``{"context": retriever | format_docs, "question":
     RunnablePassthrough()} | prompt | llm`` that keeps your retriever; ``batch`` answers all questions in one
     forward pass, each row with its own mixture; the output is the answer, or ``{"question", "answer",
-    "documents"}`` with ``return_documents=True``.
+    "documents"}`` with ``return_documents=True``. The input is a question, a dict with one, or a prompt value:
+    ``ChatPromptTemplate.from_messages(...) | rag`` retrieves with the template's last human message and puts
+    the template's text in the model's prompt where the mode reads passages or recitals.
 
     Example:
         rag = PolyPRAGRunnable(retriever=vectorstore.as_retriever(), library=library)  # any LangChain retriever
@@ -35,6 +39,8 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
         rag.invoke("What is the capital of Zorvania?")
         chain = rag | StrOutputParser()
         chain.batch(["Who built the Krell Lighthouse?", "What is the currency of Zorvania?"])
+        ChatPromptTemplate.from_messages([("system", "Answer briefly."), ("human", "{question}")]) | rag
+        PolyPRAGRunnable(..., return_documents=True).pick("answer") | StrOutputParser()   # the answer of the dict
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -54,11 +60,16 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
     rag: Optional[PolyPRAG] = None
     """A ready PolyPRAG pipeline, instead of ``retriever`` + ``llm``."""
     mode: str = "parametric"
-    """parametric | combine | in_context | closed_book | lag | lag_in_context | lag_parametric (see PolyPRAG)."""
+    """How knowledge reaches the model (see PolyPRAG): parametric | recite | combine | in_context | closed_book |
+    parametric_ensemble | recite_ensemble | combine_ensemble | in_context_ensemble | lag | lag_in_context |
+    lag_parametric (the lag modes need ``lag=``)."""
+    lag: Optional[Mixture] = None
+    """A LAG router (``polyprag.methods.lag.LAGRouter``), for the lag modes."""
     k: Optional[int] = None
     """Documents per question (default: the retriever's k; with another LangChain retriever, its first k)."""
     return_documents: bool = False
-    """Output a dict with the answer and its source documents instead of the answer alone."""
+    """Output a dict with the answer and its source documents instead of the answer alone; read the answer with
+    ``rag.pick("answer") | StrOutputParser()``."""
     max_tokens: Optional[int] = None
     """Most tokens per answer (default: the ChatPolyPRAG's, else the pipeline's)."""
     temperature: Optional[float] = None
@@ -96,7 +107,7 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
                     llm = self.llm.load() if isinstance(self.llm, ChatPolyPRAG) else self.llm
                     llm = llm or self._library().llm
                     self._pipeline = face_pipeline(llm, self._retrieval(), self._library(), self.rule,
-                                                   self.on_unknown, mode=self.mode, k=self.k)
+                                                   self.on_unknown, mode=self.mode, k=self.k, lag=self.lag)
             return self._pipeline
 
     def _library(self) -> Optional[AdapterLibrary]:
@@ -122,7 +133,8 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
     def _prepare(self, item: Question, config: Optional[RunnableConfig] = None) -> Prepared:
         """Retrieve and build the prompt and mixture. The user's retriever runs as a child of this run: it is
         called under ``config`` as LangChain calls any nested runnable (also for each question of a batch)."""
-        prepare = partial(self.pipeline().prepare, question_of(item), self.mode, self.k)
+        question, query = asked(item, self.mode)
+        prepare = partial(self.pipeline().prepare, question, self.mode, self.k, query)
         if config is None:
             return prepare()
         context = copy_context()
@@ -146,12 +158,13 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
         for start in range(0, len(ready), size):
             answers += self.pipeline().generate(ready[start:start + size], **self._generation())
         it = iter(answers)
-        return [p if isinstance(p, Exception) else self._output(p, next(it)) for p in prepared]
+        return [p if isinstance(p, Exception) else self._output(p, next(it), question_of(item))
+                for p, item in zip(prepared, inputs)]
 
-    def _output(self, prepared: Prepared, answer: Answer) -> Output:
+    def _output(self, prepared: Prepared, answer: Answer, question: str) -> Output:
         if not self.return_documents:
             return answer.text
-        return {"question": prepared.question, "answer": answer.text, "documents": self._documents(prepared)}
+        return {"question": question, "answer": answer.text, "documents": self._documents(prepared)}
 
     def _documents(self, prepared: Prepared) -> list:
         """The retrieved documents as LangChain documents, with the routing weights the mixture was made of."""
@@ -160,7 +173,7 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
     def _pieces(self, item: Question, config: Optional[RunnableConfig] = None) -> Iterator[Output]:
         p = self._prepare(item, config)
         if self.return_documents:
-            yield AddableDict(question=p.question, documents=self._documents(p))
+            yield AddableDict(question=question_of(item), documents=self._documents(p))
         rag = self.pipeline()
         for piece in rag.stream_prepared(p, **self._generation()):
             yield AddableDict(answer=piece) if self.return_documents else piece
@@ -214,8 +227,37 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
             yield piece
 
 
+def asked(item: Question, mode: str) -> tuple[str, str]:
+    """(what the model is asked, what the retriever searches for) for a runnable input: a prompt value's text and
+    its last human message where the mode reads passages or recitals (the last human message alone elsewhere:
+    the adapters were trained on the bare question), else the question twice."""
+    query = question_of(item)
+    if not isinstance(item, PromptValue):
+        return query, query
+    spec = MODES.get(mode)
+    shown = item.to_string() if not isinstance(item, ChatPromptValue) else "\n".join(
+        _text(m.content) for m in item.messages)
+    return (shown if spec is not None and (spec.passages or spec.recite) else query), query
+
+
+def _text(content: Any) -> str:
+    """A message's text (the text parts of a multi-part content)."""
+    if isinstance(content, str):
+        return content
+    return " ".join(c if isinstance(c, str) else str(c.get("text", "")) for c in content)
+
+
 def question_of(item: Question) -> str:
-    """The question in a runnable input: the string itself, or a dict's "question" (or "input"/"query")."""
+    """The question in a runnable input: the string itself, a dict's "question" (or "input"/"query"), or a
+    prompt value's last human message (a string prompt value's whole text)."""
+    if isinstance(item, ChatPromptValue):
+        human = [m for m in item.messages if isinstance(m, HumanMessage)]
+        if not human:
+            raise InvalidInputError("The prompt value has no human message to read the question from; end the "
+                                    "template with (\"human\", \"{question}\").")
+        return _text(human[-1].content)
+    if isinstance(item, PromptValue):
+        return item.to_string()
     if isinstance(item, dict):
         for key in _QUESTION_KEYS:
             if key in item:

@@ -18,7 +18,7 @@ from polyprag import (AdapterLibrary, BankMixture, Document, FrameworkRetriever,
 
 from .llm import PolyPRAGLLM
 from .nodes import returned_node, to_scored_document
-from .retriever import PolyPRAGRetriever
+from .retriever import PolyPRAGRetriever, top_k
 
 
 class PolyPRAGQueryEngine(CustomQueryEngine):
@@ -26,10 +26,15 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
     as well as pasted in the prompt (``"combine"``), only pasted (``"in_context"``, standard RAG) or
     without retrieval (``"closed_book"``); returns a Response with ``source_nodes`` and the mixture.
 
+    Without ``llm=`` it answers as the core ``PolyPRAG`` pipeline does (the library's model, the same token
+    budget); ``similarity_top_k`` (``k`` is an alias) sets the documents per question; a document that several
+    retrieved chunks come from is one source.
+
     Example:
         engine = PolyPRAGQueryEngine.from_index(index, library)            # was: index.as_query_engine()
         engine = PolyPRAGQueryEngine(retriever=any_retriever, library=library)
-        engine = PolyPRAGQueryEngine.from_library(library, k=3)            # BM25 over the library's documents
+        engine = PolyPRAGQueryEngine.from_defaults(retriever=any_retriever, library=library)
+        engine = PolyPRAGQueryEngine.from_library(library, similarity_top_k=3)  # BM25 over the library's documents
         response = engine.query("Who built the Krell Lighthouse?")
         response.response, response.source_nodes, response.metadata["mixture_weights"]
         for token in PolyPRAGQueryEngine.from_library(library, streaming=True).query(q).response_gen: ...
@@ -45,8 +50,9 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
                                                              "(None: the library's default).")
     on_unknown: str = Field(default="error", description="A retrieved document the library does not hold: error, "
                                                          "in_context (its passage goes into the prompt) or skip.")
-    mode: str = Field(default="parametric", description="parametric, combine, in_context or closed_book "
-                                                        "(or a LAG mode with lag=).")
+    mode: str = Field(default="parametric", description="How knowledge reaches the model (see PolyPRAG): "
+                      "parametric, recite, combine, in_context, closed_book, parametric_ensemble, recite_ensemble, "
+                      "combine_ensemble, in_context_ensemble, or with lag=: lag, lag_in_context, lag_parametric.")
     k: Optional[int] = Field(default=None, description="Documents per question; None: the retriever's k.")
     streaming: bool = Field(default=False, description="Return a StreamingResponse instead of a Response.")
     lag: Optional[Mixture] = Field(default=None, description="A LAG router, for the lag* modes.")
@@ -56,11 +62,13 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
     def __init__(self, retriever: BaseRetriever, llm: PolyPRAGLLM | None = None, mode: str = "parametric",
                  k: int | None = None, streaming: bool = False, lag: Mixture | None = None,
                  callback_manager: CallbackManager | None = None, library: AdapterLibrary | None = None,
-                 rule: str | None = None, on_unknown: str = "error"):
+                 rule: str | None = None, on_unknown: str = "error", similarity_top_k: int | None = None):
+        k = top_k(similarity_top_k, k)
         if not isinstance(retriever, BaseRetriever):
             raise InvalidInputError(f"retriever must be a LlamaIndex BaseRetriever (e.g. index.as_retriever()), got "
                                     f"{type(retriever).__name__}.")
         library = library or (retriever.library if isinstance(retriever, PolyPRAGRetriever) else None)
+        own_llm = llm is None
         if llm is None:
             llm = PolyPRAGLLM(llm=library.llm) if library is not None else PolyPRAGLLM()
         if not isinstance(llm, PolyPRAGLLM):
@@ -78,6 +86,8 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
         # Loads the model now if the LLM has not yet; checks the mode against the retriever.
         self._rag = face_pipeline(llm.mixing_llm, self._retrieval(), library, rule, on_unknown, mode=mode, k=k,
                                   lag=lag)
+        if own_llm:  # the core pipeline's token budget: the same answers as PolyPRAG's
+            llm.max_new_tokens = self._rag.generation.max_new_tokens
 
     def __repr_args__(self):
         """What a notebook shows of the engine: its settings by name, not the objects behind them (whose
@@ -94,33 +104,54 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
         return FrameworkRetriever(self.retriever.retrieve, to_scored_document)
 
     @classmethod
-    def from_index(cls, index: Any, library: AdapterLibrary, k: int | None = None, **kwargs: Any
-                   ) -> "PolyPRAGQueryEngine":
-        """An engine over an index's own retriever (``index.as_retriever()``, top ``k`` when given).
+    def from_defaults(cls, retriever: BaseRetriever | None = None, library: AdapterLibrary | None = None,
+                      llm: PolyPRAGLLM | None = None, index: Any = None, similarity_top_k: int | None = None,
+                      **kwargs: Any) -> "PolyPRAGQueryEngine":
+        """An engine from what is at hand, as LlamaIndex's ``from_defaults``: a retriever, else an index's
+        retriever, else BM25 over the library's documents (top ``similarity_top_k``)."""
+        if retriever is not None:
+            return cls(retriever, llm=llm, library=library, similarity_top_k=similarity_top_k, **kwargs)
+        if library is None:
+            raise InvalidInputError("from_defaults needs library= (the adapter library), and retriever= or index= "
+                                    "unless BM25 over the library's documents will do.")
+        if index is not None:
+            return cls.from_index(index, library, similarity_top_k=similarity_top_k, llm=llm, **kwargs)
+        return cls.from_library(library, similarity_top_k=similarity_top_k, llm=llm, **kwargs)
 
-        ``k`` must be a positive integer no larger than the index's nodes (when it can tell them): a larger one is
-        refused (InvalidInputError), not clamped to nodes that do not match the question."""
+    @classmethod
+    def from_index(cls, index: Any, library: AdapterLibrary, k: int | None = None,
+                   similarity_top_k: int | None = None, **kwargs: Any) -> "PolyPRAGQueryEngine":
+        """An engine over an index's own retriever (``index.as_retriever()``, its top ``similarity_top_k`` when
+        given; ``k`` is an alias).
+
+        The top-k must be a positive integer no larger than the index's nodes (when it can tell them): a larger one
+        is refused (InvalidInputError), not clamped to nodes that do not match the question."""
+        k = top_k(similarity_top_k, k)
         if k is not None:
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise InvalidInputError(f"k must be a positive integer (nodes retrieved per question), got {k!r}.")
+                raise InvalidInputError(f"similarity_top_k must be a positive integer (nodes retrieved per question), "
+                                        f"got {k!r}.")
             nodes = _node_count(index)
             if nodes is not None and k > nodes:
-                raise InvalidInputError(f"k={k} is larger than the index ({nodes} nodes); ask for at most k={nodes}.")
+                raise InvalidInputError(f"similarity_top_k={k} is larger than the index ({nodes} nodes); ask for at "
+                                        f"most {nodes}.")
         retriever = index.as_retriever() if k is None else index.as_retriever(similarity_top_k=k)
         return cls(retriever, library=library, **kwargs)
 
     @classmethod
-    def from_library(cls, library: AdapterLibrary, k: int = 3, rule: str | None = None,
-                     llm: PolyPRAGLLM | None = None, **kwargs: Any) -> "PolyPRAGQueryEngine":
-        """An engine over every document of an adapter library (BM25 + the library's routing)."""
-        return cls(PolyPRAGRetriever.from_library(library, k=k, rule=rule), llm=llm, **kwargs)
+    def from_library(cls, library: AdapterLibrary, k: int | None = None, rule: str | None = None,
+                     llm: PolyPRAGLLM | None = None, similarity_top_k: int | None = None,
+                     **kwargs: Any) -> "PolyPRAGQueryEngine":
+        """An engine over every document of an adapter library (BM25 + the library's routing; top 3 by default)."""
+        retriever = PolyPRAGRetriever.from_library(library, top_k(similarity_top_k, k, 3), rule=rule)
+        return cls(retriever, llm=llm, **kwargs)
 
     @classmethod
     def from_documents(cls, documents: Iterable[Document | BaseNode], library: AdapterLibrary | None = None,
-                       k: int = 3, rule: str | None = None, llm: PolyPRAGLLM | None = None,
-                       **kwargs: Any) -> "PolyPRAGQueryEngine":
+                       k: int | None = None, rule: str | None = None, llm: PolyPRAGLLM | None = None,
+                       similarity_top_k: int | None = None, **kwargs: Any) -> "PolyPRAGQueryEngine":
         """An engine over LlamaIndex Documents/TextNodes or polyprag Documents (encoded in ``library``)."""
-        retriever = PolyPRAGRetriever.from_documents(documents, library, k=k, rule=rule)
+        retriever = PolyPRAGRetriever.from_documents(documents, library, top_k(similarity_top_k, k, 3), rule=rule)
         return cls(retriever, llm=llm, **kwargs)
 
     # ---- one question ------------------------------------------------------------------------

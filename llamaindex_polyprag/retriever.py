@@ -18,8 +18,10 @@ from .nodes import to_documents, to_nodes
 class PolyPRAGRetriever(BaseRetriever):
     """Top-k BM25 nodes with scores; over an adapter library each node carries its routing weights.
 
+    ``similarity_top_k`` (LlamaIndex's name; ``k`` is an alias) is the number of nodes retrieved.
+
     Example:
-        retriever = PolyPRAGRetriever.from_library(library, k=3)
+        retriever = PolyPRAGRetriever.from_library(library, similarity_top_k=3)
         nodes = retriever.retrieve("Who built the Krell Lighthouse?")
         nodes[0].score, nodes[0].node.metadata["routing_weights"]   # BM25 score, [m] weights
 
@@ -27,30 +29,36 @@ class PolyPRAGRetriever(BaseRetriever):
         retriever = PolyPRAGRetriever.from_documents([Document(text=..., metadata={"title": ...})])
     """
 
-    def __init__(self, retriever: ParametricRetriever | BM25Retriever, k: int | None = None,
-                 callback_manager: CallbackManager | None = None, verbose: bool = False):
+    def __init__(self, retriever: ParametricRetriever | BM25Retriever, similarity_top_k: int | None = None,
+                 callback_manager: CallbackManager | None = None, verbose: bool = False, k: int | None = None):
         if not isinstance(retriever, (ParametricRetriever, BM25Retriever)):
             raise InvalidInputError(
                 f"PolyPRAGRetriever wraps a polyprag ParametricRetriever or BM25Retriever, got "
                 f"{type(retriever).__name__}; use PolyPRAGRetriever.from_documents(...) to build one.")
         super().__init__(callback_manager=callback_manager, verbose=verbose)
         self.core = retriever
-        self.k = k
+        self.k = top_k(similarity_top_k, k)
 
     @classmethod
     def from_documents(cls, documents: Iterable[Document | BaseNode], library: AdapterLibrary | None = None,
-                       k: int = 3, rule: str | None = None, backend: str = "rank_bm25",
-                       **kwargs: Any) -> "PolyPRAGRetriever":
+                       similarity_top_k: int | None = None, rule: str | None = None, backend: str = "rank_bm25",
+                       k: int | None = None, **kwargs: Any) -> "PolyPRAGRetriever":
         """BM25 over polyprag Documents or LlamaIndex Documents/TextNodes; with routing when a library is given."""
-        bm25 = BM25Retriever(to_documents(documents), k=k, backend=backend)
+        bm25 = BM25Retriever(to_documents(documents), k=top_k(similarity_top_k, k, 3), backend=backend)
         core = ParametricRetriever(bm25, library, rule) if library is not None else bm25
         return cls(core, **kwargs)
 
     @classmethod
-    def from_library(cls, library: AdapterLibrary, k: int = 3, rule: str | None = None,
-                     backend: str = "rank_bm25", **kwargs: Any) -> "PolyPRAGRetriever":
+    def from_library(cls, library: AdapterLibrary, similarity_top_k: int | None = None, rule: str | None = None,
+                     backend: str = "rank_bm25", k: int | None = None, **kwargs: Any) -> "PolyPRAGRetriever":
         """BM25 over every document encoded in the library, with its routing."""
-        return cls.from_documents(library.documents, library, k=k, rule=rule, backend=backend, **kwargs)
+        return cls.from_documents(library.documents, library, top_k(similarity_top_k, k, 3), rule, backend,
+                                  **kwargs)
+
+    @property
+    def similarity_top_k(self) -> int | None:
+        """Nodes retrieved per query (None: the BM25 retriever's own k)."""
+        return self.k
 
     @property
     def library(self) -> AdapterLibrary | None:
@@ -71,3 +79,10 @@ class PolyPRAGRetriever(BaseRetriever):
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return await asyncio.to_thread(self._retrieve, query_bundle)
+
+
+def top_k(similarity_top_k: int | None, k: int | None, default: int | None = None) -> int | None:
+    """The number of nodes to retrieve from LlamaIndex's ``similarity_top_k`` or its alias ``k`` (not both)."""
+    if similarity_top_k is not None and k is not None and similarity_top_k != k:
+        raise InvalidInputError(f"Got similarity_top_k={similarity_top_k} and k={k}; give one (k is an alias).")
+    return similarity_top_k if similarity_top_k is not None else k if k is not None else default

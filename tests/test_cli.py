@@ -163,3 +163,78 @@ def test_encode_holds_the_questions_documents_and_prints_its_throughput(model_di
     assert main(["encode", corpus, str(tmp_path / "lib2"), "--model", model_dir, "--library", "questions",
                  "-q"]) == 2
     assert "--questions" in capsys.readouterr().err
+
+
+# ---- help, --version, -q and inspect --json ------------------------------------------------------------
+def _option_helps():
+    """(command, flag, rendered help) of every option of every command."""
+    import argparse
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        formatter = p._get_formatter()
+        chosen = {a for g in p._mutually_exclusive_groups if g.required for a in g._group_actions}
+        for action in p._actions:
+            if action.option_strings and not isinstance(action, (argparse._HelpAction,)):
+                action.required = action.required or action in chosen  # one of the group must be given
+                yield name, action, formatter._expand_help(action) if action.help else ""
+
+
+def test_every_option_has_help_and_says_its_default_once():
+    for name, action, text in _option_helps():
+        flag = action.option_strings[-1]
+        assert text.strip(), f"{name} {flag} has no help"
+        said = text.lower().count("(default") + text.lower().count("; default")
+        takes_value = action.nargs != 0 and not isinstance(action.default, bool)
+        assert said == (1 if takes_value and not action.required else 0) or (not takes_value and said <= 1), (
+            name, flag, text)
+        assert "/" not in text.split("--recipe's")[-1].replace("s/doc", "") or "--recipe's" not in text, text
+
+
+def test_eval_methods_help_names_the_families_and_list_methods_prints_them_all(capsys):
+    from polyprag.evaluation import METHODS
+
+    methods = next(text for name, action, text in _option_helps() if name == "eval" and "--methods" in
+                   action.option_strings)
+    assert len(methods) < 700 and "_recite_ensemble" in methods and "--list-methods" in methods, methods
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "--list-methods"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out.split("\n")
+    assert [line.split()[0] for line in printed if line] == list(METHODS)
+
+
+def test_version(capsys):
+    from polyprag import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"polyprag {__version__}"
+
+
+def test_inspect_json_writes_no_file_and_quiet_prints_no_progress_bar(model_dir, corpus, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lib = tmp_path / "lib"
+    assert main(["encode", corpus, str(lib), "--model", model_dir, "--augment", "passage", "--epochs", "1", "-q"]) == 0
+    run = tmp_path / "elsewhere"
+    run.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": f"{root / 'core'}:{root}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+           "HOME": str(Path.home())}
+    done = subprocess.run([sys.executable, "-m", "polyprag.cli", "inspect", "--library", str(lib), "--json", "-q"],
+                          cwd=run, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["picture"] is None and list(run.iterdir()) == []  # no routing.png
+    assert "Loading weights" not in done.stderr and "it/s" not in done.stderr, done.stderr
+    loud = subprocess.run([sys.executable, "-m", "polyprag.cli", "ask", str(lib), "what is the velt",
+                           "--max-new-tokens", "2"], cwd=run, env=env, capture_output=True, text=True, timeout=300)
+    quiet = subprocess.run([sys.executable, "-m", "polyprag.cli", "ask", str(lib), "what is the velt",
+                            "--max-new-tokens", "2", "-q"], cwd=run, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert loud.returncode == quiet.returncode == 0 and loud.stdout == quiet.stdout
+    assert "Loading weights" in loud.stderr  # the bar -q silences is there without it
+    assert "Loading weights" not in quiet.stderr and "%|" not in quiet.stderr, quiet.stderr

@@ -49,10 +49,11 @@ def _load_llm(model: str | None, device: str | None, compute_dtype: str | None =
 
 
 def options_from(p: argparse.ArgumentParser, config: type, skip: Sequence[str] = (),
-                 notes: dict[str, str] | None = None, defaults: dict | None = None) -> None:
+                 notes: dict[str, str] | None = None, defaults: dict | None = None,
+                 shown: dict[str, str] | None = None) -> None:
     """One ``--option`` per field of the ``config`` dataclass, its help the field's ``metadata={"help"}``
-    (plus ``notes[name]``), its default the field's (or ``defaults[name]``); a field without a default is
-    required, a tuple one is comma-separated."""
+    (plus ``notes[name]``), its default the field's (or ``defaults[name]``, shown as ``shown[name]``) said once;
+    a field without a default is required, a tuple one is comma-separated."""
     hints = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
         if f.name in skip:
@@ -62,26 +63,55 @@ def options_from(p: argparse.ArgumentParser, config: type, skip: Sequence[str] =
         text = f.metadata.get("help", "") + (notes or {}).get(f.name, "")
         hint = hints[f.name]
         kind = ([t for t in typing.get_args(hint) if t is not type(None)] or [hint])[0]
+        said = "(default" in text or "default:" in text  # the help already says what the default is
+        value = (shown or {}).get(f.name, ",".join(default) if isinstance(default, tuple) else default)
+        text = text if said or default is dataclasses.MISSING else f"{text} (default: {value})"
+        text = text.replace("%", "%%")
         if default is dataclasses.MISSING:
-            p.add_argument(flag, required=True, help=text.replace("%", "%%"))
+            p.add_argument(flag, required=True, help=text)
         elif typing.get_origin(hint) is tuple:
-            p.add_argument(flag, type=_csv, default=default,
-                           help=f"{text} (default: {','.join(default)})".replace("%", "%%"))
-        elif kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
-                           help=f"{text} (default: {default})".replace("%", "%%"))
+            p.add_argument(flag, type=_csv, default=default, help=text)
+        elif kind is bool:  # said once: BooleanOptionalAction would add its own "(default: …)"
+            p.add_argument(flag, action=_Flag, default=default, help=text)
         else:
-            p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})".replace("%", "%%"))
+            p.add_argument(flag, type=kind, default=default, help=text)
+
+
+class _Flag(argparse.BooleanOptionalAction):
+    """``--x / --no-x`` whose help says its default once (the help text already holds it)."""
+
+    def __init__(self, *args, help: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help = help
 
 
 # ---- eval ---------------------------------------------------------------------------------------
 def _configure_eval(p: argparse.ArgumentParser) -> None:
-    from .evaluation import METHODS, EvalConfig
+    from .evaluation import DEFAULT_METHODS, METHODS, EvalConfig
 
     # progress, device and compute_dtype are options of every command (--quiet, --device, --compute-dtype)
     # the command trains its libraries side by side (workers 0); run_evaluation() in a user's script does not
-    options_from(p, EvalConfig, skip=("progress", "device", "compute_dtype"),
-                 notes={"methods": ": " + ",".join(METHODS)}, defaults={"workers": 0})
+    options_from(p, EvalConfig, skip=("progress", "device", "compute_dtype"), defaults={"workers": 0},
+                 notes={"methods": f": {METHOD_FAMILIES}; --list-methods prints all {len(METHODS)}"},
+                 shown={"methods": f"{len(DEFAULT_METHODS)} of them, see --list-methods"})
+    p.add_argument("--list-methods", action=_ListMethods, nargs=0, help="print every method name and exit")
+
+
+# what a method name is made of (polyprag.evaluation.config), so that the help need not list every name
+METHOD_FAMILIES = ("closed_book, prior, in_context[_top1|_ensemble|_oracle], lag, lag_in_context, and a library "
+                   "(prag, polyprag, polyprag_sum) with a mode suffix (none: parametric; _recite, _combine, "
+                   "_ensemble, _recite_ensemble, _combine_ensemble) and controls (_oracle, _wrong; Poly-PRAG also "
+                   "_uniform, _shuffled, _m1), e.g. prag_recite_ensemble_wrong")
+
+
+class _ListMethods(argparse.Action):
+    """``--list-methods``: every evaluation method's name, the defaults marked, then exit."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .evaluation import DEFAULT_METHODS, METHODS
+
+        print("\n".join(f"{m}{' (default)' if m in DEFAULT_METHODS else ''}" for m in METHODS))
+        parser.exit()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -105,7 +135,7 @@ def _configure_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("docs", help="corpus JSONL: one {\"id\", \"title\", \"text\"} object per line")
     p.add_argument("library", help="folder to write the adapter library to")
     p.add_argument("--method", choices=("poly", "prag"), default="poly",
-                   help="poly: Poly-PRAG bank + routing; prag: one LoRA per document")
+                   help="poly: Poly-PRAG bank + routing; prag: one LoRA per document (default: poly)")
     p.add_argument("--model", default=None, help="HF model folder or hub id (default: bundled SmolLM2-135M)")
     p.add_argument("--recipe", choices=list(RECIPES), default="default",
                    help="training recipe (polyprag.encoding.recipes): its training texts, alpha and routing settings, "
@@ -116,16 +146,17 @@ def _configure_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", choices=("generated_qa", "passage"), default=None,
                    help="generated_qa: the recipe's texts, generating those the model must write; passage: the "
                         "passage alone (default: the recipe's texts, generated only when they need it)")
-    p.add_argument("--batch-size", type=int, default=None, help="training mini-batch per process (default 8)")
+    p.add_argument("--batch-size", type=int, default=None, help="training mini-batch per process (default: 8)")
     p.add_argument("--lr", type=float, default=None, help=_recipe_help("poly.lr", "prag.lr"))
     p.add_argument("--layers", type=int, default=None, help=_recipe_help("poly.layers", "prag.layers"))
     p.add_argument("--stop-loss", type=float, default=None, help=_recipe_help("prag.stop_loss"))
     p.add_argument("--library", dest="which", default="corpus",
                    help="documents to encode: 'corpus' (all), 'questions' (the --questions' retrieved top-k and "
-                        "gold passages) or a number N (those plus N other documents, seeded)")
-    p.add_argument("--questions", default=None, help="questions JSONL, for --library questions or N")
-    p.add_argument("--k", type=int, default=3, help="with --questions: passages retrieved per question (BM25)")
-    p.add_argument("--seed", type=int, default=0)
+                        "gold passages) or a number N (those plus N other documents, seeded) (default: corpus)")
+    p.add_argument("--questions", default=None, help="questions JSONL, for --library questions or N (default: none)")
+    p.add_argument("--k", type=int, default=3,
+                   help="with --questions: passages retrieved per question (BM25) (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the adapters' start and the batches (default: 0)")
 
 
 def _chosen_documents(docs: list, args: argparse.Namespace) -> list:
@@ -157,8 +188,16 @@ def _recipe_help(*paths: str) -> str:
     def shown(value) -> str:
         return "None" if value is None else f"{value:g}"
 
-    values = ", ".join(f"{name} {'/'.join(shown(setting(r, p)) for p in paths)}" for name, r in RECIPES.items())
-    return f"{'; '.join(setting_help(p) for p in paths)} (default: the --recipe's: {values})"
+    def each(recipe) -> str:  # "15" for one setting, "Poly-PRAG 15, PRAG 8" for a method's each
+        if len(paths) == 1:
+            return shown(setting(recipe, paths[0]))
+        return ", ".join(f"{_METHOD_NAMES[p.split('.')[0]]} {shown(setting(recipe, p))}" for p in paths)
+
+    values = "; ".join(f"recipe {name}: {each(r)}" for name, r in RECIPES.items())
+    return f"{'; '.join(setting_help(p) for p in paths)} (default: the --recipe's value; {values})"
+
+
+_METHOD_NAMES = {"poly": "Poly-PRAG", "prag": "PRAG"}
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -205,15 +244,18 @@ def _configure_ask(p: argparse.ArgumentParser) -> None:
     from .pipeline.modes import MODES
 
     p.add_argument("library", help="an adapter library folder (from `polyprag encode`)")
-    p.add_argument("question")
+    p.add_argument("question", help="the question to answer")
     p.add_argument("--corpus", default=None,
                    help="corpus JSONL to retrieve from (default: the library's own documents)")
-    p.add_argument("--mode", choices=[m for m in MODES if not m.startswith("lag")], default="parametric")
-    p.add_argument("--k", type=int, default=3, help="documents retrieved")
+    modes = [m for m in MODES if not m.startswith("lag")]
+    p.add_argument("--mode", choices=modes, default="parametric", metavar="MODE",
+                   help=f"how the documents' knowledge reaches the model: {', '.join(modes)} (see the README's "
+                        "'which mode' table) (default: parametric)")
+    p.add_argument("--k", type=int, default=3, help="documents retrieved (default: 3)")
     p.add_argument("--rule", choices=("mean", "sum"), default=None,
                    help="how the documents' adapters combine (default: mean for poly, sum for prag)")
-    p.add_argument("--model", default=None, help="default: the model the library was encoded on")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--model", default=None, help="base model (default: the model the library was encoded on)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="most tokens in the answer (default: 32)")
     p.add_argument("--json", action="store_true", help="print the answer and its documents as JSON")
 
 
@@ -271,7 +313,7 @@ def _configure_update(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-dir", default=None,
                    help="where training progress is saved; rerunning the same command after a crash resumes "
                         "from it (default: .LIBRARY.checkpoints beside the library, removed once it is saved)")
-    p.add_argument("--model", default=None, help="default: the model the library was encoded on")
+    p.add_argument("--model", default=None, help="base model (default: the model the library was encoded on)")
     p.add_argument("--json", action="store_true", help="print what was done as JSON")
 
 
@@ -284,7 +326,8 @@ def _configure_add(p: argparse.ArgumentParser) -> None:
                    help="a document whose id the library holds replaces its old text (else it is refused)")
     p.add_argument("--strategy", choices=ADD_STRATEGIES, default="grow",
                    help="Poly-PRAG: grow = new adapters trained on the new documents, old ones frozen; "
-                        "routing = fit only their routing over the frozen bank (cheap, injects little)")
+                        "routing = fit only their routing over the frozen bank (cheap, injects little) "
+                        "(default: grow)")
     p.add_argument("--new-adapters", type=int, default=None,
                    help="adapters to grow by (default: keep the library's documents per adapter)")
     p.add_argument("--refit", action="store_true",
@@ -391,15 +434,15 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--docs", type=_csv, help="comma-separated document ids whose mixture to export")
     which.add_argument("--question", help="export the mixture of the documents BM25 retrieves for this question")
-    p.add_argument("--k", type=int, default=3, help="documents retrieved with --question")
+    p.add_argument("--k", type=int, default=3, help="documents retrieved with --question (default: 3)")
     p.add_argument("--out", required=True, help="folder to write adapter_config.json + adapter_model.safetensors")
     p.add_argument("--rule", choices=("mean", "sum"), default=None,
                    help="mean of routing weights (rank r) or sum of deltas (rank k·r, exact); "
                         "default: mean for poly, sum for prag")
     p.add_argument("--pad-rank", type=int, default=None,
-                   help="zero-pad the LoRA rank to this (same output; servers batch equal ranks)")
+                   help="zero-pad the LoRA rank to this (same output; servers batch equal ranks) (default: no padding)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                   help="dtype of the saved LoRA weights")
+                   help="dtype of the saved LoRA weights (default: float32)")
     p.add_argument("--model", default=None, help="base model (default: the one the library was encoded on)")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
 
@@ -429,10 +472,12 @@ def _configure_inspect(p: argparse.ArgumentParser) -> None:
     from .library.plots import MAX_ROWS
 
     p.add_argument("--library", required=True, help="adapter library folder (from `polyprag encode`)")
-    p.add_argument("--out", default="routing.png", help="picture to write (.png, .pdf or .svg)")
+    p.add_argument("--out", default=None,
+                   help="picture to write, .png, .pdf or .svg (default: routing.png; none with --json)")
     p.add_argument("--docs", type=_csv, default=None, help="comma-separated document ids (default: all)")
     p.add_argument("--max-rows", type=int, default=MAX_ROWS,
-                   help="documents drawn at most (evenly sampled beyond this; the histogram uses all)")
+                   help=f"documents drawn at most (evenly sampled beyond this; the histogram uses all) "
+                        f"(default: {MAX_ROWS})")
     p.add_argument("--model", default=None, help="base model (default: the one the library was encoded on)")
     p.add_argument("--json", action="store_true", help="print the routing summary as JSON")
 
@@ -447,8 +492,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--max-rows must be >= 1, got {args.max_rows}.")
     check_picture_target(args.out)
     _, library = _open_library(args)
-    out = plot_routing(library, args.out, doc_ids=args.docs, max_rows=args.max_rows)
-    summary = {**routing_summary(library, args.docs), "picture": str(out)}
+    out = args.out or (None if args.json else "routing.png")  # --json alone prints, and writes no file
+    if out is not None:
+        out = plot_routing(library, out, doc_ids=args.docs, max_rows=args.max_rows)
+    summary = {**routing_summary(library, args.docs), "picture": None if out is None else str(out)}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -468,7 +515,7 @@ def _configure_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("suite", nargs="?", choices=sorted(SUITES), default="engine",
                    help="engine: python -m bench (latency, storage, switching, generation); generation: its "
                         "generation figures alone (tokens/s, mixture batching, answer latency); bm25: rank-bm25 vs "
-                        "bm25s query latency; lag: LAG routing cost")
+                        "bm25s query latency; lag: LAG routing cost (default: engine)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -521,7 +568,10 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="polyprag", description="Parametric RAG: Poly-PRAG, PRAG and LAG.")
+    parser.add_argument("--version", action="version", version=f"polyprag {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help)
@@ -530,12 +580,42 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--compute-dtype", default="auto",
                        help="run forward passes in this dtype (autocast; the frozen linear weights are stored in "
                             "it, LoRA factors stay float32): auto (bfloat16 where the hardware computes it "
-                            "natively, else float32), float32, bfloat16")
+                            "natively, else float32), float32, bfloat16 (default: auto)")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress bars (polyprag's, transformers' and huggingface_hub's)")
         p.add_argument("-v", "--verbose", action="store_true", help="log what polyprag does")
         p.set_defaults(_run=command.run)
     return parser
+
+
+@contextlib.contextmanager
+def _quiet(quiet: bool):
+    """With ``-q``, no progress bar of any library: tqdm's, transformers' ("Loading weights") and the hub's."""
+    if not quiet:
+        yield
+        return
+    import os
+
+    names = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
+    before = {n: os.environ.get(n) for n in names}
+    os.environ.update({n: "1" for n in names})  # read by tqdm at each bar, by the hub when imported
+    loaded = "transformers" in sys.modules
+    if loaded:
+        from transformers.utils import logging as hf_logging
+
+        was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for n, v in before.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+        if loaded and was:
+            hf_logging.enable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -552,7 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        return args._run(args)
+        with _quiet(args.quiet):
+            return args._run(args)
     except PolyPRAGError as e:
         print(f"polyprag {args.command}: {e}", file=sys.stderr)
         return 2

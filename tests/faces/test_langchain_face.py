@@ -14,7 +14,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
-from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
@@ -420,3 +420,67 @@ def test_ensemble_modes_answer_as_the_core(library, mode):
     assert [runnable.invoke(q) for q in QUESTIONS[:3]] == expected
     assert runnable.batch(QUESTIONS[:3]) == expected
     assert "".join(runnable.stream(QUESTIONS[0])) == expected[0]
+
+
+# ---- the framework's habits ---------------------------------------------------------------------------
+def prompts_seen(llm, monkeypatch) -> list[str]:
+    """The prompts the model is given from now on (each ``generate`` call's)."""
+    seen: list[str] = []
+    original = llm.generate
+    monkeypatch.setattr(llm, "generate", lambda prompts, *a, **kw: seen.extend(prompts) or original(prompts, *a, **kw))
+    return seen
+
+
+def test_a_chat_prompt_template_in_front_gives_the_question_and_its_text_reaches_the_prompt(library, monkeypatch):
+    template = ChatPromptTemplate.from_messages([("system", "answer in few words"), ("human", "question: {question}")])
+    for mode in ("combine", "in_context", "parametric"):
+        rag = PolyPRAGRunnable(retriever=PolyPRAGRetriever(library=library, k=1), mode=mode, max_tokens=8,
+                               return_documents=True)
+        seen = prompts_seen(library.llm, monkeypatch)
+        out = (template | rag).invoke({"question": QUESTIONS[1]})
+        assert [d.id for d in out["documents"]] == ["d1"]  # retrieved with the human message: the krell document
+        assert out["question"] == "question: " + QUESTIONS[1]
+        if mode == "parametric":  # no passages: the bare question, as the adapters were trained
+            assert "answer in few words" not in seen[-1]
+            assert out["answer"] == rag.invoke("question: " + QUESTIONS[1])["answer"]
+        else:  # the user's template text and the passage are both in the model's prompt
+            assert "answer in few words" in seen[-1] and "krell lighthouse was built by farrant" in seen[-1]
+        monkeypatch.undo()
+    plain = PolyPRAGRunnable(retriever=PolyPRAGRetriever(library=library, k=1), max_tokens=8)
+    string = PromptTemplate.from_template("{question}") | plain  # a StringPromptValue: its text is the question
+    assert string.batch([{"question": q} for q in QUESTIONS[:3]]) == plain.batch(QUESTIONS[:3])
+    with pytest.raises(InvalidInputError, match="no human message"):
+        (ChatPromptTemplate.from_messages([("system", "{question}")]) | plain).invoke({"question": "x"})
+
+
+def test_return_documents_output_reads_with_pick_and_a_string_parser(library):
+    kw = dict(retriever=PolyPRAGRetriever(library=library, k=2), max_tokens=12)
+    answers = PolyPRAGRunnable(**kw).batch(QUESTIONS[:3])
+    chain = PolyPRAGRunnable(**kw, return_documents=True).pick("answer") | StrOutputParser()
+    assert chain.batch(QUESTIONS[:3]) == answers
+    assert "".join(chain.stream(QUESTIONS[0])) == answers[0]
+
+
+def test_lag_field_gives_the_lag_modes_their_router(library):
+    router = library.mixture(["d2"])  # any mixture serves as a router on the tiny model
+    retriever = PolyPRAGRetriever(library=library, k=1)
+    for mode in ("lag", "lag_in_context", "lag_parametric"):
+        rag = PolyPRAGRunnable(retriever=retriever, mode=mode, lag=router, max_tokens=10)
+        core = PolyPRAG(library.llm, ParametricRetriever(retriever.core.retriever, library), mode=mode, lag=router,
+                        max_new_tokens=10)
+        assert rag.invoke(QUESTIONS[0]) == core.answer(QUESTIONS[0]).text
+    with pytest.raises(InvalidInputError, match="LAG router"):
+        PolyPRAGRunnable(retriever=retriever, mode="lag")
+
+
+def test_the_mode_field_names_every_mode():
+    import ast
+    import inspect
+
+    from polyprag import MODES
+
+    tree = ast.parse(inspect.getsource(PolyPRAGRunnable))
+    body = tree.body[0].body
+    at = next(i for i, node in enumerate(body) if isinstance(node, ast.AnnAssign) and node.target.id == "mode")
+    doc = body[at + 1].value.value
+    assert all(mode in doc.replace("\n", " ").split() for mode in MODES), doc

@@ -391,3 +391,59 @@ def test_ensemble_modes_as_the_core(library, core, mode):
     streamed = PolyPRAGQueryEngine.from_library(library, k=2, llm=llm, mode=mode, streaming=True).query(q)
     assert "".join(streamed.response_gen) == expected.text
     assert asyncio.run(engine.aquery(q)).response == expected.text
+
+
+# ---- the framework's habits ---------------------------------------------------------------------------
+def test_similarity_top_k_is_the_number_of_nodes_and_k_its_alias(library):
+    q = QUESTIONS[0]
+    for make in (lambda **kw: PolyPRAGRetriever.from_library(library, **kw),
+                 lambda **kw: PolyPRAGRetriever.from_documents(DOCS, library, **kw)):
+        top1, top3 = make(similarity_top_k=1).retrieve(q), make(similarity_top_k=3).retrieve(q)
+        assert len(top1) == 1 and len(top3) == 3 and top1[0].node.node_id == top3[0].node.node_id
+        assert [n.node.node_id for n in make(k=3).retrieve(q)] == [n.node.node_id for n in top3]
+    assert PolyPRAGRetriever.from_library(library, similarity_top_k=2).similarity_top_k is None  # its BM25's own k
+    with pytest.raises(InvalidInputError, match="alias"):
+        PolyPRAGRetriever.from_library(library, similarity_top_k=2, k=3)
+    engine = PolyPRAGQueryEngine.from_library(library, similarity_top_k=1)
+    assert len(engine.query(q).source_nodes) == 1
+    index = vector_index()
+    assert len(PolyPRAGQueryEngine.from_index(index, library, similarity_top_k=3).query(q).source_nodes) == 3
+
+
+def test_from_defaults_builds_the_engine_from_what_is_at_hand(library, core):
+    llm = PolyPRAGLLM(llm=library.llm, max_new_tokens=N_TOKENS)
+    index = vector_index()
+    plain = index.as_retriever(similarity_top_k=2)
+    ours = PolyPRAGQueryEngine.from_defaults(retriever=plain, library=library, llm=llm)
+    assert [n.node.node_id for n in ours.query(QUESTIONS[1]).source_nodes] == [
+        n.node.node_id for n in plain.retrieve(QUESTIONS[1])]
+    by_index = PolyPRAGQueryEngine.from_defaults(index=index, library=library, llm=llm, similarity_top_k=2)
+    assert by_index.query(QUESTIONS[1]).response == ours.query(QUESTIONS[1]).response
+    bm25 = PolyPRAGQueryEngine.from_defaults(library=library, llm=llm, similarity_top_k=2)
+    assert bm25.query(QUESTIONS[2]).response == core.answer(QUESTIONS[2]).text
+    with pytest.raises(InvalidInputError, match="library="):
+        PolyPRAGQueryEngine.from_defaults(index=index)
+
+
+def test_chunks_of_one_document_are_one_source_and_one_mixture_term(library):
+    splitter = SentenceSplitter(chunk_size=24, chunk_overlap=0)  # each document in several nodes
+    documents = [LIDocument(text=f"{d.text}. {d.text} again and again", id_=d.id) for d in DOCS]
+    index = VectorStoreIndex.from_documents(documents, embed_model=WordEmbedding(), transformations=[splitter])
+    plain = index.as_retriever(similarity_top_k=4)
+    nodes = plain.retrieve(QUESTIONS[1])
+    assert len({n.node.ref_doc_id for n in nodes}) < len(nodes)  # the index returns chunks of one document twice
+    engine = PolyPRAGQueryEngine(retriever=plain, library=library, rule="sum",
+                                 llm=PolyPRAGLLM(llm=library.llm, max_new_tokens=N_TOKENS))
+    response = engine.query(QUESTIONS[1])
+    refs = [n.node.ref_doc_id for n in response.source_nodes]
+    assert refs == list(dict.fromkeys(n.node.ref_doc_id for n in nodes))  # each document once, at its best rank
+    assert len(response.metadata["mixture_weights"]) == len(refs)  # one summed delta per document
+
+
+def test_from_index_without_llm_answers_as_the_core_pipeline(library):
+    index = vector_index()
+    engine = PolyPRAGQueryEngine.from_index(index, library, similarity_top_k=2)  # no llm=
+    plain = index.as_retriever(similarity_top_k=2)
+    core = PolyPRAG(library.llm, by_id(library, lambda q: [n.node.ref_doc_id for n in plain.retrieve(q)]))
+    for q in QUESTIONS[:3]:
+        assert engine.query(q).response == core.answer(q).text

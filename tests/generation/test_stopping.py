@@ -12,7 +12,7 @@ from tiny import tiny_llm, tiny_tokenizer
 import polyprag.generation.llm as llm_module
 import polyprag.generation.stopping as stopping
 from polyprag.generation.stopping import cut_at_stop
-from polyprag.generation.prompts import sentence_end
+from polyprag.generation.prompts import repeat_end, sentence_end
 
 
 class WholeTextStop:
@@ -31,7 +31,8 @@ class WholeTextStop:
             if self.done[i]:
                 continue
             text = self.tokenizer.decode(input_ids[i, self.prompt_len:], skip_special_tokens=True)
-            self.done[i] = cut_at_stop(text, self.stop) != text or (self.short[i] and sentence_end(text) is not None)
+            self.done[i] = cut_at_stop(text, self.stop) != text or (self.short[i] and (
+                sentence_end(text) is not None or repeat_end(text) is not None))
         return self.done.to(input_ids.device)
 
 
@@ -110,7 +111,11 @@ SKIPPED = None  # a run of 20 special tokens
 EDGES = [["x" + " " * 90 + "\n"], ["x" + ":" * 90 + "\n"], [":" * 100 + "\nthe capital\n"], ["\n" * 80 + "the. "],
          *[[" " * k + "the approx. " + "of the st. x. " * 7 + "capital. "] for k in range(0, 12)],
          ["q" * 69 + " " + "q" * 75 + ". "], ["a" * 100 + ". "], ["the x.", SKIPPED, "b the capital. "],
-         ["the capital", SKIPPED, SKIPPED, "\nthe"], ["\n", SKIPPED, "the: a\n"]]
+         ["the capital", SKIPPED, SKIPPED, "\nthe"], ["\n", SKIPPED, "the: a\n"],
+         # answers that loop: a phrase twice in a row ends them, wherever the window stands
+         ["the krell was built by" + " the krell family of" * 6], ["x" + " " * 70 + " mount ferrow:" * 5],
+         ["the answer is:" + " the answer to the question is:" * 4], [":" * 90 + "city" + "*purple&&&sP[" * 4],
+         ["the capital", SKIPPED, " of the capital", SKIPPED, " of the capital of"], ["walla walla " + "x " * 60]]
 
 
 def edge_rows(tokenizer, rng: random.Random, length: int) -> list[list[int]]:
@@ -211,9 +216,11 @@ def decoded_sizes(tokenizer, monkeypatch) -> list[int]:
 
 def test_a_step_decodes_the_new_tokens_window_not_the_whole_answer(monkeypatch):
     tokenizer = tiny_tokenizer()
-    text = tokenizer("the capital of zorvania is quellport", add_special_tokens=False)["input_ids"]
+    from tiny import WORDS
+
+    text = tokenizer(" ".join(WORDS * 5), add_special_tokens=False)["input_ids"]  # no phrase twice in a row
     colons = tokenizer(":", add_special_tokens=False)["input_ids"]
-    rows = torch.tensor([(text * 60)[:300], (colons * 300)])  # no sentence end, no stop string
+    rows = torch.tensor([text[:300], (colons * 300)])  # no sentence end, no stop string
     waiting = torch.tensor([colons * 300] * 2)  # no word yet
     for name, make_stop, make_empty in (("incremental", stopping.SentenceStop, stopping.NoEmptyAnswer),
                                         ("whole text", WholeTextStop, WholeTextNoEmpty)):

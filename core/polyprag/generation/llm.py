@@ -17,8 +17,8 @@ from . import batching
 from ..errors import InvalidInputError, ModelLoadError
 from ..engine import Mixture, MixtureSlot, attach, tracing_mixture, use_mixture
 from .models import pick_compute_dtype, pick_device, resolve_model
-from .prompts import ANSWER_PREFIX, question_message, sentence_end, text_start_id
-from .stopping import NoEmptyAnswer, SentenceStop, cut_at_stop, finish_answer
+from .prompts import ANSWER_PREFIX, question_message, repeat_end, sentence_end, text_start_id
+from .stopping import REPEAT_TRIM, NoEmptyAnswer, SentenceStop, cut_at_stop, finish_answer, held_back
 
 log = logging.getLogger(__name__)
 
@@ -425,12 +425,13 @@ class LoRAMixingLLM:
             raw += piece
             text = cut_at_stop(raw, cfg.stop)
             end = sentence_end(text) if short else None
-            done = text != raw or end is not None
+            done = text != raw or end is not None or (short and repeat_end(text) is not None)
             if end is not None:
                 text = text[:end]
-            # white space (and a short answer's period) is held back until more text follows it
+            # white space (and a short answer's period) is held back until more text follows it, and a short
+            # answer's end that may yet turn out to repeat the phrase before it
             shown = (finish_answer(text, (), short) if done
-                     else text.lstrip().rstrip(" .\n") if short else text.strip())
+                     else text[:held_back(text)].lstrip().rstrip(" .\n" + REPEAT_TRIM) if short else text.strip())
             if shown.startswith(emitted) and len(shown) > len(emitted):
                 yield shown[len(emitted):]
                 emitted = shown
@@ -438,6 +439,10 @@ class LoRAMixingLLM:
                 for _ in streamer:  # drain: the thread may still be writing its last token
                     pass
                 break
+        else:  # the budget ended the answer: what was held back is final
+            shown = finish_answer(cut_at_stop(raw, cfg.stop), (), short)
+            if shown.startswith(emitted) and len(shown) > len(emitted):
+                yield shown[len(emitted):]
         thread.join()
         if errors:
             raise errors[0]

@@ -18,6 +18,7 @@ ANSWER_PREFIX = "The answer is"
 _ABBREVIATIONS = frozenset("st mt ft dr mr mrs ms jr sr prof gen col lt sgt capt rev vs no co inc ltd corp "
                            "jan feb mar apr jun jul aug sep sept oct nov dec approx ca est".split())
 _END = re.compile(r"[.!?](?=\s)|\n")
+REPEAT_CHARS = (8, 80)  # an answer that writes a phrase of this many characters twice in a row has ended
 
 
 def question_message(question: str, passages: Sequence[str] = ()) -> str:
@@ -53,6 +54,27 @@ def sentence_end(text: str) -> int | None:
             continue  # "St." / "J." / "U.S." do not end the sentence
         return m.end()
     return None
+
+
+def repeat_end(text: str, start: int = 0) -> int | None:
+    """Where an answer that repeats itself ends: the end of the first copy of the first phrase (8 to 80
+    characters, ``is_phrase``) written twice in a row whose repeat ends after ``start``; None if none does
+    ("the Krell family of the Krell family of" ends after its first "of")."""
+    lo, hi = REPEAT_CHARS
+    for end in range(max(start + 1, 2 * lo), len(text) + 1):
+        last = text[end - 1]
+        at = text.rfind(last, max(0, end - 1 - hi), end - lo)  # a phrase of n characters: text[end-1-n] == last
+        while at != -1:
+            n = end - 1 - at
+            if 2 * n <= end and text[end - 2 * n:end - n] == text[end - n:end] and is_phrase(text[end - n:end]):
+                return end - n
+            at = text.rfind(last, max(0, end - 1 - hi), at)
+    return None
+
+
+def is_phrase(text: str) -> bool:
+    """Whether a repeated text is a phrase (two words or more, or 16 characters), not a doubled name ("Walla Walla")."""
+    return len(text) >= 16 or len(text.split()) >= 2
 
 
 def split_sentences(text: str) -> list[str]:

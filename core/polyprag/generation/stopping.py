@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from .prompts import first_sentence, sentence_end
+from .prompts import REPEAT_CHARS, first_sentence, is_phrase, repeat_end, sentence_end
 
 _WINDOW = 8  # tokens a stopping check re-decodes per step: a token can change the text of the few before it
 #              (bytes that join into one character, a space cleaned up before punctuation)
@@ -81,7 +81,8 @@ class _Continuations:
 
 class SentenceStop(StoppingCriteria):
     """Stopping criterion: a short-answer row is done once its first sentence or line (or a stop string)
-    has ended, and not before ``min_tokens`` new tokens; other rows run on to their end-of-sequence token.
+    has ended, or once it repeats a phrase (``repeat_end``), and not before ``min_tokens`` new tokens; other
+    rows run on to their end-of-sequence token.
 
     A row still running had no stop string and no sentence end one step ago, so only its text's end can
     hold a new one: the check reads the characters from ``_CONTEXT`` before the new tokens' text on (from
@@ -96,7 +97,8 @@ class SentenceStop(StoppingCriteria):
         self.check = [i for i, s in enumerate(self.short) if s or every_row]
         self.done = torch.zeros(len(self.short), dtype=torch.bool)
         self.context = max([_CONTEXT] + [len(s) for s in self.stop])  # a new stop string starts in it
-        self.rows = _Continuations(tokenizer, prompt_len, keep=self.context + _WORD)
+        # the kept text's end holds a new stop string or sentence end, and a phrase and its repeat
+        self.rows = _Continuations(tokenizer, prompt_len, keep=max(self.context + _WORD, 2 * REPEAT_CHARS[1]))
         self.blank: dict[int, bool] = {}  # row -> whether its text before the kept end is all " \t\n:"
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
@@ -120,7 +122,8 @@ class SentenceStop(StoppingCriteria):
             head = "" if self.blank[i] and not before[:c].strip(" \t\n:") else "#"
             text = before[c:] + new
             self.done[i] = (cut_at_stop(text, self.stop) != text
-                            or (self.short[i] and sentence_end(head + text) is not None))
+                            or (self.short[i] and (sentence_end(head + text) is not None
+                                                   or repeat_end(before + new, len(before)) is not None)))
         return self.done.to(input_ids.device)
 
 
@@ -146,9 +149,29 @@ class NoEmptyAnswer(LogitsProcessor):
 
 
 def finish_answer(text: str, stop: Sequence[str], short: bool) -> str:
-    """The decoded continuation cut at a stop string; a short answer also at its first sentence's end."""
+    """The decoded continuation cut at a stop string; a short answer also at its first sentence's end, and
+    before the first repeat of a phrase written twice in a row (where ``SentenceStop`` stopped it)."""
     text = cut_at_stop(text, stop)
-    return first_sentence(text) if short else text.strip()
+    if not short:
+        return text.strip()
+    end = repeat_end(text)
+    return first_sentence(text if end is None else text[:end].rstrip(REPEAT_TRIM))
+
+
+REPEAT_TRIM = " \t\n,;:"  # what an answer cut before a repeated phrase loses at its end
+
+
+def held_back(text: str) -> int:
+    """Where a short answer still being decoded may yet be cut by a repeated phrase (``finish_answer``): the
+    first character of an end that could begin the repeat of the phrase before it (``len(text)`` if none)."""
+    lo, hi = REPEAT_CHARS
+    for start in range(max(lo, len(text) - hi + 1), len(text)):
+        tail = text[start:]
+        for n in range(max(lo, len(tail)), min(hi, start) + 1):
+            phrase = text[start - n:start]
+            if phrase.startswith(tail) and is_phrase(phrase):
+                return start
+    return len(text)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

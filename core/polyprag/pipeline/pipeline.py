@@ -145,17 +145,21 @@ class PolyPRAG:
     def _check_k(self, k: int) -> int:
         return check_top_k(k, corpus_size(self.retriever))  # no bound: a retriever without a fixed corpus
 
-    def prepare(self, question: str, mode: str | None = None, k: int | None = None) -> Prepared:
+    def prepare(self, question: str, mode: str | None = None, k: int | None = None,
+                query: str | None = None) -> Prepared:
         """Retrieve and build the prompt and mixture for one question, without generating its answer
-        (mode ``recite`` generates the recitals its prompt holds)."""
-        return self.prepare_batch([question], mode, k)[0]
+        (mode ``recite`` generates the recitals its prompt holds); ``query``: what the retriever searches for,
+        when it is not the question's text (a face's prompt template around the user's question)."""
+        return self.prepare_batch([question], mode, k, None if query is None else [query])[0]
 
-    def prepare_batch(self, questions: Sequence[str], mode: str | None = None, k: int | None = None) -> list[Prepared]:
+    def prepare_batch(self, questions: Sequence[str], mode: str | None = None, k: int | None = None,
+                      queries: Sequence[str] | None = None) -> list[Prepared]:
         """``prepare`` for many questions; the recite modes write every question's recitals in one batch."""
         if isinstance(questions, str):
             raise InvalidInputError("answer_batch takes a list of questions, got one string; pass [question], or "
                                     "call answer(question).")
-        pending = [self._retrieve(q, mode, k) for q in questions]
+        queries = questions if queries is None else queries
+        pending = [self._retrieve(q, mode, k, query) for q, query in zip(questions, queries, strict=True)]
         recited = iter(self.reciter.recite([p for q in pending for parts, _ in q.rows for p in parts
                                             if not isinstance(p, str)]))
         out = []
@@ -178,8 +182,9 @@ class PolyPRAG:
         w = [1.0] * len(ranks) if self.ensemble_weights == "uniform" else [1.0 / (r + 1) for r in ranks]
         return [x / sum(w) for x in w]
 
-    def _retrieve(self, question: str, mode: str | None, k: int | None) -> _Pending:
+    def _retrieve(self, question: str, mode: str | None, k: int | None, query: str | None = None) -> _Pending:
         question = check_text(check_query(question), "The query")
+        query = question if query is None or query == question else check_text(check_query(query), "The query")
         mode = self._check_mode(mode or self.mode)
         spec = MODES[mode]
         k = self.k if k is None else self._check_k(k)
@@ -188,7 +193,7 @@ class PolyPRAG:
         ranks: list[int] = []  # ensemble: the retrieval rank of each row's document (its weight in the vote)
         found = None
         if spec.library:
-            found = self.retriever.retrieve_checked(question, k)  # question, mode and k checked above
+            found = self.retriever.retrieve_checked(query, k)  # query, mode and k checked above
             docs = found.documents
 
             def part(s: ScoredDocument, i: str | None):  # encoded documents are recited; unknown ones go in as text
@@ -217,7 +222,7 @@ class PolyPRAG:
                 rows.append(([s.document.full_text for s in in_prompt], found.mixture))
         elif spec.passages:  # passages only: the library, if any, plays no part
             raw = self.retriever.retriever if isinstance(self.retriever, ParametricRetriever) else self.retriever
-            docs = retrieve_checked_from(raw, question, k)  # question and k checked above
+            docs = retrieve_checked_from(raw, query, k)  # query and k checked above
             texts = [s.document.full_text for s in docs]
             rows = [([t], None) for t in texts] if spec.ensemble else [(texts, None)]
             ranks = list(range(len(texts)))

@@ -151,13 +151,16 @@ class ParametricRetriever:
         return self.resolve(retrieve_checked_from(self.retriever, query, k))
 
     def resolve(self, found: Sequence[ScoredDocument]) -> Retrieval:
-        """Match retrieved documents to the library, apply ``on_unknown``, and mix the known ones."""
+        """Match retrieved documents to the library, apply ``on_unknown``, and mix the known ones; a library
+        document that several retrieved chunks match counts once, at its best rank."""
         matcher = self.matcher  # one state of the library for the whole retrieval
         documents, ids, skipped = [], [], []
         for s in found:
             match = matcher.match(s.document)
             if match is None and (self.on_unknown == "skip" or matcher.deleted(s.document)):
                 skipped.append(s)
+                continue
+            if match is not None and match in ids:  # another chunk of a document already retrieved: once
                 continue
             documents.append(s)
             ids.append(match)
