@@ -1,7 +1,17 @@
-"""Data-parallel Poly-PRAG encoding under ``torchrun`` / ``accelerate launch`` (gloo on CPU, NCCL on GPU).
+"""Encoding in several processes under ``torchrun`` / ``accelerate launch`` / ``polyprag encode --workers N``
+(gloo on CPU, NCCL on GPU; across machines as torchrun starts them).
 
 Training goes through ``Encoder.fit`` as in one process; this module only supplies its ``Shard``: the
-launcher's rank and world and the hooks that join the processes. Every process holds a full replica of
+launcher's rank and world and the hooks that join the processes.
+
+PRAG: a document's adapter depends on its own texts alone, so the processes split the work without talking
+while they train: the training groups (``methods.prag.training.prag_groups``, a function of the documents
+and ``group_size``, not of the world size) are dealt round-robin, each process trains its groups (checkpointing
+each finished one when given ``checkpoint_dir``) and sends them to rank 0, which assembles and returns the
+library. A group trains alike in any process, so the library equals a single process's bit for bit (at the same
+torch thread count), and a rerun after a crash, on any number of processes, reuses every checkpointed group.
+
+Poly-PRAG: every process holds a full replica of
 the bank and of the routing logits. Each one augments a share of the documents (gathered so all see
 every text), takes every world-th mini-batch of the same seeded order (``train_poly(shard=(rank,
 world))``) and, before each optimiser step, the gradients of the bank and of the routing logits are
@@ -103,22 +113,34 @@ def gather(part: list) -> list[list]:
     return gathered
 
 
+def collect(part) -> list | None:
+    """Every process's ``part`` in rank order on rank 0 (None on the others)."""
+    import torch.distributed as dist
+
+    gathered: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(part, gathered, dst=0)
+    return gathered
+
+
 def shard() -> Shard:
-    """This process's ``Shard`` of a fit: the launcher's rank and world, joined by ``gather``, ``broadcast_``
-    and ``average_gradients`` when there are several (call ``init`` first); the whole fit when alone."""
+    """This process's ``Shard`` of a fit: the launcher's rank and world, joined by ``gather``, ``broadcast_``,
+    ``average_gradients`` and ``collect`` when there are several (call ``init`` first); the whole fit when alone."""
     rank, size = world()
     if size == 1:
         return Shard()
-    return Shard(rank, size, gather=gather, broadcast=broadcast_, sync=average_gradients)
+    return Shard(rank, size, gather=gather, broadcast=broadcast_, sync=average_gradients, collect=collect)
 
 
-def fit(encoder: Encoder, documents: Sequence[Document]) -> AdapterLibrary:
-    """``encoder.fit(documents)``, data-parallel across the launcher's processes when there are several.
+def fit(encoder: Encoder, documents: Sequence[Document], checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 10) -> AdapterLibrary | None:
+    """``encoder.fit(documents)``, split across the launcher's processes when there are several.
 
-    Every rank returns the same library; only rank 0 should save it. ``batch_size`` is per process,
-    so N processes train with an effective batch of N × batch_size."""
+    Poly-PRAG: data-parallel, every rank returns the same library (``batch_size`` is per process, so N
+    processes train with an effective batch of N × batch_size; no checkpoint). PRAG: each rank trains its
+    share of the documents, rank 0 returns the library and the others None; with ``checkpoint_dir`` a rerun
+    resumes. Only rank 0 should save."""
     init(encoder.llm.device)
-    return encoder.fit(documents, shard=shard())
+    return encoder.fit(documents, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, shard=shard())
 
 
 def barrier() -> None:
