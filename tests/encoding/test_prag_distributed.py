@@ -139,3 +139,14 @@ def test_shards_in_one_process_give_the_whole_fit(llm, docs):
         for name, t in whole.bank.tensors().items():
             assert torch.equal(lib.bank.tensors()[name], t), (world, name)
         assert lib.doc_ids == whole.doc_ids
+
+
+def test_groups_are_dealt_by_cost_so_processes_finish_together():
+    from polyprag import TrainingExample
+    from polyprag.methods.prag.training import deal_groups
+
+    data = [[TrainingExample(target="x" * n)] for n in (50, 40, 30, 30, 10)]  # one document per group
+    owner = deal_groups([[i] for i in range(5)], data, 2)
+    loads = [sum(len(data[g][0].target) for g in range(5) if owner[g] == r) for r in (0, 1)]
+    assert sorted(loads) == [80, 80]  # round-robin would give 90 and 70
+    assert deal_groups([[i] for i in range(5)], data, 1) == [0] * 5

@@ -27,6 +27,19 @@ def prag_groups(data: Sequence[Sequence[TrainingExample]], group_size: int) -> l
     return [order[s: s + group_size] for s in range(0, len(order), group_size)]
 
 
+def deal_groups(groups: list[list[int]], data: Sequence[Sequence[TrainingExample]], world: int) -> list[int]:
+    """The process that trains each group: the costliest groups first, each to the least loaded process (cost:
+    the characters of its documents' texts, which a length-sorted micro-batch's time follows). Every process
+    computes the same deal; it sets only who trains a group, never what the group learns."""
+    cost = [sum(len(ex.target) + len(ex.question or "") + len(ex.context or "") for i in idx for ex in data[i])
+            for idx in groups]
+    load, owner = [0] * world, [0] * len(groups)
+    for g in sorted(range(len(groups)), key=lambda g: (-cost[g], g)):
+        owner[g] = min(range(world), key=lambda r: (load[r], r))
+        load[owner[g]] += cost[g]
+    return owner
+
+
 def train_prag_bank(llm: "LoRAMixingLLM", modules: dict[str, tuple[int, int]],
                     data: Sequence[Sequence[TrainingExample]], rank: int, alpha: float, cfg: TrainConfig,
                     group_size: int, checkpoint: Checkpoint | None = None, shard: tuple[int, int] = (0, 1),
@@ -34,13 +47,14 @@ def train_prag_bank(llm: "LoRAMixingLLM", modules: dict[str, tuple[int, int]],
     """One adapter per document from PRAG's shared random init, trained in groups of similar length.
 
     With a ``checkpoint``, each finished group's adapters are saved at once and a rerun reuses them:
-    no document is trained twice. ``shard`` = (rank, world): this process trains every world-th group from
-    rank, and ``collect`` brings every process's groups to the one that assembles the bank (None elsewhere).
-    A group trains alike wherever it runs, so the bank equals a single process's bit for bit."""
+    no document is trained twice. ``shard`` = (rank, world): this process trains its share of the groups
+    (``deal_groups``), and ``collect`` brings every process's groups to the one that assembles the bank (None
+    elsewhere). A group trains alike wherever it runs, so the bank equals a single process's bit for bit."""
     groups = prag_groups(data, group_size)
     init = LoRABank.initialised(modules, 1, rank, alpha, seed=cfg.seed)
     mine: dict[int, dict[str, torch.Tensor]] = {}  # group number -> its adapters' tensors, on the CPU
-    for g in range(shard[0], len(groups), shard[1]):
+    owner = deal_groups(groups, data, shard[1])
+    for g in (g for g in range(len(groups)) if owner[g] == shard[0]):
         idx = groups[g]
         name = f"group-{g * group_size}"  # named by the group's first position, as before sharding
         saved = checkpoint.read(name) if checkpoint is not None else None
