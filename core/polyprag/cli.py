@@ -215,7 +215,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         tokens = sum(len(llm.tokenizer(d.full_text, add_special_tokens=False)["input_ids"]) for d in docs)
         print(f"Encoded {len(library)} documents ({args.method}) into {path}: bank {size_b['bank']:,} bytes, "
               f"routing {size_b['routing']:,} bytes, {size_b['per_document']:,} bytes per document; "
-              f"{seconds:.0f} s on {size} process{'es' if size > 1 else ''}, {len(docs) / seconds:.3f} documents/s, "
+              f"{seconds:.1f} s on {size} process{'es' if size > 1 else ''}, {len(docs) / seconds:.3f} documents/s, "
               f"{tokens / seconds:.0f} tokens/s.")
     distributed.barrier()
     if folder is not None and not args.checkpoint_dir and int(os.environ.get("LOCAL_RANK", 0)) == 0:

@@ -150,3 +150,17 @@ def test_groups_are_dealt_by_cost_so_processes_finish_together():
     loads = [sum(len(data[g][0].target) for g in range(5) if owner[g] == r) for r in (0, 1)]
     assert sorted(loads) == [80, 80]  # round-robin would give 90 and 70
     assert deal_groups([[i] for i in range(5)], data, 1) == [0] * 5
+
+
+def test_the_distributed_benchmark_reports_speed_up_and_identity(setup, tmp_path, capsys):
+    from bench import distributed as bench
+
+    out = tmp_path / "distributed.json"
+    assert bench.main(["--corpus", str(setup / "corpus.jsonl"), "--docs", "6", "--model", str(setup / "model"),
+                       "--epochs", "1", "--group-size", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "libraries identical: True" in printed and "extrapolated (not measured)" in printed
+    result = json.loads(out.read_text())
+    assert result["documents"] == 6 and result["identical"] and result["speedup"] > 0
+    assert set(result["extrapolated"]) == {"10k_docs_16_processes_hours", "10k_docs_64_processes_hours",
+                                           "100k_docs_16_processes_hours", "100k_docs_64_processes_hours"}
