@@ -71,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="PRAG epochs (default: the recipe's)")
     p.add_argument("--group-size", type=int, default=16,
                    help="PRAG documents per group, the unit a process takes (default 16: 64 documents make 4)")
-    p.add_argument("--compute-dtype", default="float32", help="forward-pass dtype (default float32)")
+    p.add_argument("--compute-dtype", default="auto", help="forward-pass dtype, as `polyprag encode` (default auto)")
     p.add_argument("--processes", type=int, default=2, help="the second run's processes (default 2)")
     p.add_argument("--out", default=str(OUT), help="JSON written here")
     args = p.parse_args(argv)
 
+    if not Path(args.corpus).is_file():
+        raise SystemExit(f"{args.corpus} is not a file; give a corpus JSONL with --corpus.")
     lines = Path(args.corpus).read_text(encoding="utf-8").splitlines()
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp:
         corpus = Path(tmp) / "corpus.jsonl"

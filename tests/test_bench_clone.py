@@ -95,3 +95,16 @@ def test_bench_command_of_an_installed_package_runs_the_clone_it_is_called_in(tm
                                                          "3", "--out", str(out)])
     assert cli.cmd_bench(args) == 0
     assert json.loads(out.read_text())["sizes"][0]["documents"] == 200
+
+
+def test_each_figure_is_printed_as_it_is_measured_and_the_budget_skips_the_rest(no_shared, capsys):
+    from bench.__main__ import main
+
+    out = no_shared / "results"
+    assert main(["--quick", "--random-llama", "tiny", "--out", str(out), "--only", "5_storage_per_document"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("5_storage")]
+    assert "measuring" in lines[0] and "ratio" in lines[1]  # announced, then its figure the moment it is done
+    assert main(["--quick", "--random-llama", "tiny", "--out", str(out), "--budget-s", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "1_parametric_vs_in_context   skipped: the suite's 0 s budget is spent" in printed
+    assert "measuring" not in printed
