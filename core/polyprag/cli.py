@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -218,7 +217,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
               f"{seconds:.1f} s on {size} process{'es' if size > 1 else ''}, {len(docs) / seconds:.3f} documents/s, "
               f"{tokens / seconds:.0f} tokens/s.")
     distributed.barrier()
-    if folder is not None and not args.checkpoint_dir and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+    if folder is not None and not args.checkpoint_dir and distributed.local_rank() == 0:
         shutil.rmtree(folder, ignore_errors=True)  # the default folder: its library is saved
     distributed.shutdown()
     return 0

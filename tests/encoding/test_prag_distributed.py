@@ -164,3 +164,18 @@ def test_the_distributed_benchmark_reports_speed_up_and_identity(setup, tmp_path
     assert result["documents"] == 6 and result["identical"] and result["speedup"] > 0
     assert set(result["extrapolated"]) == {"10k_docs_16_processes_hours", "10k_docs_64_processes_hours",
                                            "100k_docs_16_processes_hours", "100k_docs_64_processes_hours"}
+
+
+def test_mpirun_ranks_as_accelerate_launches_on_cpus_write_the_same_library(setup, single):
+    """accelerate's CPU launch runs under mpirun, whose ranks come in PMI_RANK / PMI_SIZE (no RANK, WORLD_SIZE)."""
+    out = setup / "lib-mpi"
+    env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", workers.WORKER_MARK)}
+    port = str(workers.free_port())
+    procs = [subprocess.Popen([sys.executable, "-m", "polyprag.cli", *_encode_args(setup, out)],
+                              env={**env, "PMI_RANK": str(r), "PMI_SIZE": "2", "MPI_LOCALRANKID": str(r),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}, stdout=subprocess.PIPE, text=True)
+             for r in range(2)]
+    printed = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert "on 2 processes" in printed[0]
+    _assert_same_library(out, single)

@@ -27,8 +27,11 @@ One flat all-reduce of [bank grads ; routing grads] per step is simplest and exa
 
 Launch (the same script runs single-process with plain ``python``):
 
-    torchrun --nproc_per_node 2 -m polyprag.cli encode corpus.jsonl lib/
-    accelerate launch --num_processes 4 -m polyprag.cli encode corpus.jsonl lib/
+    torchrun --nproc_per_node 2 -m polyprag.cli encode corpus.jsonl lib/ --method prag
+    torchrun --nnodes 2 --node_rank R --master_addr HOST --nproc_per_node 16 -m polyprag.cli encode ...
+    accelerate launch --multi_gpu --num_processes 4 -m polyprag.cli encode corpus.jsonl lib/
+    mpirun -n 4 accelerate launch --config_file multi_cpu.yaml -m polyprag.cli encode ...   # accelerate on CPUs
+    polyprag encode corpus.jsonl lib/ --method prag --workers 2                             # no launcher
 """
 from __future__ import annotations
 
@@ -44,13 +47,30 @@ from ..errors import InvalidInputError
 from ..library.adapters import AdapterLibrary
 
 
+# where launchers put a process's rank, world size and rank on its machine: torchrun and accelerate's GPU launch
+# (RANK, ...), and mpirun, which accelerate's CPU launch (distributed_type MULTI_CPU) runs under: Open MPI, MPICH
+# / Intel MPI (PMI_*), MVAPICH
+RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
+SIZE_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+LOCAL_RANK_VARS = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")
+
+
+def _launcher(names: tuple[str, ...], default: int) -> int:
+    return next((int(os.environ[n]) for n in names if os.environ.get(n, "").strip()), default)
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) of this process: from torch.distributed, else the launcher's env, else (0, 1)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return _launcher(RANK_VARS, 0), _launcher(SIZE_VARS, 1)
+
+
+def local_rank() -> int:
+    """This process's rank among those on its machine (0 alone)."""
+    return _launcher(LOCAL_RANK_VARS, 0)
 
 
 def is_main_process() -> bool:
@@ -61,7 +81,7 @@ def is_main_process() -> bool:
 def local_device(device: str | None = None) -> str | None:
     """This process's device: ``cuda:LOCAL_RANK`` under a multi-GPU launcher, else what was asked."""
     if device is None and torch.cuda.is_available() and world()[1] > 1:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        return f"cuda:{local_rank()}"
     return device
 
 
@@ -73,9 +93,10 @@ def init(device: str | torch.device | None = None) -> tuple[int, int]:
     if size > 1 and not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:
             raise InvalidInputError("WORLD_SIZE > 1 but MASTER_ADDR is unset; start the command with "
-                                    "`torchrun --nproc_per_node N` or `accelerate launch`.")
+                                    "`torchrun --nproc_per_node N`, `accelerate launch` or `polyprag encode --workers N`.")
+        os.environ.setdefault("MASTER_PORT", "29500")  # torchrun's default
         backend = "nccl" if torch.device(device or "cpu").type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(backend, rank=rank, world_size=size, timeout=datetime.timedelta(minutes=30))
         rank, size = dist.get_rank(), dist.get_world_size()
     return rank, size
 
