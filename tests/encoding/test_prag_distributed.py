@@ -118,18 +118,21 @@ def test_workers_under_a_launcher_is_refused(setup, monkeypatch, capsys):
 
 
 def test_shards_in_one_process_give_the_whole_fit(llm, docs):
-    """The shard hooks alone (no processes): ranks 1..world-1 hand their groups to rank 0, which assembles the
-    library the whole fit in one process trains."""
+    """The shard hooks alone (no processes): ranks 1..world-1 hand their groups to rank 0, round by round, and
+    rank 0 assembles the library the whole fit in one process trains."""
     everyone = [list(enumerate(PassageAugmenter()(docs)))]  # what the gather of every process's texts returns
     options = dict(augmenter="passage", epochs=2, lr=1e-2, group_size=2, progress=False)
     whole = PRAGEncoder(llm, **options).fit(docs)
     for world in (2, 3):
-        parts: list = [None] * world
+        sent: dict = {}  # (round, rank) -> the groups that rank sent in that round
 
         def collect_as(rank):
+            rounds = iter(range(len(docs)))
+
             def collect(part):
-                parts[rank] = part
-                return list(parts) if rank == 0 else None
+                i = next(rounds)
+                sent[i, rank] = part
+                return [sent.get((i, r), {}) for r in range(world)] if rank == 0 else None
             return collect
 
         for rank in reversed(range(world)):  # rank 0 last: it collects the others' parts

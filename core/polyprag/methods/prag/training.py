@@ -67,10 +67,17 @@ def train_prag_bank(llm: "LoRAMixingLLM", modules: dict[str, tuple[int, int]],
         if checkpoint is not None:
             checkpoint.write(group.tensors(), {"documents": idx}, name=name)
         mine[g] = {k: v.detach().cpu() for k, v in group.tensors().items()}
-    parts = collect(mine)
-    if parts is None:
+    # sent on in rounds of one group per process, so that rank 0 holds the library and one round's copies in
+    # transit, not every process's whole share at once
+    rounds = max(owner.count(r) for r in range(shard[1]))
+    own = sorted(mine)
+    trained: dict[int, dict[str, torch.Tensor]] = {}
+    for i in range(rounds):
+        parts = collect({own[i]: mine.pop(own[i])} if i < len(own) else {})
+        for part in parts or ():
+            trained.update(part)
+    if shard[0] != 0:
         return None
-    trained = {g: t for part in parts for g, t in part.items()}
     row = {i: (g, j) for g, idx in enumerate(groups) for j, i in enumerate(idx)}  # document -> (group, slot)
     rows = [row[i] for i in range(len(data))]  # one concatenation per module, in document order
 
