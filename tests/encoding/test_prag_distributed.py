@@ -182,3 +182,11 @@ def test_mpirun_ranks_as_accelerate_launches_on_cpus_write_the_same_library(setu
     assert [p.returncode for p in procs] == [0, 0]
     assert "on 2 processes" in printed[0]
     _assert_same_library(out, single)
+
+
+def test_workers_refuse_a_missing_corpus_before_starting(setup, capsys):
+    args = _encode_args(setup, setup / "never", "--workers", "2")
+    args[1] = str(setup / "no-such-corpus.jsonl")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no-such-corpus.jsonl" in err and "worker" not in err
