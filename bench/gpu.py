@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     step("4_captured_vs_eager", lambda: captured_vs_eager(llm, docs, questions, sizes["decode_rows"]))
     del loaded["llm"], llm
     common.free(torch.device(args.device))
-    step("5_eval", lambda: evaluate(args, loaded["folder"], work))
+    step("5_eval", lambda: evaluate(args, loaded["folder"], work, 600 - (time.perf_counter() - start)))
     out["total_s"] = time.perf_counter() - start
     path = _write(args.out, out, start)
     shutil.rmtree(work, ignore_errors=True)
@@ -162,8 +162,9 @@ def captured_vs_eager(llm, docs, questions, rows_list) -> dict:
     return out
 
 
-def evaluate(args: argparse.Namespace, model: str, work: Path) -> dict:
-    """One ``polyprag eval`` on the first ``--questions`` dev questions, in its own process; its results.json."""
+def evaluate(args: argparse.Namespace, model: str, work: Path, left_s: float) -> dict:
+    """One ``polyprag eval`` on the first ``--questions`` dev questions, in its own process, stopped when the
+    run's 10 minutes (``left_s`` of them left) are up; its results.json."""
     from bench import common
 
     data = Path(args.data) if args.data else common.SHARED_DATA
@@ -181,7 +182,11 @@ def evaluate(args: argparse.Namespace, model: str, work: Path) -> dict:
     if args.epochs:
         cmd += ["--epochs", str(args.epochs), "--prag-epochs", str(args.epochs)]
     t = time.perf_counter()
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60.0, args.budget_s))
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60.0, left_s))
+    except subprocess.TimeoutExpired:
+        return {"error": f"not finished within the run's 10 minutes ({max(60.0, left_s):.0f} s left for it)",
+                "eval_s": time.perf_counter() - t}
     seconds = time.perf_counter() - t
     if run.returncode != 0:
         return {"error": run.stderr[-2000:], "eval_s": seconds}
