@@ -95,7 +95,10 @@ def init(device: str | torch.device | None = None) -> tuple[int, int]:
             raise InvalidInputError("WORLD_SIZE > 1 but MASTER_ADDR is unset; start the command with "
                                     "`torchrun --nproc_per_node N`, `accelerate launch` or `polyprag encode --workers N`.")
         os.environ.setdefault("MASTER_PORT", "29500")  # torchrun's default
-        backend = "nccl" if torch.device(device or "cpu").type == "cuda" else "gloo"
+        dev = torch.device(device or "cpu")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if backend == "nccl":  # the object collectives (gather, collect) stage their bytes on the current device
+            torch.cuda.set_device(dev if dev.index is not None else torch.device("cuda", local_rank()))
         dist.init_process_group(backend, rank=rank, world_size=size, timeout=datetime.timedelta(minutes=30))
         rank, size = dist.get_rank(), dist.get_world_size()
     return rank, size
