@@ -49,10 +49,10 @@ def encode(corpus: Path, out: Path, processes: int, args: argparse.Namespace) ->
 
 
 def identical(a: Path, b: Path) -> bool:
-    """Whether two library folders hold the same documents and bit-identical adapters."""
+    """Whether two library folders hold the same documents and config and bit-identical adapters."""
     ta, tb = load_file(str(a / "bank.safetensors")), load_file(str(b / "bank.safetensors"))
-    same_docs = (a / "documents.jsonl").read_bytes() == (b / "documents.jsonl").read_bytes()
-    return same_docs and ta.keys() == tb.keys() and all(ta[k].equal(tb[k]) for k in ta)
+    same = all((a / f).read_bytes() == (b / f).read_bytes() for f in ("documents.jsonl", "config.json"))
+    return same and ta.keys() == tb.keys() and all(ta[k].equal(tb[k]) for k in ta)
 
 
 def extrapolated(per_doc_one: float, speedup_two: float) -> dict:

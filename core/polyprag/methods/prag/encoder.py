@@ -56,5 +56,5 @@ class PRAGEncoder(Encoder):
                                collect=shard.collect)
         if bank is None:  # not rank 0: its adapters went there
             return None
-        config = self.library_config(bank.m, group_size=self.group_size, **shard.recorded())
-        return AdapterLibrary(self.llm, bank, docs, config)
+        # no world size recorded: it changes nothing in a PRAG library, whose folder is a one-process run's
+        return AdapterLibrary(self.llm, bank, docs, self.library_config(bank.m, group_size=self.group_size))
