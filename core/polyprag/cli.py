@@ -187,6 +187,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if distributed.world()[1] > 1:
             raise InvalidInputError("--workers starts its own processes; under torchrun / accelerate launch "
                                     "leave it at 1 (the launcher's processes are the workers).")
+        if args.method == "poly" and args.checkpoint_dir:
+            raise InvalidInputError("Poly-PRAG in several processes keeps no checkpoint: leave out --checkpoint-dir "
+                                    "or --workers.")
         _chosen_documents(load_corpus(args.docs), args)  # a bad corpus is refused once, here, not by every worker
         return workers.launch([sys.executable, "-m", "polyprag.cli", *args.argv], args.workers,
                               threads=args.threads or 1)

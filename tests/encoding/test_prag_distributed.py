@@ -113,6 +113,11 @@ def test_workers_under_a_launcher_is_refused(setup, monkeypatch, capsys):
     monkeypatch.delenv(workers.WORKER_MARK, raising=False)
     assert main(_encode_args(setup, setup / "never", "--workers", "2")) == 2
     assert "leave it at 1" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    poly = ["encode", str(setup / "corpus.jsonl"), str(setup / "never"), "--model", str(setup / "model"),
+            "--method", "poly", "--workers", "2", "--checkpoint-dir", str(setup / "ck-poly")]
+    assert main(poly) == 2
+    assert "keeps no checkpoint" in capsys.readouterr().err
     with pytest.raises(InvalidInputError, match="positive"):
         workers.launch([sys.executable, "-c", "pass"], 0)
 

@@ -60,8 +60,8 @@ def launch(command: Sequence[str], workers: int, threads: int = 1, poll_s: float
             if bad:
                 failed = bad[0] if bad[0] > 0 else 128 - bad[0]
                 rank = codes.index(bad[0])
-                print(f"polyprag: worker {rank} of {workers} exited with status {failed}; stopping the others "
-                      "(nothing was saved; rerun the same command to resume from the checkpointed documents).",
+                print(f"polyprag: worker {rank} of {workers} exited with status {failed}; stopping the others. "
+                      "Nothing was saved; rerun the same command (PRAG resumes from the groups it checkpointed).",
                       file=sys.stderr)
                 break
             if all(c == 0 for c in codes):
