@@ -1,8 +1,9 @@
 """``python -m bench``: run the performance suite, print every figure as a ratio, write bench/results/*.json.
 
 Examples:
-    python -m bench --quick                                  # small config, a few minutes on a CPU
-    python -m bench                                          # the full suite, default model
+    python -m bench --quick                                  # a smoke run: every figure once, small
+    python -m bench                                          # the suite, default model: <= 10 min on 2 CPU cores
+    python -m bench --thorough                               # more questions, repeats and rows (~30 min on 2 cores)
     python -m bench --device cuda --random-llama 1b          # GPU, a randomly initialised 1.1B Llama
     python -m bench --quick --random-llama tiny              # seconds: checks that every figure runs
 
@@ -28,17 +29,28 @@ from polyprag import BM25Retriever, ParametricRetriever
 
 from . import common, figures, generation
 
-FULL = dict(questions=16, tokens=32, repeats=5, switch_queries=10, switch_adapters=32, batch=16,
-            storage_docs=1000, fit_docs=16, rows=(1, 16, 128))
-QUICK = dict(questions=4, tokens=12, repeats=3, switch_queries=3, switch_adapters=8, batch=16,
-             storage_docs=1000, fit_docs=8, rows=(1, 16))
+# the configs, sized by the seconds each figure took on 2 CPU cores (bench_s in results/cpu-*.json): THOROUGH took
+# ~30 min (figure 1: 400 s for 16 questions; figure 6: 920 s re-encoding 16 documents with the default recipe),
+# FULL cuts the questions, repeats, rows and re-encoded documents to fit 10 minutes, QUICK runs each figure once
+THOROUGH = dict(questions=16, tokens=32, repeats=5, switch_queries=10, switch_adapters=32, batch=16,
+                storage_docs=1000, fit_docs=16, rows=(1, 16, 128))
+FULL = dict(questions=4, tokens=32, repeats=3, switch_queries=10, switch_adapters=32, batch=8,
+            storage_docs=1000, fit_docs=2, rows=(1, 16))
+QUICK = dict(questions=2, tokens=8, repeats=1, switch_queries=3, switch_adapters=8, batch=4,
+             storage_docs=100, fit_docs=1, rows=(1, 16))
+BUDGET_S = 480  # FULL's: a figure not started by then is skipped, and says so (the last one started ends by ~10 min)
 
 
 def main(argv: list[str] | None = None, section: str | None = None, names: Sequence[str] = ()) -> int:
     """Run the suite (or a ``section`` of it: only the figures ``names``, written to <machine>-<section>.json)."""
     ap = argparse.ArgumentParser(prog=f"python -m bench{'.' + section if section else ''}",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small config (fewer questions, tokens, repeats)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: each figure once, on few questions and tokens")
+    ap.add_argument("--thorough", action="store_true",
+                    help="16 questions, 5 repeats, 128-row batches, 16 re-encoded documents (~30 min on 2 CPU cores)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help=f"skip the figures not started after this many seconds (default: {BUDGET_S} without "
+                         "--thorough, none with it)")
     ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--model", help="a local HF causal-LM folder (default: bundled SmolLM2-135M-Instruct)")
     ap.add_argument("--random-llama", choices=sorted(common.RANDOM_LLAMAS),
@@ -58,7 +70,8 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = QUICK if args.quick else FULL
+    cfg = QUICK if args.quick else THOROUGH if args.thorough else FULL
+    budget = args.budget_s if args.budget_s is not None else (None if args.thorough else BUDGET_S)
     dtype = args.dtype or ("bfloat16" if (args.device or "").startswith("cuda") else None)
     start = time.perf_counter()
     llm = common.load_llm(args.model, args.random_llama, args.device, dtype, args.tokenizer, args.compute_dtype)
@@ -76,9 +89,15 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
             baselines.append(generation.Baselines(llm))
         return baselines[0]
 
-    def run(name: str, fn) -> None:
+    def run(name: str, fn, measured: bool = False) -> None:  # measured: by an earlier figure's run, no budget
         if only and name not in only:
             return
+        if not measured and budget is not None and time.perf_counter() - start > budget:
+            print(f"{name:28s} skipped: the suite's {budget:.0f} s budget is spent (run it alone: --only {name})",
+                  flush=True)
+            return
+        if not measured:
+            print(f"{name:28s} measuring ...", flush=True)
         t = time.perf_counter()
         results[name] = fn()
         results[name]["bench_s"] = time.perf_counter() - t
@@ -122,7 +141,7 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
         only |= pair  # figure 7 is measured by figure 6's run
     run("6_add_document_vs_prag", add_vs_prag)
     if "vs_reencode" in added:
-        run("7_add_document_vs_reencode", lambda: added["vs_reencode"])
+        run("7_add_document_vs_reencode", lambda: added["vs_reencode"], measured=True)
     if "library" in kept:
         run("memory_library_vs_model", lambda: figures.memory(llm, kept["library"], kept["folder"]))
         shutil.rmtree(kept["folder"], ignore_errors=True)
@@ -130,9 +149,9 @@ def main(argv: list[str] | None = None, section: str | None = None, names: Seque
     if llm.device.type == "cuda":
         info["peak_gpu_mb"] = torch.cuda.max_memory_allocated(llm.device) / 2**20
     info["suite_s"] = time.perf_counter() - start
-    info["config"] = {**cfg, "quick": args.quick}
+    info["config"] = {**cfg, "quick": args.quick, "thorough": args.thorough, "budget_s": budget}
     compute = f"-{str(llm.compute_dtype).replace('torch.', '')}" if llm.compute_dtype else ""
-    tags = f"{compute}{'-' + section if section else ''}{'-quick' if args.quick else ''}"
+    tags = f"{compute}{'-' + section if section else ''}{'-quick' if args.quick else '-thorough' if args.thorough else ''}"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{info['device']}-{llm.name}{tags}")
     path = Path(args.out) / f"{slug}.json"
     if args.only and path.is_file():  # a rerun of some figures keeps the others' last results

@@ -95,3 +95,33 @@ def test_bench_command_of_an_installed_package_runs_the_clone_it_is_called_in(tm
                                                          "3", "--out", str(out)])
     assert cli.cmd_bench(args) == 0
     assert json.loads(out.read_text())["sizes"][0]["documents"] == 200
+
+
+def test_each_figure_is_printed_as_it_is_measured_and_the_budget_skips_the_rest(no_shared, capsys):
+    from bench.__main__ import main
+
+    out = no_shared / "results"
+    assert main(["--quick", "--random-llama", "tiny", "--out", str(out), "--only", "5_storage_per_document"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("5_storage")]
+    assert "measuring" in lines[0] and "ratio" in lines[1]  # announced, then its figure the moment it is done
+    assert main(["--quick", "--random-llama", "tiny", "--out", str(out), "--budget-s", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "1_parametric_vs_in_context   skipped: the suite's 0 s budget is spent" in printed
+    assert "measuring" not in printed
+
+
+def test_the_prepared_gpu_run_runs_end_to_end_on_the_cpu(no_shared):
+    """bench/gpu.py on the tiny model: every step measured (none failed or skipped), one JSON."""
+    from bench.gpu import main
+
+    out = no_shared / "gpu.json"
+    assert main(["--random-llama", "tiny", "--device", "cpu", "--questions", "2", "--epochs", "1",
+                 "--eval-methods", "closed_book,in_context,prag", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    steps = report["steps"]
+    assert set(steps) == {"1_convert_and_load", "2_prag_encode", "3_poly_encode", "4_captured_vs_eager", "5_eval"}
+    assert not report["skipped"] and not [s for s in steps.values() if "error" in s]
+    assert [r["size"] for r in steps["2_prag_encode"]["sizes"]] == [2, 4]
+    assert all(r["s_per_doc"] > 0 for r in steps["3_poly_encode"]["sizes"])
+    assert steps["4_captured_vs_eager"]["4"]["captured_tokens_per_s"] > 0
+    assert set(steps["5_eval"]["results"]) == {"closed_book", "in_context", "prag"}

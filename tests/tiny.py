@@ -49,3 +49,18 @@ def tiny_llm(seed: int = 0, spaced: bool = False, **kw):
     from polyprag import LoRAMixingLLM
 
     return LoRAMixingLLM(tiny_model(seed), tiny_tokenizer(spaced), name="tiny-llama", **kw)
+
+
+def tiny_folder(root, texts=()):
+    """The tiny model and tokenizer saved in ``root/model`` and ``texts`` as ``root/corpus.jsonl`` (ids d0, d1, …),
+    for tests that run the model in other processes; returns ``root``."""
+    import json
+    from pathlib import Path
+
+    root = Path(root)
+    tiny_model().save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    with open(root / "corpus.jsonl", "w") as fh:
+        for i, t in enumerate(texts):
+            fh.write(json.dumps({"id": f"d{i}", "title": "", "text": t}) + "\n")
+    return root

@@ -150,6 +150,9 @@ def _configure_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help=_recipe_help("poly.lr", "prag.lr"))
     p.add_argument("--layers", type=int, default=None, help=_recipe_help("poly.layers", "prag.layers"))
     p.add_argument("--stop-loss", type=float, default=None, help=_recipe_help("prag.stop_loss"))
+    p.add_argument("--group-size", type=int, default=32,
+                   help="PRAG: documents trained together in one batch, and the unit of work a process takes "
+                        "(the library depends on it, not on the number of processes) (default: 32)")
     p.add_argument("--library", dest="which", default="corpus",
                    help="documents to encode: 'corpus' (all), 'questions' (the --questions' retrieved top-k and "
                         "gold passages) or a number N (those plus N other documents, seeded) (default: corpus)")
@@ -157,6 +160,16 @@ def _configure_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=3,
                    help="with --questions: passages retrieved per question (BM25) (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the adapters' start and the batches (default: 0)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="encode in this many processes on this machine, one torch thread each unless --threads "
+                        "(as torchrun does; PRAG: each trains its share of the documents, the library equals one "
+                        "process's; Poly-PRAG: data-parallel). Under torchrun / accelerate launch leave it at 1 "
+                        "(default: 1)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="where PRAG saves each finished group of documents (Poly-PRAG, in one process: its "
+                        "progress); rerunning the same command after a crash, on any number of processes, resumes "
+                        "from it (default for PRAG: .LIBRARY.checkpoints beside the library, removed once it is "
+                        "saved; Poly-PRAG keeps none unless given)")
 
 
 def _chosen_documents(docs: list, args: argparse.Namespace) -> list:
@@ -203,14 +216,26 @@ _METHOD_NAMES = {"poly": "Poly-PRAG", "prag": "PRAG"}
 def cmd_encode(args: argparse.Namespace) -> int:
     """Encode a corpus into a library folder and print what was written.
 
-    Under `torchrun` / `accelerate launch` the Poly-PRAG training is data-parallel; rank 0 saves."""
+    With ``--workers N``, or under `torchrun` / `accelerate launch`, the work is split across processes
+    (``encoding.distributed``); rank 0 saves, once, atomically, after every process has finished."""
     from .documents import load_corpus
-    from .encoding import distributed
+    from .encoding import distributed, workers
     from .library.storage import check_target
     from .methods.polyprag.encoder import PolyPRAGEncoder
     from .methods.prag.encoder import PRAGEncoder
 
     check_target(args.library)  # a folder of the user's, a file or an unwritable path: refused before training
+
+    if args.workers != 1 and not workers.is_worker():
+        if distributed.world()[1] > 1:
+            raise InvalidInputError("--workers starts its own processes; under torchrun / accelerate launch "
+                                    "leave it at 1 (the launcher's processes are the workers).")
+        if args.method == "poly" and args.checkpoint_dir:
+            raise InvalidInputError("Poly-PRAG in several processes keeps no checkpoint: leave out --checkpoint-dir "
+                                    "or --workers.")
+        _chosen_documents(load_corpus(args.docs), args)  # a bad corpus is refused once, here, not by every worker
+        return workers.launch([sys.executable, "-m", "polyprag.cli", *args.argv], args.workers,
+                              threads=args.threads or 1)
     docs = _chosen_documents(load_corpus(args.docs), args)
     llm = _load_llm(args.model, distributed.local_device(args.device), args.compute_dtype)
     # options left at None come from the recipe
@@ -218,23 +243,30 @@ def cmd_encode(args: argparse.Namespace) -> int:
                   seed=args.seed, progress=not args.quiet, layers=args.layers)
     if args.batch_size is not None:
         common["batch_size"] = args.batch_size
+    folder = args.checkpoint_dir
     if args.method == "prag":
-        encoder = PRAGEncoder(llm, stop_loss=args.stop_loss, **common)
+        encoder = PRAGEncoder(llm, stop_loss=args.stop_loss, group_size=args.group_size, **common)
+        folder = folder or Path(args.library).parent / f".{Path(args.library).name}.checkpoints"
     else:
         if args.stop_loss is not None:
             raise InvalidInputError("--stop-loss applies to --method prag (one adapter per document) only.")
         encoder = PolyPRAGEncoder(llm, num_adapters=args.num_adapters, **common)
+    distributed.init(llm.device)  # the rendezvous waits for the slowest model load: not part of the encode time
     t0 = time.perf_counter()
-    library = distributed.fit(encoder, docs)
+    library = distributed.fit(encoder, docs, checkpoint_dir=folder)
     seconds = time.perf_counter() - t0
-    if distributed.is_main_process():
+    rank, size = distributed.world()
+    if rank == 0:
         path = library.save(args.library)
-        size = library.storage_bytes()
+        size_b = library.storage_bytes()
         tokens = sum(len(llm.tokenizer(d.full_text, add_special_tokens=False)["input_ids"]) for d in docs)
-        print(f"Encoded {len(library)} documents ({args.method}) into {path}: bank {size['bank']:,} bytes, "
-              f"routing {size['routing']:,} bytes, {size['per_document']:,} bytes per document; "
-              f"{seconds:.0f} s, {len(docs) / seconds:.3f} documents/s, {tokens / seconds:.0f} tokens/s.")
+        print(f"Encoded {len(library)} documents ({args.method}) into {path}: bank {size_b['bank']:,} bytes, "
+              f"routing {size_b['routing']:,} bytes, {size_b['per_document']:,} bytes per document; "
+              f"{seconds:.1f} s on {size} process{'es' if size > 1 else ''}, {len(docs) / seconds:.3f} documents/s, "
+              f"{tokens / seconds:.0f} tokens/s.")
     distributed.barrier()
+    if folder is not None and not args.checkpoint_dir and distributed.local_rank() == 0:
+        shutil.rmtree(folder, ignore_errors=True)  # the default folder: its library is saved
     distributed.shutdown()
     return 0
 
@@ -625,6 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command not in PASSTHROUGH:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.passthrough = extra
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers reruns in each worker
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.threads:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_model, tiny_tokenizer
+from tiny import tiny_folder
 
 from polyprag import AdapterLibrary, LoRAMixingLLM, PolyPRAGEncoder
 from polyprag.encoding import distributed
@@ -49,12 +49,7 @@ WORKER = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist")
-    tiny_model().save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
-    with open(root / "corpus.jsonl", "w") as fh:
-        for i, t in enumerate(TEXTS):
-            fh.write(json.dumps({"id": f"d{i}", "title": "", "text": t}) + "\n")
+    root = tiny_folder(tmp_path_factory.mktemp("dist"), TEXTS)
     (root / "worker.py").write_text(WORKER)
     return root
 
@@ -110,12 +105,10 @@ def test_a_world_size_without_a_launcher_is_refused(monkeypatch, llm, docs):
         distributed.fit(PolyPRAGEncoder(llm, **ENCODER), docs)
 
 
-def test_a_shard_of_several_processes_is_refused_where_fit_cannot_share_it(llm, docs, tmp_path):
-    from polyprag import InvalidInputError, PRAGEncoder
+def test_a_checkpointed_poly_fit_of_several_processes_is_refused(llm, docs, tmp_path):
+    from polyprag import InvalidInputError
     from polyprag.encoding.encoder import Shard
 
-    two = Shard(rank=0, world=2)
-    with pytest.raises(InvalidInputError, match="covers Poly-PRAG, not PRAGEncoder"):
-        PRAGEncoder(llm, augmenter="passage", progress=False).fit(docs, shard=two)
-    with pytest.raises(InvalidInputError, match="checkpoint"):
-        PolyPRAGEncoder(llm, **ENCODER).fit(docs, checkpoint_dir=tmp_path, shard=two)
+    # PRAG shards its groups (tests/encoding/test_prag_distributed.py); Poly-PRAG's replicas keep no checkpoint
+    with pytest.raises(InvalidInputError, match="keeps no checkpoint"):
+        PolyPRAGEncoder(llm, **ENCODER).fit(docs, checkpoint_dir=tmp_path, shard=Shard(rank=0, world=2))

@@ -26,18 +26,20 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Shard:
     """This process's part of ``Encoder.fit``: it augments every ``world``-th document and trains every
-    ``world``-th mini-batch from ``rank``; the hooks join it to the other processes (``encoding.distributed``
-    supplies them under a launcher). The default is the whole fit in one process.
+    ``world``-th mini-batch (Poly-PRAG) or group of documents (PRAG) from ``rank``; the hooks join it to the
+    other processes (``encoding.distributed`` supplies them under a launcher). The default is the whole fit in
+    one process.
 
     ``gather``: every process's augmented part, from this one's; ``broadcast``: copy rank 0's values into
     these tensors (the replicas start equal); ``sync``: average these gradients before each step (they stay
-    equal)."""
+    equal); ``collect``: on rank 0 every process's part, from this one's (None on the others)."""
 
     rank: int = 0
     world: int = 1
     gather: Callable[[list], list[list]] = lambda part: [part]
     broadcast: Callable[[Sequence["torch.Tensor"]], None] = lambda tensors: None
     sync: Callable[[list["torch.Tensor"]], None] | None = None
+    collect: Callable[[object], list | None] = lambda part: [part]
 
     def recorded(self) -> dict:
         """What a library trained in this shard records of it: the world size when there are several
@@ -47,8 +49,8 @@ class Shard:
 
 class Encoder:
     """What each method's encoder (``PolyPRAGEncoder``, ``PRAGEncoder``) shares; a method names the library
-    ``kind`` it makes and its checkpoint ``phase``, says whether it trains ``data_parallel``, and implements
-    ``train_library``.
+    ``kind`` it makes and its checkpoint ``phase``, says whether it trains ``data_parallel`` (and keeps a checkpoint
+    while doing so: ``checkpoint_parallel``), and implements ``train_library``.
 
     Settings left at None come from ``recipe`` (``polyprag.encoding.recipes``); ``train`` holds the method's own
     optimisation settings (``TrainConfig`` fields)."""
@@ -56,6 +58,7 @@ class Encoder:
     kind = ""
     phase = ""
     data_parallel = False  # whether several processes can train one library (``Shard``)
+    checkpoint_parallel = False  # whether such a fit can keep a checkpoint
 
     def __init__(self, llm: "LoRAMixingLLM", train: dict, rank: int | None = None, alpha: float | None = None,
                  target_modules: Sequence[str] | None = None, augmenter: Augmenter | str | None = None,
@@ -136,19 +139,21 @@ class Encoder:
         return data
 
     def fit(self, documents: Sequence[Document], checkpoint_dir: str | os.PathLike | None = None,
-            checkpoint_every: int = 10, shard: Shard = Shard()) -> AdapterLibrary:
+            checkpoint_every: int = 10, shard: Shard = Shard()) -> AdapterLibrary | None:
         """Train a new library on the documents (augmented first) and return it.
 
         ``checkpoint_dir``: save progress there (every ``checkpoint_every`` steps for Poly-PRAG, after
         each finished group of documents for PRAG); rerunning the same ``fit`` after a crash resumes
         where it stopped and gives the same library as an uninterrupted run. Delete the folder once
-        the library is saved. ``shard``: this process's part of a data-parallel run (``encoding.distributed``);
-        every process returns the same library."""
+        the library is saved. ``shard``: this process's part of a data-parallel run (``encoding.distributed``):
+        a Poly-PRAG fit returns the same library in every process, a PRAG fit returns it in rank 0 and None in
+        the others (their adapters went to rank 0: one copy of a per-document library per process would not fit)."""
         if shard.world > 1 and not self.data_parallel:
-            raise InvalidInputError(f"Distributed encoding covers Poly-PRAG, not {type(self).__name__}: encode "
-                                    "shards of the corpus separately (one process each) and join them.")
-        if shard.world > 1 and checkpoint_dir is not None:
-            raise InvalidInputError("A data-parallel fit keeps no checkpoint; run it without checkpoint_dir.")
+            raise InvalidInputError(f"{type(self).__name__} cannot train in several processes: encode shards of "
+                                    "the corpus separately (one process each) and join them with add_documents.")
+        if shard.world > 1 and checkpoint_dir is not None and not self.checkpoint_parallel:
+            raise InvalidInputError(f"A data-parallel {type(self).__name__} fit keeps no checkpoint; run it without "
+                                    "checkpoint_dir (or in one process).")
         docs = self.checked(documents)
         data = self.augment(docs, shard)
         ck = run_checkpoint(checkpoint_dir, checkpoint_every, self.phase, self.llm, docs, data, self.train,
@@ -156,7 +161,7 @@ class Encoder:
         return self.train_library(docs, data, ck, shard)
 
     def train_library(self, docs: list[Document], data: Sequence[Sequence[TrainingExample]],
-                      checkpoint: Checkpoint | None, shard: Shard) -> AdapterLibrary:
+                      checkpoint: Checkpoint | None, shard: Shard) -> AdapterLibrary | None:
         """The library of ``docs`` trained on their training texts ``data`` (saving progress in ``checkpoint``;
-        this process training its ``shard``)."""
+        this process training its ``shard``; None where the method assembles it in another process)."""
         raise NotImplementedError

@@ -27,6 +27,8 @@ class PRAGEncoder(Encoder):
 
     kind = PRAGKind.name
     phase = "prag-fit"
+    data_parallel = True  # its documents are independent: each process trains its share of the groups
+    checkpoint_parallel = True  # each process checkpoints its own groups; any world size resumes them
 
     def __init__(self, llm: "LoRAMixingLLM", rank: int | None = None, alpha: float | None = None,
                  lr: float | None = None, epochs: int | None = None, group_size: int = 32,
@@ -45,8 +47,14 @@ class PRAGEncoder(Encoder):
         return {**super().run_identity(), "group_size": self.group_size}
 
     def train_library(self, docs: list[Document], data: Sequence[Sequence[TrainingExample]],
-                      checkpoint: Checkpoint | None, shard: Shard) -> AdapterLibrary:
-        """Every document's adapter, trained in groups (each finished group saved in ``checkpoint``)."""
-        bank = train_prag_bank(self.llm, self.trained_modules(), data, self.rank, self.alpha, self.train,
-                               self.group_size, checkpoint=checkpoint)
+                      checkpoint: Checkpoint | None, shard: Shard) -> AdapterLibrary | None:
+        """Every document's adapter, trained in groups (each finished group saved in ``checkpoint``); in a
+        ``shard`` of several processes this one trains every world-th group and rank 0 assembles the library."""
+        cfg = replace(self.train, progress=self.train.progress and shard.rank == 0)  # one bar, not one per process
+        bank = train_prag_bank(self.llm, self.trained_modules(), data, self.rank, self.alpha, cfg,
+                               self.group_size, checkpoint=checkpoint, shard=(shard.rank, shard.world),
+                               collect=shard.collect)
+        if bank is None:  # not rank 0: its adapters went there
+            return None
+        # no world size recorded: it changes nothing in a PRAG library, whose folder is a one-process run's
         return AdapterLibrary(self.llm, bank, docs, self.library_config(bank.m, group_size=self.group_size))
