@@ -8,7 +8,8 @@ For each question of a slice whose gold document is in a PRAG library (one adapt
 - the gold adapter's rank under the scores pooled over the question (``polyprag.methods.lag.selection``);
 - the answers: closed book, the paper's rule, the router forced to the gold adapter at every token (the ceiling
   of routing: B*A* of the gold adapter everywhere), PRAG's mixture of that one document at full strength (the
-  same delta from the PRAG bank: the two must agree), and the best pooled variant (votes, top-1, held).
+  same delta from the PRAG bank: the two must agree), and the pooled variants (the paper's decisions counted over
+  the question's tokens, or SpectR's over every adapter; the top adapter held for the whole answer).
 
     python -m bench.lag_diagnose --data /work/shared/data/popqa-birthplaces --n 40 --libraries LIBS \
         --out bench/results/lag_diagnose
@@ -78,6 +79,7 @@ def diagnose(llm, prag, questions, k: int, max_new_tokens: int) -> list[dict]:
         "forced_gold": llm.generate(prompts, forced, **gen),
         "prag_gold": llm.generate(prompts, [prag.mixture([g]) for g in golds], **gen),
         "held_votes_top1": llm.generate(prompts, selector.mixtures(asked), **gen),
+        "held_spectr_votes_top1": llm.generate(prompts, LAGSelector(lag, score="spectr_votes").mixtures(asked), **gen),
     }
     pooled = {(s, t): LAGSelector(lag, score=s, tokens=t, k=k).scores(asked) for s in SCORES
               for t in ("question", "prompt")}
@@ -146,6 +148,40 @@ def _inputs(llm, enc) -> dict[str, torch.Tensor]:
     return observer.seen
 
 
+def peft_arrow_check(llm, prag, questions, k: int) -> dict:
+    """peft's own Arrow (``ArrowConfig``, ``create_arrow_model``) over the PRAG library's documents exported as peft
+    folders, against polyprag's ``LAGRouter(variant="arrow")`` (the eval's ``lag_arrow``): the largest logit
+    difference over the questions' prompts, and whether the two pick the same next token."""
+    import copy
+    import tempfile
+
+    from peft import ArrowConfig, create_arrow_model
+
+    from polyprag.library.export import export_peft
+    from polyprag.methods.lag import LAGLibrary, LAGRouter
+
+    with tempfile.TemporaryDirectory(prefix="lag-peft-") as tmp:
+        paths = [str(export_peft(prag, [d], Path(tmp) / d)) for d in prag.doc_ids]
+        base = copy.deepcopy(llm.model)
+        for m in base.modules():
+            m._forward_hooks.clear()
+        t0 = time.perf_counter()
+        model = create_arrow_model(base, paths, ArrowConfig(top_k=k, router_temperature=1.0, rng_seed=0)).eval()
+        load_s = time.perf_counter() - t0
+        ours = LAGRouter(LAGLibrary.from_adapter_library(prag), k=k, variant="arrow")
+        worst, same, total = 0.0, 0, 0
+        for q in questions:
+            enc = llm.encode([llm.question_prompt(q.question)])
+            with torch.no_grad():
+                theirs = model(input_ids=enc["input_ids"]).logits.float()
+            mine = llm.logits(enc["input_ids"], mixture=ours).float()
+            worst = max(worst, float((theirs - mine).abs().max()))
+            same += int(theirs[0, -1].argmax() == mine[0, -1].argmax())
+            total += 1
+    return {"adapters": len(paths), "peft_load_s": load_s, "max_logit_diff": worst,
+            "same_next_token": f"{same}/{total}"}
+
+
 def _layer(module: str) -> int:
     parts = module.split(".")
     return next(int(p) for p in parts if p.isdigit())
@@ -197,8 +233,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--library", help="a saved PRAG library holding the questions' gold documents")
     p.add_argument("--libraries", help="or an eval --libraries folder: its PRAG library holding the most of them")
     p.add_argument("--k", type=int, default=5, help="Arrow top-k")
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer budget (the eval's default)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--peft-check", action="store_true", help="also compare peft's Arrow with polyprag's lag_arrow")
     p.add_argument("--out", help="folder for diagnose.json and diagnose.md")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -222,6 +259,11 @@ def main(argv=None) -> list[dict]:
     t0 = time.perf_counter()
     records = diagnose(llm, prag, asked, args.k, args.max_new_tokens)
     md = table(records)
+    if args.peft_check:
+        check = peft_arrow_check(llm, prag, asked, args.k)
+        md += (f"\n\npeft's Arrow (create_arrow_model, {check['adapters']} adapters exported as peft folders, loaded "
+               f"in {check['peft_load_s']:.0f} s) vs polyprag's lag_arrow: max |logit diff| "
+               f"{check['max_logit_diff']:.2e}, same next token on {check['same_next_token']} prompts.")
     print(md)
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.out:

@@ -13,7 +13,8 @@ the model reads the recitals; PolyPRAG mode "recite"). Controls that tell inject
 LAG (``polyprag.methods.lag``, over the PRAG library's adapters, no retriever): ``lag`` is the paper's rule
 (Arrow top-k then SpectR, per token and layer: ``arrow_spectr``), ``lag_arrow`` peft's Arrow rule (softmax over
 the top-k, per token); the variants that carry knowledge decide once per question, from the paper's per-token
-decisions counted over the question's tokens (``votes``; ``_spectr``: SpectR norms pooled instead), and then use
+decisions counted over the question's tokens (``votes``; ``_sv``: SpectR's decisions over every adapter, no
+Arrow filter, counted; ``_spectr``: SpectR norms pooled instead), and then use
 the chosen documents' adapters whole: ``lag_held`` (the top adapter at full strength for the whole answer),
 ``lag_held_top3`` (the top 3 summed), ``lag_uniform_top3`` (their uniform mean), ``lag_ensemble`` (each of the
 top 3 on its own row), ``lag_recite`` / ``lag_recite_ensemble`` (the top 1 / 3 recited, then read). LAG
@@ -79,7 +80,7 @@ def _lag_methods() -> dict[str, Method]:
     base = {"lag": Method("lag", "lag", lag="arrow_spectr"),
             "lag_in_context": Method("lag", "lag_in_context", lag="arrow_spectr"),
             "lag_arrow": Method("lag", "lag", lag="arrow")}
-    for score, tag in (("votes", ""), ("spectr", "_spectr")):
+    for score, tag in (("votes", ""), ("spectr_votes", "_sv"), ("spectr", "_spectr")):
         base |= {f"lag_held{tag}": Method("lag", "parametric", "sum", lag=score),
                  f"lag_held_top3{tag}": Method("lag", "parametric", "sum", lag=score, lag_top=3),
                  f"lag_uniform_top3{tag}": Method("lag", "parametric", "mean", lag=score, lag_top=3),

@@ -6,6 +6,7 @@ many documents' adapters, none applied long enough for its knowledge to reach th
 per-token quantities are computed on a bare forward pass over the prompt and pooled per adapter:
 
     votes_j  = Σ_{t, layer} [ĵ(t, layer) = j]                        (the paper's decisions, counted)
+    spectr_votes_j: the same for SpectR over every adapter (no Arrow filter: the paper's "spectr" rule)
     spectr_j = Σ_{t, layer} ‖A*_j x_t‖ / ‖x_t‖ − mean_i ‖A*_i x_t‖ / ‖x_t‖   (SpectR, centred per token)
     arrow_j  = Σ_{t, layer} |a*_j · x_t| / ‖x_t‖ − mean_i (…)                 (Arrow, centred per token)
 
@@ -30,7 +31,7 @@ from .router import LAGRouter
 if TYPE_CHECKING:
     from ...engine import BankMixture
 
-SCORES = ("votes", "spectr", "arrow")
+SCORES = ("votes", "spectr_votes", "spectr", "arrow")
 TOKENS = ("question", "prompt")
 COMBINES = ("sum", "mean")
 
@@ -61,8 +62,10 @@ class PromptScores(Mixture):
             centred = per_token - per_token.mean(-1, keepdim=True)                   # [rows, L, n]
             self.totals[score][:, f.members.cpu()] += (centred * mask).sum(1).cpu()
         local, _, _ = self.router._route(name, x)                                     # ĵ per token: [rows·L, 1]
-        votes = torch.zeros(rows * L, n, device=x.device).scatter_(1, local, 1.0).view(rows, L, n)
-        self.totals["votes"][:, f.members.cpu()] += (votes * mask).sum(1).cpu()
+        best = z.norm(dim=-1).argmax(-1).view(-1, 1)                                  # SpectR over all: [rows·L, 1]
+        for score, won in (("votes", local), ("spectr_votes", best)):
+            votes = torch.zeros(rows * L, n, device=x.device).scatter_(1, won, 1.0).view(rows, L, n)
+            self.totals[score][:, f.members.cpu()] += (votes * mask).sum(1).cpu()
         return self.router.delta(name, x) if self.routed else None
 
 
