@@ -71,6 +71,7 @@ def bench_one(llm, n: int, args, root: Path) -> dict:
     from peft import ArrowConfig, create_arrow_model
 
     from polyprag.methods.lag import LAGLibrary, LAGRouter
+    from polyprag.methods.lag.selection import PromptScores
 
     paths = make_peft_folders(bare_copy(llm.model), root / f"n{n}", n, args.rank, 2 * args.rank,
                               list(llm.target_modules))
@@ -78,9 +79,9 @@ def bench_one(llm, n: int, args, root: Path) -> dict:
     library = LAGLibrary.from_peft(paths, llm)
     build_lag = time.perf_counter() - t
     t = time.perf_counter()
-    peft_model = create_arrow_model(bare_copy(llm.model), paths,
-                                    ArrowConfig(top_k=min(args.k, n), router_temperature=1.0, rng_seed=0)).eval()
-    build_peft = time.perf_counter() - t
+    peft_model = None if args.skip_peft else create_arrow_model(
+        bare_copy(llm.model), paths, ArrowConfig(top_k=min(args.k, n), router_temperature=1.0, rng_seed=0)).eval()
+    build_peft = None if args.skip_peft else time.perf_counter() - t
     routers = {v: LAGRouter(library, k=args.k, variant=v) for v in ("arrow_spectr", "arrow")}
     vocab = llm.model.config.vocab_size
     gen = torch.Generator().manual_seed(1)
@@ -89,25 +90,31 @@ def bench_one(llm, n: int, args, root: Path) -> dict:
     out = {"adapters": n, "build_s": {"polyprag_svd": build_lag, "peft_load": build_peft},
            "storage_bytes": library.storage_bytes()}
     with torch.no_grad():
-        t = time.perf_counter()
-        peft_model(input_ids=shapes["decode"])  # peft builds its prototypes on the first call
-        out["build_s"]["peft_prototypes_first_call"] = time.perf_counter() - t
-        ids = shapes["prefill"][:, :32]
-        diff = (llm.logits(ids, mixture=routers["arrow"]) - peft_model(input_ids=ids).logits).abs().max()
-        out["arrow_vs_peft_max_logit_diff"] = float(diff)
+        if peft_model is not None:
+            t = time.perf_counter()
+            peft_model(input_ids=shapes["decode"])  # peft builds its prototypes on the first call
+            out["build_s"]["peft_prototypes_first_call"] = time.perf_counter() - t
+            ids = shapes["prefill"][:, :32]
+            diff = (llm.logits(ids, mixture=routers["arrow"]) - peft_model(input_ids=ids).logits).abs().max()
+            out["arrow_vs_peft_max_logit_diff"] = float(diff)
         for shape, ids in shapes.items():
             tokens = ids.numel()
             base = timed(lambda: llm.logits(ids), args.repeats)
             row = {"tokens": tokens, "bare_ms": 1e3 * base}
             for v, router in routers.items():
                 row[f"polyprag_{v}_ms"] = 1e3 * timed(lambda: llm.logits(ids, mixture=router), args.repeats)
-            row["peft_arrow_ms"] = 1e3 * timed(lambda: peft_model(input_ids=ids).logits, args.repeats)
+            if shape == "prefill":  # the pooled variants' one scoring pass over a question's prompt
+                scorer = PromptScores(library, torch.ones(ids.shape), k=args.k)
+                row["polyprag_pooled_scores_ms"] = 1e3 * timed(lambda: llm.logits(ids, mixture=scorer), args.repeats)
+            if peft_model is not None:
+                row["peft_arrow_ms"] = 1e3 * timed(lambda: peft_model(input_ids=ids).logits, args.repeats)
             for key in [k for k in row if k.endswith("_ms") and k != "bare_ms"]:
                 row[key.replace("_ms", "_us_per_token")] = 1e6 * (row[key] / 1e3 - base) / tokens
-            row["ratio_peft_arrow_over_lag"] = _ratio(row["peft_arrow_us_per_token"],
-                                                      row["polyprag_arrow_spectr_us_per_token"])
-            row["ratio_peft_arrow_over_polyprag_arrow"] = _ratio(row["peft_arrow_us_per_token"],
-                                                                 row["polyprag_arrow_us_per_token"])
+            if peft_model is not None:
+                row["ratio_peft_arrow_over_lag"] = _ratio(row["peft_arrow_us_per_token"],
+                                                          row["polyprag_arrow_spectr_us_per_token"])
+                row["ratio_peft_arrow_over_polyprag_arrow"] = _ratio(row["peft_arrow_us_per_token"],
+                                                                     row["polyprag_arrow_us_per_token"])
             out[shape] = row
     del peft_model
     return out
@@ -126,6 +133,7 @@ def main(argv=None) -> dict:
     p.add_argument("--rows", type=int, default=8, help="rows of the one-token decode step")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-peft", action="store_true", help="time polyprag alone (peft loads 100 adapters in ~30 s)")
     p.add_argument("--tiny", action="store_true", help="the tests' tiny random model instead of SmolLM2-135M")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "lag.json"))
     args = p.parse_args(argv)
@@ -149,15 +157,20 @@ def main(argv=None) -> dict:
             results["runs"].append(r)
             for shape in ("prefill", "decode"):
                 row = r[shape]
-                print(f"{n:4d} adapters {shape:7s} ({row['tokens']:3d} tok): routing µs/token  "
+                peft_cells = (f"peft-Arrow {row['peft_arrow_us_per_token']:9.1f}  ratio peft/LAG "
+                              f"{_fmt(row['ratio_peft_arrow_over_lag'])}  ") if "peft_arrow_us_per_token" in row else ""
+                pooled = (f"pooled scores {row['polyprag_pooled_scores_us_per_token']:9.1f}  "
+                          if "polyprag_pooled_scores_us_per_token" in row else "")
+                print(f"{n:4d} adapters {shape:7s} ({row['tokens']:4d} tok): routing µs/token  "
                       f"LAG {row['polyprag_arrow_spectr_us_per_token']:9.1f}  "
-                      f"polyprag-Arrow {row['polyprag_arrow_us_per_token']:9.1f}  "
-                      f"peft-Arrow {row['peft_arrow_us_per_token']:9.1f}  "
-                      f"ratio peft/LAG {_fmt(row['ratio_peft_arrow_over_lag'])}  "
-                      f"(bare forward {row['bare_ms']:.1f} ms)", flush=True)
-            print(f"{n:4d} adapters build: polyprag SVD {r['build_s']['polyprag_svd']:.2f} s, peft load "
-                  f"{r['build_s']['peft_load']:.2f} s + prototypes {r['build_s']['peft_prototypes_first_call']:.2f} s;"
-                  f" Arrow logits max |diff| vs peft {r['arrow_vs_peft_max_logit_diff']:.2e}", flush=True)
+                      f"polyprag-Arrow {row['polyprag_arrow_us_per_token']:9.1f}  {pooled}{peft_cells}"
+                      f"(bare forward {row['bare_ms']:.1f} ms, {1e3 * row['bare_ms'] / row['tokens']:.0f} µs/token)",
+                      flush=True)
+            if "arrow_vs_peft_max_logit_diff" in r:
+                print(f"{n:4d} adapters build: polyprag SVD {r['build_s']['polyprag_svd']:.2f} s, peft load "
+                      f"{r['build_s']['peft_load']:.2f} s + prototypes "
+                      f"{r['build_s']['peft_prototypes_first_call']:.2f} s; Arrow logits max |diff| vs peft "
+                      f"{r['arrow_vs_peft_max_logit_diff']:.2e}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2), encoding="utf-8")

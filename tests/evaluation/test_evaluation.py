@@ -112,7 +112,7 @@ def test_lag_methods_need_polyprag_lag(llm, docs, tmp_path):
     assert report.results[0].storage_bytes_per_doc > 0
     lag = report.facts["lag"]  # LAG's own costs: its factor library and the per-token routing overhead
     assert lag["adapters"] == report.facts["documents"] and lag["library_bytes"] > 0
-    assert lag["routing_us_per_token"] >= 0 and "routing overhead" in report.markdown()
+    assert lag["routing_tokens"] >= 1000 and "routing overhead" in report.markdown()  # measured over 1,000+ tokens
 
 
 def test_polyprag_sum_combines_the_documents_deltas(llm, docs, tmp_path):

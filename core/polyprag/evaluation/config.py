@@ -9,10 +9,21 @@ the model reads the recitals; PolyPRAG mode "recite"). Controls that tell inject
 - ``_wrong``: the mixture of random encoded documents that are neither retrieved nor gold;
 - ``_uniform`` / ``_shuffled`` (Poly-PRAG): every document routed uniformly / another document's routing;
 - ``_m1`` (Poly-PRAG): a bank of one LoRA trained on every encoded document.
+
+LAG (``polyprag.methods.lag``, over the PRAG library's adapters, no retriever): ``lag`` is the paper's rule
+(Arrow top-k then SpectR, per token and layer: ``arrow_spectr``), ``lag_arrow`` peft's Arrow rule (softmax over
+the top-k, per token); the variants that carry knowledge decide once per question, from the paper's per-token
+decisions counted over the question's tokens (``votes``; ``_sv``: SpectR's decisions over every adapter, no
+Arrow filter, counted; ``_spectr``: SpectR norms pooled instead), and then use
+the chosen documents' adapters whole: ``lag_held`` (the top adapter at full strength for the whole answer),
+``lag_held_top3`` (the top 3 summed), ``lag_uniform_top3`` (their uniform mean), ``lag_ensemble`` (each of the
+top 3 on its own row), ``lag_recite`` / ``lag_recite_ensemble`` (the top 1 / 3 recited, then read). LAG
+controls: ``_nodocs`` (the library without the questions' documents: their gold passages, answer pages and
+every document stating one of their answers), ``_shuffled`` (each layer's adapter factors dealt to other adapters).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..encoding.recipes import RECIPES, check_texts, setting_help
 from ..errors import InvalidInputError
@@ -28,8 +39,10 @@ class Method:
     mode: str                    # PolyPRAG mode
     rule: str | None = None      # how the documents' adapters combine: "mean" or "sum"
     documents: str = "retrieved"  # "retrieved" (BM25 top-k), "gold" (oracle), "wrong" or "top1" (the first retrieved)
-    routing: str = "learned"     # "learned", "uniform" or "shuffled"
+    routing: str = "learned"     # "learned", "uniform" or "shuffled" (LAG: factors shuffled), LAG "nodocs"
     mixture_from: str | None = None  # "wrong": the passages are ``documents`` but the adapters are wrong documents'
+    lag: str | None = None       # LAG: the router's rule (mode lag*) or the pooled score that picks adapters
+    lag_top: int = 1             # LAG pooled: how many adapters (documents) the question gets
 
 
 def _methods() -> dict[str, Method]:
@@ -39,7 +52,7 @@ def _methods() -> dict[str, Method]:
            "in_context_top1": Method(None, "in_context", documents="top1"),  # standard RAG, first passage only
            "in_context_ensemble": Method(None, "in_context_ensemble"),      # a row per passage, rows vote
            "in_context_oracle": Method(None, "in_context", documents="gold"),  # the ceiling
-           "lag": Method("lag", "lag"), "lag_in_context": Method("lag", "lag_in_context")}
+           **_lag_methods()}
     bases = {"prag": ("prag", "sum"), "polyprag": ("poly", "mean"), "polyprag_sum": ("poly", "sum")}
     modes = (("parametric", ""), ("recite", "_recite"), ("combine", "_combine"),
              ("parametric_ensemble", "_ensemble"), ("recite_ensemble", "_recite_ensemble"),
@@ -61,6 +74,26 @@ def _methods() -> dict[str, Method]:
                     out[f"{name}{tag}_uniform"] = Method(lib, mode, combine, docs, routing="uniform")
                     out[f"{name}{tag}_shuffled"] = Method(lib, mode, combine, docs, routing="shuffled")
                     out[f"{name}{tag}_m1"] = Method("poly_m1", mode, combine, docs)
+    return out
+
+
+def _lag_methods() -> dict[str, Method]:
+    """LAG's methods (see the module docstring) with their ``_nodocs`` and ``_shuffled`` controls."""
+    base = {"lag": Method("lag", "lag", lag="arrow_spectr"),
+            "lag_in_context": Method("lag", "lag_in_context", lag="arrow_spectr"),
+            "lag_arrow": Method("lag", "lag", lag="arrow")}
+    for score, tag in (("votes", ""), ("spectr_votes", "_sv"), ("spectr", "_spectr")):
+        base |= {f"lag_held{tag}": Method("lag", "parametric", "sum", lag=score),
+                 f"lag_held_top3{tag}": Method("lag", "parametric", "sum", lag=score, lag_top=3),
+                 f"lag_uniform_top3{tag}": Method("lag", "parametric", "mean", lag=score, lag_top=3),
+                 f"lag_ensemble{tag}": Method("lag", "parametric_ensemble", lag=score, lag_top=3),
+                 f"lag_recite{tag}": Method("lag", "recite", lag=score),
+                 f"lag_recite_ensemble{tag}": Method("lag", "recite_ensemble", lag=score, lag_top=3)}
+    out = dict(base)
+    for name, spec in base.items():
+        if name != "lag_in_context":
+            out[name + "_nodocs"] = replace(spec, routing="nodocs")
+            out[name + "_shuffled"] = replace(spec, routing="shuffled")
     return out
 
 

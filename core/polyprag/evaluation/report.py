@@ -134,8 +134,14 @@ class EvalReport:
                     "the answer (answer pages are never evidence); their comparisons pair those questions only.")
         if f.get("lag"):
             g = f["lag"]
-            rows.append(f"LAG: {g['adapters']} adapters, factor library {g['library_bytes']:,} bytes, Arrow k={g['k']}, "
-                        f"routing overhead {g['routing_us_per_token']:.0f} µs per token (forward with router − bare).")
+            cost = (f"routing overhead {g['routing_us_per_token']:.0f} µs per token (forward with the router − bare "
+                    f"forward, {g.get('routing_tokens', '?')} tokens; bare {g.get('bare_us_per_token', 0):.0f} µs per "
+                    "token)") if "routing_tokens" in g else f"routing overhead {g['routing_us_per_token']:.0f} µs per token"
+            sel = (f"; the pooled variants' scoring pass {g['selection_ms_per_question']:.0f} ms per question"
+                   if g.get("selection_ms_per_question") is not None else "")
+            nodocs = f" (_nodocs: {g['nodocs_adapters']})" if g.get("nodocs_adapters") is not None else ""
+            rows.append(f"LAG: {g['adapters']} adapters{nodocs}, factor library {g['library_bytes']:,} bytes, "
+                        f"Arrow k={g['k']}, {cost}{sel}.")
         return "\n".join(rows)
 
 

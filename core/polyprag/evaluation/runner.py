@@ -40,7 +40,7 @@ from .report import Comparison, EvalReport, MethodResult, check_report_target, w
 if TYPE_CHECKING:
     from ..generation.llm import LoRAMixingLLM
 
-CONTROL_SUFFIXES = ("_shuffled", "_uniform", "_m1", "_wrong")
+CONTROL_SUFFIXES = ("_shuffled", "_uniform", "_m1", "_wrong", "_nodocs")
 
 
 def load_slice(data: str | os.PathLike, n: int | None = None, start: int = 0) -> tuple[list[Document], list[Question]]:
@@ -193,13 +193,13 @@ def _run(config: EvalConfig, llm: "LoRAMixingLLM | None", on_method, scratch: Pa
     chosen = _choose(cfg, specs, needs, docs, questions, retrieved, recall)
     augmenter, fixed, augment_s = _augment(llm, cfg, train, needs, chosen.encoded)
     libraries = _libraries(llm, cfg, train, needs, chosen, fixed, given_llm, scratch)
-    lag_router, lag_facts = _lag(llm, libraries, cfg, questions) if "lag" in needs else (None, None)
+    lag, lag_facts = _lag(llm, libraries, cfg, chosen) if "lag" in needs else (None, None)
     results = []
     priors = prior_answers(questions)
     reciter = Reciter(llm, cfg.recite_tokens)  # one memo for every method: a state's documents recited once
     for method, spec in specs.items():
         enc = libraries.get(spec.library) if spec.library else None
-        res = _answer_method(llm, cfg, method, spec, chosen, enc, lag_router, priors, reciter)
+        res = _answer_method(llm, cfg, method, spec, chosen, enc, lag, priors, reciter)
         _add_costs(res, spec, chosen, enc, augment_s)
         results.append(res)
         if on_method:
@@ -306,7 +306,7 @@ def _libraries(llm, cfg: EvalConfig, train: dict, needs: set[str], chosen: _Chos
 
 
 def _answer_method(llm, cfg: EvalConfig, method: str, spec: Method, chosen: _Chosen, enc: "_Encoded | None",
-                   lag_router, priors: Sequence[str], reciter: Reciter) -> MethodResult:
+                   lag: "_LAG | None", priors: Sequence[str], reciter: Reciter) -> MethodResult:
     """One method's scored answers to its questions (an oracle's: those whose evidence answers them), through
     its retriever and controls (recitals read from ``reciter``, shared by the run's methods)."""
     questions, sources = chosen.questions, chosen.sources
@@ -315,21 +315,30 @@ def _answer_method(llm, cfg: EvalConfig, method: str, spec: Method, chosen: _Cho
     ids = [sources[spec.documents][i] for i in rows]
     if spec.mode == "prior":
         return _scored(method, asked, [priors[i] for i in rows], [[] for _ in asked])
-    retriever = _retriever(spec, enc, asked, ids, [sources["wrong"][i] for i in rows], chosen.encoded, chosen.docs,
-                           cfg)
-    rag = PolyPRAG(llm, retriever, mode=spec.mode, max_new_tokens=cfg.max_new_tokens, lag=lag_router,
+    router = None
+    if spec.library == "lag":
+        retriever, router = lag.pipeline_parts(spec, FixedRetriever(chosen.docs, {q.question: d for q, d in
+                                                                                  zip(asked, ids)}))
+    else:
+        retriever = _retriever(spec, enc, asked, ids, [sources["wrong"][i] for i in rows], chosen.encoded,
+                               chosen.docs, cfg)
+    rag = PolyPRAG(llm, retriever, mode=spec.mode, max_new_tokens=cfg.max_new_tokens, lag=router,
                    ensemble_weights=cfg.ensemble_weights, reciter=reciter)
     by_id = {d.id: d for d in chosen.docs}
     shown = MODES[spec.mode].passages
     prompt_chars = [len(q.question) + (sum(len(by_id[i].full_text) for i in d) if shown else 0)
                     for q, d in zip(asked, ids)]
-    return _answer_all(rag, asked, ids, method, cfg, prompt_chars)
+    picked = spec.library == "lag" and spec.mode in ("lag", "lag_in_context")
+    return _answer_all(rag, asked, None if spec.library == "lag" and not picked else ids, method, cfg, prompt_chars)
 
 
 def _add_costs(res: MethodResult, spec: Method, chosen: _Chosen, enc: "_Encoded | None", augment_s: float) -> None:
     """Add to a method's result its retrieval's recall and its library's encoding seconds and bytes per document."""
     recall = chosen.recall
-    if spec.mode not in ("closed_book", "lag", "prior"):
+    if spec.library == "lag" and spec.mode not in ("lag", "lag_in_context"):  # LAG's own pick of documents
+        res.recall_at_k = 100.0 * mean([recall_at_k(r["documents"], chosen.questions[i].gold)
+                                        for i, r in enumerate(res.predictions)])
+    elif spec.mode not in ("closed_book", "lag", "prior"):
         res.recall_at_k = 100.0 * recall if spec.documents == "retrieved" and recall is not None else None
     if enc is not None:
         n_docs = max(len(chosen.encoded), 1)
@@ -597,49 +606,137 @@ def _lag_api():
     return LAGLibrary, LAGRouter
 
 
-def _lag(llm, libraries: dict, cfg: EvalConfig, questions: Sequence[Question]):
-    """LAG's router over the PRAG adapters, with its library size and per-token routing overhead."""
-    LAGLibrary, LAGRouter = _lag_api()
+def _lag(llm, libraries: dict, cfg: EvalConfig, chosen: _Chosen) -> tuple["_LAG", dict]:
+    """LAG over the PRAG adapters (its methods' routers, retrievers and controls), with its library size and its
+    measured costs per token: the paper's router, and the pooled selection's one scoring pass per question."""
+    LAGLibrary, _ = _lag_api()
     t0 = time.perf_counter()
     prag = libraries["prag"]
     lag_library = LAGLibrary.from_adapter_library(prag.library)
-    router = LAGRouter(lag_library, k=cfg.lag_k)
     libraries["lag"] = _Encoded(lag_library, prag.train_s + time.perf_counter() - t0,
                                 prag.bytes_per_doc, prag.bytes_new_doc)
+    lag = _LAG(lag_library, chosen, cfg)
+    prompts = [llm.question_prompt(q.question) for q in chosen.questions]
     facts = {"library_bytes": lag_library.storage_bytes()["factors"], "adapters": len(lag_library),
-             "k": cfg.lag_k, "routing_us_per_token": routing_overhead(
-                 llm, router, llm.question_prompt(questions[0].question))}
-    return router, facts
+             "k": cfg.lag_k, "nodocs_adapters": len(lag.library("nodocs")),
+             **routing_overhead(llm, lag.router("arrow_spectr", "learned"), prompts),
+             "selection_ms_per_question": lag.selection_ms(chosen.questions)}
+    return lag, facts
+
+
+class _LAG:
+    """The run's LAG library, its controls (built once each) and, per method, its router or data-free retriever."""
+
+    def __init__(self, library, chosen: _Chosen, cfg: EvalConfig):
+        self.base, self.chosen, self.cfg = library, chosen, cfg
+        self._libraries: dict[str, object] = {}
+        self._adapters: dict[str, AdapterLibrary] = {}
+
+    def library(self, control: str):
+        """The LAG library itself ("learned"), without the questions' documents ("nodocs"), or with its factors
+        shuffled between adapters ("shuffled")."""
+        if control not in self._libraries:
+            if control == "learned":
+                self._libraries[control] = self.base
+            elif control == "nodocs":
+                self._libraries[control] = self.base.without(questions_documents(self.chosen.questions,
+                                                                                 self.chosen.encoded))
+            elif control == "shuffled":
+                self._libraries[control] = self.base.shuffled(self.cfg.seed)
+            else:
+                raise InvalidInputError(f"Unknown LAG control {control!r}; use learned, nodocs or shuffled.")
+        return self._libraries[control]
+
+    def router(self, variant: str, control: str):
+        from ..methods.lag import LAGRouter
+
+        return LAGRouter(self.library(control), k=self.cfg.lag_k, variant=variant)
+
+    def pipeline_parts(self, spec: Method, passages: FixedRetriever):
+        """(retriever, router) for PolyPRAG: the paper's router (modes lag*) or LAG's pooled pick of documents
+        feeding the library's own mode (their adapters from this LAG library, so controls reach the answer)."""
+        from ..methods.lag.selection import LAGRetriever
+
+        if spec.mode in ("lag", "lag_in_context"):
+            return (passages if spec.mode == "lag_in_context" else None), self.router(spec.lag, spec.routing)
+        library = self.library(spec.routing)
+        if spec.routing not in self._adapters:
+            by_id = {d.id: d for d in self.chosen.encoded}
+            self._adapters[spec.routing] = library.as_adapter_library([by_id[n] for n in library.names])
+        adapters = self._adapters[spec.routing]
+        picker = LAGRetriever(library, adapters.documents, k=spec.lag_top, score=spec.lag, arrow_k=self.cfg.lag_k)
+        return ParametricRetriever(picker, adapters, rule=spec.rule), None
+
+    def selection_ms(self, questions: Sequence[Question], repeats: int = 3) -> float:
+        """Milliseconds per question of the pooled selection's scoring pass (a forward pass over the prompt)."""
+        from ..methods.lag.selection import LAGSelector
+
+        selector = LAGSelector(self.base, k=self.cfg.lag_k)
+        asked = [q.question for q in questions[:16]]
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for q in asked:
+                selector.scores([q])
+            times.append(time.perf_counter() - t0)
+        return 1e3 * min(times) / max(len(asked), 1)
+
+
+def questions_documents(questions: Sequence[Question], encoded: Sequence[Document]) -> list[str]:
+    """The ids of the questions' documents among ``encoded``: their gold passages and answer pages, and every
+    document that states one of their answers (the ``_nodocs`` control removes them all)."""
+    import re
+
+    out = {g for q in questions for g in q.gold} | {p for q in questions for p in q.metadata.get("answer_pages") or ()}
+    names = {a.lower() for q in questions for a in q.answers if len(a) > 2}
+    pattern = re.compile(r"\b(" + "|".join(re.escape(a) for a in sorted(names, key=len, reverse=True)) + r")\b") \
+        if names else None
+    for d in encoded:
+        if pattern is not None and pattern.search(d.full_text.lower()):
+            out.add(d.id)
+    return sorted(out)
 
 
 def _dir_bytes(path: Path, names: Sequence[str]) -> int:
     return sum((path / n).stat().st_size for n in names if (path / n).is_file())
 
 
-def routing_overhead(llm, mixture, prompt: str, repeats: int = 3) -> float:
-    """Microseconds per token that a mixture adds to a forward pass over ``prompt`` (best of ``repeats``)."""
-    enc = llm.encode([prompt])
-    tokens = enc["input_ids"].numel()
+def routing_overhead(llm, mixture, prompts: Sequence[str], min_tokens: int = 1000, repeats: int = 3) -> dict:
+    """What a mixture (the LAG router) adds to a forward pass, per token: (forward with it − bare forward) / tokens,
+    each the best of ``repeats``, over prompts repeated until at least ``min_tokens`` real tokens."""
+    rows, tokens = [], 0
+    while tokens < min_tokens:
+        for p in prompts:
+            rows.append(p)
+            tokens += len(llm.tokenizer(p, add_special_tokens=False)["input_ids"])
+            if tokens >= min_tokens:
+                break
+    batches = [llm.encode(rows[i: i + 16]) for i in range(0, len(rows), 16)]
 
     def best(mix) -> float:
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            llm.logits(**enc, mixture=mix)
+            for enc in batches:
+                llm.logits(**enc, mixture=mix)
             if llm.device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         return min(times)
 
     best(None)  # warm-up
-    return 1e6 * max(0.0, best(mixture) - best(None)) / tokens
+    bare, routed = best(None), best(mixture)
+    return {"routing_us_per_token": 1e6 * (routed - bare) / tokens, "bare_us_per_token": 1e6 * bare / tokens,
+            "routing_tokens": tokens}
 
 
-def _answer_all(rag: PolyPRAG, questions: Sequence[Question], chosen: Sequence[Sequence[str]],
+def _answer_all(rag: PolyPRAG, questions: Sequence[Question], chosen: Sequence[Sequence[str]] | None,
                 method: str, cfg: EvalConfig, prompt_chars: Sequence[int]) -> MethodResult:
     """Answer every question (generation groups them by prompt length and sizes batches by memory), score
-    the answers, then time a few questions one by one; answers are kept in question order."""
+    the answers, then time a few questions one by one; answers are kept in question order. ``chosen`` None:
+    each answer's documents are the ones its retriever picked (LAG's data-free pick)."""
     answers: dict[int, str] = {}
+    picked: dict[int, list[str]] = {}
     recitals: dict[int, list[str]] = {}
     cold = _latencies(rag, questions[: cfg.latency_samples])  # before any batch: nothing recited or cached yet
     order = sorted(range(len(questions)), key=lambda i: prompt_chars[i])
@@ -649,10 +746,13 @@ def _answer_all(rag: PolyPRAG, questions: Sequence[Question], chosen: Sequence[S
             chunk = order[s: s + cfg.answer_batch_size]
             for i, a in zip(chunk, rag.answer_batch([questions[i].question for i in chunk])):
                 answers[i], recitals[i] = a.text, a.recitals
+                picked[i] = [s.document.id for s in a.documents]
             bar.update(len(chunk))
     preds = [answers[i] for i in range(len(questions))]
     batched = (time.perf_counter() - t0) / max(len(questions), 1)
     warm = _latencies(rag, questions[: cfg.latency_samples])  # the same questions again, after the batch
+    if chosen is None:
+        chosen = [picked[i] for i in range(len(questions))]
     res = _scored(method, questions, preds, chosen, [recitals[i] for i in range(len(questions))])
     res.latency_p50_s = statistics.median(warm) if warm else None
     res.latency_cold_p50_s = statistics.median(cold) if cold else None

@@ -14,6 +14,8 @@ from .factors import ModuleFactors, pack, spectral_factors
 from .peft import read_peft_adapter
 
 if TYPE_CHECKING:
+    from ...documents import Document
+    from ...engine import BankMixture, LoRABank
     from ...library.adapters import AdapterLibrary
     from ...generation.llm import LoRAMixingLLM
 
@@ -39,7 +41,9 @@ class LAGLibrary:
             raise InvalidInputError(f"Adapter name {dup!r} appears twice; give every adapter its own name.")
         self.llm = llm
         self.names = names
+        self._position = {n: j for j, n in enumerate(names)}
         self.source = source
+        self._bank: "LoRABank | None" = None
         self.modules: dict[str, ModuleFactors] = {}
         for module, entries in factors.items():
             _check_module(llm, module, entries, names)
@@ -87,7 +91,7 @@ class LAGLibrary:
 
     def factors(self, module: str, adapter: int | str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(A* [r, in], B* [out, r]) of one adapter at one module, or None where it does not touch it."""
-        j = self.names.index(adapter) if isinstance(adapter, str) else int(adapter)
+        j = self.index(adapter)
         f = self.modules.get(module)
         if f is None:
             return None
@@ -96,6 +100,103 @@ class LAGLibrary:
             return None
         i, r = int(hit[0]), int(f.ranks[hit[0]])
         return f.A[i, :r], f.B[i, :, :r]
+
+    def index(self, adapter: int | str) -> int:
+        """The library index of an adapter given by name or index."""
+        if isinstance(adapter, str):
+            if adapter not in self._position:
+                raise InvalidInputError(f"No adapter named {adapter!r} in the LAG library of {len(self)}.")
+            return self._position[adapter]
+        return int(adapter)
+
+    # ---- the adapters applied whole, on the mixing engine -----------------------------------------
+    def bank(self) -> "LoRABank":
+        """The library as one ``LoRABank`` of its spectral factors (B* A* = s·B A, so scale 1: alpha = rank),
+        ranks zero-padded to the largest; built once. Every held or mixed use of the adapters goes through it."""
+        if self._bank is None:
+            from ...engine import LoRABank
+
+            R = max(f.A.shape[1] for f in self.modules.values())
+            m = len(self)
+            As, Bs, shapes = [], [], {}
+            for module, f in self.modules.items():
+                d_in, d_out = f.A.shape[2], f.B.shape[1]
+                A = f.A.new_zeros(m, R, d_in)
+                B = f.B.new_zeros(m, d_out, R)
+                A[f.members, : f.A.shape[1]] = f.A  # adapters that do not touch the module stay zero
+                B[f.members, :, : f.B.shape[2]] = f.B
+                As.append(A)
+                Bs.append(B)
+                shapes[module] = (d_in, d_out)
+            self._bank = LoRABank(shapes, m, R, float(R), A=As, B=Bs)
+        return self._bank
+
+    def mixture(self, weights: torch.Tensor) -> "BankMixture":
+        """The engine's mixture adding each adapter's delta times its weight: weights [m] (one row) or [rows, m],
+        >= 0 (1: the adapter at full strength, as PRAG sums its documents). One term per adapter used, so no
+        cross terms: ΔW = Σ_j w_j B*_j A*_j, with √w_j on A* and on B*."""
+        from ...engine import BankMixture
+
+        bank = self.bank()
+        w = weights.detach().to(bank.A[0].device, torch.float32)
+        w = w[None] if w.dim() == 1 else w  # [rows, m]
+        if w.shape[-1] != bank.m or (w < 0).any():
+            raise InvalidInputError(f"Adapter weights must be >= 0 over the library's {bank.m} adapters, got shape "
+                                    f"{tuple(w.shape)}.")
+        T = max(int((w > 0).sum(-1).max()), 1)
+        terms = w.new_zeros(w.shape[0], T, bank.m)  # [rows, T, m]: term t of a row is one adapter, √w
+        for r, row in enumerate(w):
+            for t, j in enumerate(row.nonzero().flatten().tolist()):
+                terms[r, t, j] = row[j].sqrt()
+        return BankMixture(bank, terms)
+
+    def as_adapter_library(self, documents: "Sequence[Document] | None" = None) -> "AdapterLibrary":
+        """A PRAG-kind ``AdapterLibrary`` over this library's bank (one adapter per name), so every mode of the
+        pipeline (parametric, ensemble, recite) can use adapters LAG picks; ``documents`` in adapter order
+        (default: a placeholder per adapter, its name)."""
+        from ...documents import Document
+        from ...library.adapters import AdapterLibrary
+        from ...library.state import LibraryConfig
+
+        bank = self.bank()
+        docs = list(documents) if documents is not None else [Document(id=n, text=n) for n in self.names]
+        if [d.id for d in docs] != self.names:
+            raise InvalidInputError("as_adapter_library() needs one document per adapter, with the adapter's name "
+                                    "as its id, in the library's order.")
+        cfg = LibraryConfig(kind="prag", rank=bank.rank, alpha=bank.alpha, m=bank.m, target_modules=list(bank.names),
+                            base_model=self.llm.fingerprint(), model_name=self.llm.name)
+        return AdapterLibrary(self.llm, bank, docs, cfg)
+
+    # ---- controls -------------------------------------------------------------------------------
+    def without(self, names: Sequence[str]) -> "LAGLibrary":
+        """The library with these adapters removed (names it lacks are ignored): e.g. without the documents of
+        the questions asked, a control that must fall to the bare model's answers."""
+        drop = {self._position[n] for n in names if n in self._position}
+        keep = [j for j in range(len(self)) if j not in drop]
+        if not keep:
+            raise InvalidInputError("without() would remove every adapter of the library.")
+        new = {old: i for i, old in enumerate(keep)}
+        factors = {module: [(new[int(j)], f.A[i, :r].cpu(), f.B[i, :, :r].cpu())
+                            for i, (j, r) in enumerate(zip(f.members.tolist(), f.ranks.tolist())) if j in new]
+                   for module, f in self.modules.items()}
+        return LAGLibrary(self.llm, [self.names[j] for j in keep], {m: e for m, e in factors.items() if e},
+                          source=self.source)
+
+    def shuffled(self, seed: int = 0) -> "LAGLibrary":
+        """The control with each module's factors dealt to other adapters (a seeded derangement per module): the
+        same spectra and routing statistics, but no adapter's layers come from one document any more."""
+        import random
+
+        rng = random.Random(seed)
+        factors = {}
+        for module, f in self.modules.items():
+            n = len(f.members)
+            perm = list(range(n))
+            while n > 1 and any(i == p for i, p in enumerate(perm)):
+                rng.shuffle(perm)
+            factors[module] = [(int(f.members[i]), f.A[p, : f.ranks[p]].cpu(), f.B[p, :, : f.ranks[p]].cpu())
+                               for i, p in enumerate(perm)]
+        return LAGLibrary(self.llm, self.names, factors, source=self.source + " (shuffled factors)")
 
     def storage_bytes(self) -> dict[str, int]:
         """Bytes of the stored factors (true ranks, float32): in all and per adapter."""

@@ -53,6 +53,7 @@ class LAGRouter(Mixture):
         self.rows = 1
         self._active: torch.Tensor | None = None  # [rows] bool; None: every row routed
         self._wins: list[torch.Tensor | None] = [None]  # shared with stacked copies while counting
+        self._record: list[dict | None] = [None]        # module -> winners per token, while recording
 
     # ---- batching -----------------------------------------------------------------------------
     @classmethod
@@ -69,7 +70,7 @@ class LAGRouter(Mixture):
             raise InvalidInputError("Rows of one batch must use the same LAG library, k and variant.")
         out = cls(first.library, first.k, first.variant, first.temperature)
         out.rows = len(mixtures)
-        out._wins = first._wins
+        out._wins, out._record = first._wins, first._record
         if len(real) < len(mixtures):
             out._active = torch.tensor([m is not None for m in mixtures])
         return out
@@ -123,9 +124,12 @@ class LAGRouter(Mixture):
         active = self._rows_active(x)
         if active is not None:
             out = out * active
-        if self._wins[0] is not None:
-            top = local.gather(1, weight.argmax(-1, keepdim=True))[:, 0]  # the token's main adapter
-            self._count(f.members[top], x, active)
+        if self._wins[0] is not None or self._record[0] is not None:
+            top = f.members[local.gather(1, weight.argmax(-1, keepdim=True))[:, 0]]  # the token's main adapter
+            if self._wins[0] is not None:
+                self._count(top, x, active)
+            if self._record[0] is not None:
+                self._record[0].setdefault(name, []).append(top.view(*x.shape[:-1]).cpu())
         return out
 
     def _rows_active(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -152,3 +156,14 @@ class LAGRouter(Mixture):
         finally:
             counts, self._wins[0] = self._wins[0], None
             wins.update({n: int(c) for n, c in zip(self.library.names, counts) if c > 0})
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[dict[str, list[torch.Tensor]]]:
+        """Record, inside this block, each module's winning adapter (library index) per token: module name ->
+        one tensor [rows, length] (or [tokens]) per forward pass, in call order."""
+        record: dict[str, list[torch.Tensor]] = {}
+        self._record[0] = record
+        try:
+            yield record
+        finally:
+            self._record[0] = None
