@@ -256,7 +256,8 @@ def _choose(cfg: EvalConfig, specs: dict[str, Method], needs: set[str], docs: li
     too) and each source's documents per question."""
     lib_specs = [s for s in specs.values() if s.library is not None]
     use_retrieved = any(s.documents in ("retrieved", "wrong", "top1") for s in lib_specs) or "lag" in needs
-    use_gold = any(s.documents == "gold" for s in specs.values())
+    # LAG has no retriever at question time: its library holds the questions' gold passages beside the distractors
+    use_gold = any(s.documents == "gold" for s in specs.values()) or "lag" in needs
     encoded = library_documents(docs, questions, retrieved, use_retrieved, use_gold, cfg.library, cfg.seed)
     sources = choose_documents(questions, retrieved, [d.id for d in encoded], not use_retrieved, cfg.seed)
     oracle_rows = [i for i, q in enumerate(questions) if states_answer(q)]  # evidence that states the answer

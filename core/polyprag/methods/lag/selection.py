@@ -70,7 +70,8 @@ class PromptScores(Mixture):
 
 
 class LAGSelector:
-    """Per question, the LAG scores of every adapter pooled over its tokens, and the top ``top`` adapters' mixture
+    """Per question, the LAG scores of every adapter pooled over its tokens (default ``spectr_votes``, the best
+    measured: docs/lag.md), and the top ``top`` adapters' mixture
     at full strength (``combine="sum"``, as PRAG sums its documents) or averaged (``"mean"``: uniform mixing).
 
     Example:
@@ -79,7 +80,7 @@ class LAGSelector:
         llm.generate([llm.question_prompt("In what city was … born?")], [mixture])
     """
 
-    def __init__(self, library: LAGLibrary, top: int = 1, score: str = "votes", tokens: str = "question",
+    def __init__(self, library: LAGLibrary, top: int = 1, score: str = "spectr_votes", tokens: str = "question",
                  k: int = 5, combine: str = "sum", routed: bool = False):
         if score not in SCORES:
             raise InvalidInputError(f"score must be one of {SCORES}, got {score!r}.")
@@ -150,7 +151,7 @@ class LAGRetriever(ScoreRetriever):
     """
 
     def __init__(self, library: LAGLibrary, documents: Sequence[Document] | None = None, k: int = 1,
-                 score: str = "votes", tokens: str = "question", arrow_k: int = 5, routed: bool = False):
+                 score: str = "spectr_votes", tokens: str = "question", arrow_k: int = 5, routed: bool = False):
         self.selector = LAGSelector(library, top=1, score=score, tokens=tokens, k=arrow_k, routed=routed)
         by_id = {d.id: d for d in documents} if documents is not None else {}
         self.documents = [by_id.get(n) or Document(id=n, text=n) for n in library.names]  # adapter order
