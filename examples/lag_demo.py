@@ -3,7 +3,9 @@
 Each invented-fact document gets its own LoRA (PRAG's per-document encoder); LAG then decides per
 token and per layer which adapter to apply (Arrow filter + SpectR), from the adapters' weights alone.
 
-    python examples/lag_demo.py              # ~2-4 min on a laptop CPU, the first run also augments
+    python examples/lag_demo.py
+
+Takes TAKES_LAG on this 2-core CPU with the default model (measured beside other jobs, so an upper bound).
 """
 from __future__ import annotations
 

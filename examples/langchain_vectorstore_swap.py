@@ -9,8 +9,9 @@ The vector store embeds with real sentence embeddings (all-MiniLM-L6-v2, bundled
 come as a loader gives them (no ids, a title in the metadata); the library is encoded from those same
 documents, and each retrieved document is matched to its adapters by content.
 
-Run from the repository root: `.venv/bin/python examples/langchain_vectorstore_swap.py` (it encodes five
-documents first, a few minutes on a CPU; `--library DIR` saves the library there and reuses it next time).
+Run from the repository root: `.venv/bin/python examples/langchain_vectorstore_swap.py`. It encodes five
+documents first and takes TAKES_LCV on this 2-core CPU (measured beside other jobs, so an upper bound);
+`--library DIR` saves the library there and reuses it next time.
 """
 from __future__ import annotations
 
