@@ -5,7 +5,8 @@ token and per layer which adapter to apply (Arrow filter + SpectR), from the ada
 
     python examples/lag_demo.py
 
-Takes TAKES_LAG on this 2-core CPU with the default model (measured beside other jobs, so an upper bound).
+Takes about 0:17 with the default model (CPU time of one thread on this 2-core CPU, the
+time on an idle core; measured while higher-priority jobs held the CPU, its wall time was 177 s).
 """
 from __future__ import annotations
 

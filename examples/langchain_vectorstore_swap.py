@@ -10,7 +10,8 @@ come as a loader gives them (no ids, a title in the metadata); the library is en
 documents, and each retrieved document is matched to its adapters by content.
 
 Run from the repository root: `.venv/bin/python examples/langchain_vectorstore_swap.py`. It encodes five
-documents first and takes TAKES_LCV on this 2-core CPU (measured beside other jobs, so an upper bound);
+documents first and takes about 0:44 (CPU time of one thread on this 2-core CPU, the
+time on an idle core; measured while higher-priority jobs held the CPU, its wall time was 665 s);
 `--library DIR` saves the library there and reuses it next time.
 """
 from __future__ import annotations

@@ -3,7 +3,8 @@ questions with PolyPRAGQueryEngine swapped in (knowledge applied as an adapter m
 
 Everything runs offline on the bundled SmolLM2-135M-Instruct: no OpenAI key, LlamaIndex ``Settings``
 untouched. Run from the repository root: `.venv/bin/python examples/llamaindex_swap.py`; it encodes the
-bundled invented facts and takes TAKES_LI on this 2-core CPU (measured beside other jobs, so an upper bound).
+bundled invented facts and takes about 0:52 (CPU time of one thread on this 2-core CPU, the
+time on an idle core; measured while higher-priority jobs held the CPU, its wall time was 680 s).
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ LlamaIndex ``Settings`` untouched. The library is encoded from the same LlamaInd
 node is matched to its adapters through the document it was parsed from (``ref_doc_id``).
 
 Run from the repository root: `.venv/bin/python examples/llamaindex_vectorstore_swap.py`. It encodes five
-documents first and takes TAKES_LIV on this 2-core CPU (measured beside other jobs, so an upper bound).
+documents first and takes about 0:48 (CPU time of one thread on this 2-core CPU, the
+time on an idle core; measured while higher-priority jobs held the CPU, its wall time was 635 s).
 """
 from __future__ import annotations
 
