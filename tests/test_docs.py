@@ -94,3 +94,16 @@ def test_the_docs_site_builds_with_no_warning(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8").count("PolyPRAGEncoder") > 1
+
+
+def test_every_example_says_what_it_shows_and_its_measured_time_within_three_minutes():
+    import ast
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        times = re.findall(r"\b(\d+):(\d\d)\b", doc)
+        assert doc.splitlines()[0] and "takes" in doc.lower() and times, path.name  # what it shows, how long it takes
+        assert all(int(m) * 60 + int(s) <= 180 for m, s in times), (path.name, times)
+        row = next(line for line in readme.splitlines() if line.startswith(f"| [examples/{path.name}]"))
+        assert re.search(r"\d+:\d\d", row.split("|")[-2]), row  # its time beside it in the README

@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from polyprag import BM25Retriever, ParametricRetriever, PolyPRAG, load_corpus, load_questions
+from polyprag import MODES, BM25Retriever, ParametricRetriever, PolyPRAG, load_corpus, load_questions
 from polyprag.demo.quickstart import DATA, contains_answer, demo_encoder
 from polyprag.generation.models import default_model_path
+from polyprag.generation.prompts import repeat_end
 
 pytestmark = pytest.mark.model
 
@@ -38,3 +39,6 @@ def test_parametric_mode_answers_invented_facts_closed_book_cannot(real_llm, tmp
     print(f"closed-book {n_closed}/{len(questions)}, parametric {n_param}/{len(questions)}")
     assert n_closed == 0
     assert n_param > len(questions) / 2  # "most of them"
+    for mode in [m for m in MODES if not MODES[m].lag]:  # the demo's answers never loop, in any mode
+        answers = [a.text for a in PolyPRAG(real_llm, retriever, mode=mode).answer_batch(asked)]
+        assert not [a for a in answers if repeat_end(a) is not None], (mode, answers)
