@@ -110,14 +110,14 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
         return cls(retriever, library=library, **kwargs)
 
     @classmethod
-    def from_library(cls, library: AdapterLibrary, k: int = 3, rule: str | None = None,
+    def from_library(cls, library: AdapterLibrary, k: int | None = None, rule: str | None = None,
                      llm: PolyPRAGLLM | None = None, **kwargs: Any) -> "PolyPRAGQueryEngine":
         """An engine over every document of an adapter library (BM25 + the library's routing)."""
         return cls(PolyPRAGRetriever.from_library(library, k=k, rule=rule), llm=llm, **kwargs)
 
     @classmethod
     def from_documents(cls, documents: Iterable[Document | BaseNode], library: AdapterLibrary | None = None,
-                       k: int = 3, rule: str | None = None, llm: PolyPRAGLLM | None = None,
+                       k: int | None = None, rule: str | None = None, llm: PolyPRAGLLM | None = None,
                        **kwargs: Any) -> "PolyPRAGQueryEngine":
         """An engine over LlamaIndex Documents/TextNodes or polyprag Documents (encoded in ``library``)."""
         retriever = PolyPRAGRetriever.from_documents(documents, library, k=k, rule=rule)

@@ -39,7 +39,7 @@ class PolyPRAGRetriever(BaseRetriever):
 
     @classmethod
     def from_documents(cls, documents: Iterable[Document | BaseNode], library: AdapterLibrary | None = None,
-                       k: int = 3, rule: str | None = None, backend: str = "rank_bm25",
+                       k: int | None = None, rule: str | None = None, backend: str = "rank_bm25",
                        **kwargs: Any) -> "PolyPRAGRetriever":
         """BM25 over polyprag Documents or LlamaIndex Documents/TextNodes; with routing when a library is given."""
         bm25 = BM25Retriever(to_documents(documents), k=k, backend=backend)
@@ -47,7 +47,7 @@ class PolyPRAGRetriever(BaseRetriever):
         return cls(core, **kwargs)
 
     @classmethod
-    def from_library(cls, library: AdapterLibrary, k: int = 3, rule: str | None = None,
+    def from_library(cls, library: AdapterLibrary, k: int | None = None, rule: str | None = None,
                      backend: str = "rank_bm25", **kwargs: Any) -> "PolyPRAGRetriever":
         """BM25 over every document encoded in the library, with its routing."""
         return cls.from_documents(library.documents, library, k=k, rule=rule, backend=backend, **kwargs)

@@ -209,7 +209,8 @@ def _configure_ask(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default=None,
                    help="corpus JSONL to retrieve from (default: the library's own documents)")
     p.add_argument("--mode", choices=[m for m in MODES if not m.startswith("lag")], default="parametric")
-    p.add_argument("--k", type=int, default=3, help="documents retrieved")
+    p.add_argument("--k", type=int, default=None,
+                   help="documents retrieved (default: 3, or all of a smaller corpus; a larger k is refused)")
     p.add_argument("--rule", choices=("mean", "sum"), default=None,
                    help="how the documents' adapters combine (default: mean for poly, sum for prag)")
     p.add_argument("--model", default=None, help="default: the model the library was encoded on")
@@ -391,7 +392,8 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--docs", type=_csv, help="comma-separated document ids whose mixture to export")
     which.add_argument("--question", help="export the mixture of the documents BM25 retrieves for this question")
-    p.add_argument("--k", type=int, default=3, help="documents retrieved with --question")
+    p.add_argument("--k", type=int, default=None, help="documents retrieved with --question (default: 3, or all "
+                                                         "of a smaller library)")
     p.add_argument("--out", required=True, help="folder to write adapter_config.json + adapter_model.safetensors")
     p.add_argument("--rule", choices=("mean", "sum"), default=None,
                    help="mean of routing weights (rank r) or sum of deltas (rank k·r, exact); "
