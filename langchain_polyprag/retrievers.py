@@ -32,8 +32,10 @@ class PolyPRAGRetriever(BaseRetriever):
     """The corpus: polyprag Documents or LangChain Documents (empty: the library's documents)."""
     library: Optional[AdapterLibrary] = None
     """An adapter library encoding the documents; adds routing weights and lets the runnable build mixtures."""
-    k: int = 3
-    """How many documents a query returns (overridable per call: ``invoke(query, k=…)``)."""
+    k: Optional[int] = None
+    """How many documents a query returns (overridable per call: ``invoke(query, k=…)``); None: 3, or all of a
+    smaller corpus. A k larger than the corpus is refused (InvalidInputError), never filled with documents that
+    do not match."""
     rule: Optional[str] = None
     """How retrieved documents' adapters combine: "mean" of routing weights or "sum" of deltas (library default)."""
     backend: str = "rank_bm25"

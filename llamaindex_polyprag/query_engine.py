@@ -142,8 +142,8 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
     def from_library(cls, library: AdapterLibrary, k: int | None = None, rule: str | None = None,
                      llm: PolyPRAGLLM | None = None, similarity_top_k: int | None = None,
                      **kwargs: Any) -> "PolyPRAGQueryEngine":
-        """An engine over every document of an adapter library (BM25 + the library's routing; top 3 by default)."""
-        retriever = PolyPRAGRetriever.from_library(library, top_k(similarity_top_k, k, 3), rule=rule)
+        """An engine over every document of an adapter library (BM25 + the library's routing; top 3, or all of a smaller library, by default)."""
+        retriever = PolyPRAGRetriever.from_library(library, top_k(similarity_top_k, k), rule=rule)
         return cls(retriever, llm=llm, **kwargs)
 
     @classmethod
@@ -151,7 +151,7 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
                        k: int | None = None, rule: str | None = None, llm: PolyPRAGLLM | None = None,
                        similarity_top_k: int | None = None, **kwargs: Any) -> "PolyPRAGQueryEngine":
         """An engine over LlamaIndex Documents/TextNodes or polyprag Documents (encoded in ``library``)."""
-        retriever = PolyPRAGRetriever.from_documents(documents, library, top_k(similarity_top_k, k, 3), rule=rule)
+        retriever = PolyPRAGRetriever.from_documents(documents, library, top_k(similarity_top_k, k), rule=rule)
         return cls(retriever, llm=llm, **kwargs)
 
     # ---- one question ------------------------------------------------------------------------

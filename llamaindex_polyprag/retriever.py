@@ -44,7 +44,7 @@ class PolyPRAGRetriever(BaseRetriever):
                        similarity_top_k: int | None = None, rule: str | None = None, backend: str = "rank_bm25",
                        k: int | None = None, **kwargs: Any) -> "PolyPRAGRetriever":
         """BM25 over polyprag Documents or LlamaIndex Documents/TextNodes; with routing when a library is given."""
-        bm25 = BM25Retriever(to_documents(documents), k=top_k(similarity_top_k, k, 3), backend=backend)
+        bm25 = BM25Retriever(to_documents(documents), k=top_k(similarity_top_k, k), backend=backend)
         core = ParametricRetriever(bm25, library, rule) if library is not None else bm25
         return cls(core, **kwargs)
 
@@ -52,7 +52,7 @@ class PolyPRAGRetriever(BaseRetriever):
     def from_library(cls, library: AdapterLibrary, similarity_top_k: int | None = None, rule: str | None = None,
                      backend: str = "rank_bm25", k: int | None = None, **kwargs: Any) -> "PolyPRAGRetriever":
         """BM25 over every document encoded in the library, with its routing."""
-        return cls.from_documents(library.documents, library, top_k(similarity_top_k, k, 3), rule, backend,
+        return cls.from_documents(library.documents, library, top_k(similarity_top_k, k), rule, backend,
                                   **kwargs)
 
     @property

@@ -42,7 +42,9 @@ def test_bm25_ranks_the_matching_document_first(docs):
     hits = r.retrieve("Who built the Krell lighthouse?")
     assert len(hits) == 2 and hits[0].document.id == "d1"
     assert hits[0].score >= hits[1].score
-    assert len(r.retrieve("zorvania", k=50)) == len(docs)  # k beyond the corpus: all of it
+    with pytest.raises(InvalidInputError, match="k=50 is larger than the corpus"):  # refused, not clamped
+        r.retrieve("zorvania", k=50)
+    assert len(BM25Retriever(docs[:2]).retrieve("zorvania")) == 2  # left unset: 3, or all of a smaller corpus
 
 
 def test_bm25_refuses_bad_queries_and_k(docs):

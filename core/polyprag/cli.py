@@ -273,17 +273,18 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 # ---- ask ----------------------------------------------------------------------------------------
 def _configure_ask(p: argparse.ArgumentParser) -> None:
-    from .pipeline.modes import MODES
+    from .pipeline.modes import DEFAULT_MODE, MODES
 
     p.add_argument("library", help="an adapter library folder (from `polyprag encode`)")
     p.add_argument("question", help="the question to answer")
     p.add_argument("--corpus", default=None,
                    help="corpus JSONL to retrieve from (default: the library's own documents)")
     modes = [m for m in MODES if not m.startswith("lag")]
-    p.add_argument("--mode", choices=modes, default="parametric", metavar="MODE",
+    p.add_argument("--mode", choices=modes, default=DEFAULT_MODE, metavar="MODE",
                    help=f"how the documents' knowledge reaches the model: {', '.join(modes)} (see the README's "
-                        "'which mode' table) (default: parametric)")
-    p.add_argument("--k", type=int, default=3, help="documents retrieved (default: 3)")
+                        f"'which mode' table) (default: {DEFAULT_MODE})")
+    p.add_argument("--k", type=int, default=None,
+                   help="documents retrieved (default: 3, or all of a smaller corpus; a larger k is refused)")
     p.add_argument("--rule", choices=("mean", "sum"), default=None,
                    help="how the documents' adapters combine (default: mean for poly, sum for prag)")
     p.add_argument("--model", default=None, help="base model (default: the model the library was encoded on)")
@@ -466,7 +467,8 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--docs", type=_csv, help="comma-separated document ids whose mixture to export")
     which.add_argument("--question", help="export the mixture of the documents BM25 retrieves for this question")
-    p.add_argument("--k", type=int, default=3, help="documents retrieved with --question (default: 3)")
+    p.add_argument("--k", type=int, default=None, help="documents retrieved with --question (default: 3, or all "
+                                                         "of a smaller library)")
     p.add_argument("--out", required=True, help="folder to write adapter_config.json + adapter_model.safetensors")
     p.add_argument("--rule", choices=("mean", "sum"), default=None,
                    help="mean of routing weights (rank r) or sum of deltas (rank k·r, exact); "

@@ -518,7 +518,8 @@ def _keep(cfg: EvalConfig, train: dict, kind: str, enc: "_Encoded", saved: Path,
     if path.exists():
         from ..library.storage import check_target
 
-        check_target(path)  # only a library polyprag wrote is replaced; anything else is refused
+        if not (path / "eval-encoding.json").is_file():  # a library this cache kept before is ours to replace
+            check_target(path)  # else only a library polyprag wrote is replaced; anything else is refused
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(saved, path)

@@ -69,6 +69,15 @@ def top_k(scores: np.ndarray, k: int) -> list[int]:
     return cand[order[:k]].tolist()
 
 
+DEFAULT_K = 3  # a retriever's k when none is given: 3, or the whole of a smaller corpus
+
+
+def corpus_k(k: int | None, corpus_size: int) -> int:
+    """A retriever's own k: ``DEFAULT_K`` (or all of a smaller corpus) when None, else ``k`` checked against the
+    corpus: a k larger than it is refused, never clamped to documents that do not match."""
+    return min(DEFAULT_K, corpus_size) if k is None else check_top_k(k, corpus_size)
+
+
 def check_top_k(k: int, corpus_size: int | None = None) -> int:
     """``k`` (results per query), refused unless it is a positive integer no larger than a sized corpus."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:

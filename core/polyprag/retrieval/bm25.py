@@ -20,7 +20,7 @@ import numpy as np
 
 from ..documents import Document, check_unique
 from ..errors import InvalidInputError
-from .base import ScoreRetriever, check_top_k
+from .base import ScoreRetriever, corpus_k
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 # A short English stop list: BM25's idf already discounts common words, this only trims noise.
@@ -45,12 +45,12 @@ class BM25Retriever(ScoreRetriever):
 
     BACKENDS = ("rank_bm25", "bm25s")
 
-    def __init__(self, documents: Sequence[Document], k: int = 3, backend: str = "rank_bm25",
+    def __init__(self, documents: Sequence[Document], k: int | None = None, backend: str = "rank_bm25",
                  k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25):
         self.documents = check_unique(documents)
         if not self.documents:
             raise InvalidInputError("BM25Retriever needs at least one document; the corpus is empty.")
-        self.k = check_top_k(k, len(self.documents))  # larger than the corpus: refused, not clamped
+        self.k = corpus_k(k, len(self.documents))  # None: 3 or all of a smaller corpus; a larger k is refused
         if backend not in self.BACKENDS:
             raise InvalidInputError(f"Unknown BM25 backend {backend!r}; use 'rank_bm25' or 'bm25s'.")
         self.backend = backend

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..documents import Document, check_unique
 from ..errors import InvalidInputError, ModelLoadError
-from .base import ScoreRetriever, check_top_k, top_k
+from .base import ScoreRetriever, corpus_k, top_k
 from .bm25 import BM25Retriever
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
@@ -95,11 +95,11 @@ class DenseRetriever(ScoreRetriever):
         retriever = DenseRetriever(docs, k=3, embed=my_embedder)   # texts -> [n, d] array
     """
 
-    def __init__(self, documents: Sequence[Document], k: int = 3, embed: Embed | None = None):
+    def __init__(self, documents: Sequence[Document], k: int | None = None, embed: Embed | None = None):
         self.documents = check_unique(documents)
         if not self.documents:
             raise InvalidInputError("DenseRetriever needs at least one document; the corpus is empty.")
-        self.k = check_top_k(k, len(self.documents))  # larger than the corpus: refused, not clamped
+        self.k = corpus_k(k, len(self.documents))  # None: 3 or all of a smaller corpus; a larger k is refused
         self.embed = embed if embed is not None else SentenceEmbedder()
         self.embeddings = unit_rows(self._embed([d.full_text for d in self.documents]))  # [N, d]
 
@@ -124,7 +124,7 @@ class HybridRetriever(ScoreRetriever):
         retriever = HybridRetriever([bm25, dense], k=3, c=60)          # any retrievers with score_array
     """
 
-    def __init__(self, retrievers: Sequence[Any], k: int = 3, c: float = 60.0, depth: int | None = 100):
+    def __init__(self, retrievers: Sequence[Any], k: int | None = None, c: float = 60.0, depth: int | None = 100):
         retrievers = list(retrievers)
         if len(retrievers) < 2:
             raise InvalidInputError("HybridRetriever fuses at least two retrievers, e.g. [BM25Retriever(docs), "
@@ -138,12 +138,12 @@ class HybridRetriever(ScoreRetriever):
             raise InvalidInputError(f"c must be > 0 and depth >= 1 (or None), got c={c}, depth={depth}.")
         self.retrievers = retrievers
         self.documents = retrievers[0].documents
-        self.k = check_top_k(k, len(self.documents))
+        self.k = corpus_k(k, len(self.documents))
         self.c = float(c)
         self.depth = depth
 
     @classmethod
-    def from_documents(cls, documents: Sequence[Document], k: int = 3, embed: Embed | None = None,
+    def from_documents(cls, documents: Sequence[Document], k: int | None = None, embed: Embed | None = None,
                        backend: str = "rank_bm25", **fusion: Any) -> "HybridRetriever":
         """BM25 and dense retrieval over the same documents, fused."""
         return cls([BM25Retriever(documents, k=k, backend=backend), DenseRetriever(documents, k=k, embed=embed)],
@@ -161,7 +161,7 @@ class HybridRetriever(ScoreRetriever):
         return fused
 
 
-def build_retriever(name: str, documents: Sequence[Document], k: int = 3, embed: Embed | None = None,
+def build_retriever(name: str, documents: Sequence[Document], k: int | None = None, embed: Embed | None = None,
                     backend: str = "rank_bm25") -> BM25Retriever | DenseRetriever | HybridRetriever:
     """A retriever over the documents by name: "bm25", "dense" or "hybrid" (BM25 + dense, fused)."""
     if name == "bm25":
