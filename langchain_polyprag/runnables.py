@@ -14,7 +14,7 @@ from langchain_core.runnables import AddableDict, RunnableConfig, RunnableSerial
 from langchain_core.runnables.config import var_child_runnable_config
 from pydantic import ConfigDict, PrivateAttr
 
-from polyprag import (MODES, AdapterLibrary, Answer, FrameworkRetriever, GenerationConfig, InvalidInputError,
+from polyprag import (DEFAULT_MODE, MODES, AdapterLibrary, Answer, FrameworkRetriever, GenerationConfig, InvalidInputError,
                       LoRAMixingLLM, Mixture, PolyPRAG, Prepared, answer_sources, face_pipeline, iterate_in_thread)
 
 from .chat_models import ChatPolyPRAG
@@ -59,10 +59,11 @@ class PolyPRAGRunnable(RunnableSerializable[Question, Output]):
     """The model (default: the library's, else the retriever-less ``rag``'s); a ChatPolyPRAG loads lazily."""
     rag: Optional[PolyPRAG] = None
     """A ready PolyPRAG pipeline, instead of ``retriever`` + ``llm``."""
-    mode: str = "parametric"
-    """How knowledge reaches the model (see PolyPRAG): parametric | recite | combine | in_context | closed_book |
-    parametric_ensemble | recite_ensemble | combine_ensemble | in_context_ensemble | lag | lag_in_context |
-    lag_parametric (the lag modes need ``lag=``)."""
+    mode: str = DEFAULT_MODE
+    """How knowledge reaches the model (see PolyPRAG; default combine_ensemble: each passage read with its own
+    adapter, the rows voting): parametric | recite | combine | in_context | closed_book | parametric_ensemble |
+    recite_ensemble | combine_ensemble | cross_ensemble | dual_ensemble | in_context_ensemble | lag |
+    lag_in_context | lag_parametric (the lag modes need ``lag=``)."""
     lag: Optional[Mixture] = None
     """A LAG router (``polyprag.methods.lag.LAGRouter``), for the lag modes."""
     k: Optional[int] = None

@@ -13,7 +13,7 @@ from llama_index.core.callbacks.schema import CBEventType, EventPayload
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import BaseNode, NodeWithScore
 
-from polyprag import (AdapterLibrary, BankMixture, Document, FrameworkRetriever, InvalidInputError, Mixture, PolyPRAG,
+from polyprag import (DEFAULT_MODE, AdapterLibrary, BankMixture, Document, FrameworkRetriever, InvalidInputError, Mixture, PolyPRAG,
                       Prepared, answer_sources, face_pipeline)
 
 from .llm import PolyPRAGLLM
@@ -22,9 +22,10 @@ from .retriever import PolyPRAGRetriever, top_k
 
 
 class PolyPRAGQueryEngine(CustomQueryEngine):
-    """Answers with the retrieved documents' knowledge applied as an adapter mixture (``mode="parametric"``),
-    as well as pasted in the prompt (``"combine"``), only pasted (``"in_context"``, standard RAG) or
-    without retrieval (``"closed_book"``); returns a Response with ``source_nodes`` and the mixture.
+    """Answers with the retrieved documents' knowledge applied as adapters: by default (``"combine_ensemble"``)
+    each document's passage read with its own adapter, the rows voting; or as one mixture (``"parametric"``),
+    as well as pasted in the prompt (``"combine"``), only pasted (``"in_context"``, standard RAG) or without
+    retrieval (``"closed_book"``), and every other PolyPRAG mode; returns a Response with ``source_nodes``.
 
     Without ``llm=`` it answers as the core ``PolyPRAG`` pipeline does (the library's model, the same token
     budget); ``similarity_top_k`` (``k`` is an alias) sets the documents per question; a document that several
@@ -50,7 +51,7 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
                                                              "(None: the library's default).")
     on_unknown: str = Field(default="error", description="A retrieved document the library does not hold: error, "
                                                          "in_context (its passage goes into the prompt) or skip.")
-    mode: str = Field(default="parametric", description="How knowledge reaches the model (see PolyPRAG): "
+    mode: str = Field(default=DEFAULT_MODE, description="How knowledge reaches the model (see PolyPRAG): "
                       "parametric, recite, combine, in_context, closed_book, parametric_ensemble, recite_ensemble, "
                       "combine_ensemble, in_context_ensemble, or with lag=: lag, lag_in_context, lag_parametric.")
     k: Optional[int] = Field(default=None, description="Documents per question; None: the retriever's k.")
@@ -59,7 +60,7 @@ class PolyPRAGQueryEngine(CustomQueryEngine):
 
     _rag: PolyPRAG = PrivateAttr()
 
-    def __init__(self, retriever: BaseRetriever, llm: PolyPRAGLLM | None = None, mode: str = "parametric",
+    def __init__(self, retriever: BaseRetriever, llm: PolyPRAGLLM | None = None, mode: str = DEFAULT_MODE,
                  k: int | None = None, streaming: bool = False, lag: Mixture | None = None,
                  callback_manager: CallbackManager | None = None, library: AdapterLibrary | None = None,
                  rule: str | None = None, on_unknown: str = "error", similarity_top_k: int | None = None):

@@ -13,7 +13,7 @@ from .methods.polyprag.encoder import PolyPRAGEncoder
 from .methods.prag.encoder import PRAGEncoder
 from .generation.models import DEFAULT_MODEL
 from .retrieval.parametric import ON_UNKNOWN, ParametricRetriever, Retrieval
-from .pipeline.modes import MODES
+from .pipeline.modes import DEFAULT_MODE, MODES
 from .pipeline.pipeline import Answer, PolyPRAG, Prepared
 from .retrieval.base import ScoredDocument
 from .retrieval.bm25 import BM25Retriever
@@ -29,7 +29,7 @@ __all__ = [
     "PolyPRAGError", "Question", "Retrieval", "ScoredDocument", "SumMixture", "TrainingError", "TrainingExample",
     "UnknownDocumentError",
     "load_corpus", "load_questions", "use_mixture",
-    "DEFAULT_MODEL", "DenseRetriever", "HybridRetriever", "MODES", "ON_UNKNOWN", "Prepared", "RETRIEVERS",
+    "DEFAULT_MODE", "DEFAULT_MODEL", "DenseRetriever", "HybridRetriever", "MODES", "ON_UNKNOWN", "Prepared", "RETRIEVERS",
     "SentenceEmbedder", "build_retriever", "iterate_in_thread", "passage_id",
     "FrameworkRetriever", "Source", "SourcedDocument", "answer_sources", "face_pipeline",
 ]

@@ -20,7 +20,7 @@ from ..retrieval.parametric import (ParametricRetriever, Retrieval, check_retrie
 from ..retrieval.base import ScoredDocument, check_query, check_top_k
 from ..library.state import LibraryState
 from .fit import fit_prompt
-from .modes import ENSEMBLE_WEIGHTS, MODES
+from .modes import DEFAULT_MODE, ENSEMBLE_WEIGHTS, MODES
 from .recite import Reciter
 
 
@@ -33,7 +33,7 @@ class Answer:
     text: str
     documents: list[ScoredDocument] = field(default_factory=list)
     mixture: Mixture | None = None
-    mode: str = "parametric"
+    mode: str = DEFAULT_MODE
     prompt: str = field(default="", repr=False)
     recitals: list[str] = field(default_factory=list)  # mode "recite": what each document's adapter wrote back
     rows: list[tuple[str, Mixture | None]] = field(default_factory=list, repr=False)  # ensemble: (prompt, mixture)
@@ -107,7 +107,7 @@ class PolyPRAG:
     """
 
     def __init__(self, llm: LoRAMixingLLM, retriever: ParametricRetriever | Any | None = None,
-                 mode: str = "parametric", k: int | None = None, max_new_tokens: int = 32,
+                 mode: str = DEFAULT_MODE, k: int | None = None, max_new_tokens: int = 32,
                  temperature: float = 0.0, stop: Sequence[str] = (), lag: Mixture | None = None,
                  recite_tokens: int = 160, ensemble_weights: str = "rank", reciter: Reciter | None = None):
         self.llm = llm
