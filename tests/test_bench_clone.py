@@ -124,4 +124,4 @@ def test_the_prepared_gpu_run_runs_end_to_end_on_the_cpu(no_shared):
     assert [r["size"] for r in steps["2_prag_encode"]["sizes"]] == [2, 4]
     assert all(r["s_per_doc"] > 0 for r in steps["3_poly_encode"]["sizes"])
     assert steps["4_captured_vs_eager"]["4"]["captured_tokens_per_s"] > 0
-    assert set(steps["5_eval"]["results"]) == {"closed_book", "in_context", "prag"}
+    assert set(steps["5_eval"]["results"]) == {"closed_book", "in_context", "prag", "best_reading"}

@@ -213,7 +213,7 @@ def test_llamaindex_repr_of_the_engine_and_the_llm(lib):
 
     engine = PolyPRAGQueryEngine.from_library(lib, k=2)
     text = repr(engine)
-    assert "mode='parametric'" in text and "poly, 5 documents" in text and "PolyPRAGRetriever" in text
+    assert "mode='combine_ensemble'" in text and "poly, 5 documents" in text and "PolyPRAGRetriever" in text
     assert "max_new_tokens=64" in repr(PolyPRAGLLM(llm=lib.llm)) and str(engine)
 
 

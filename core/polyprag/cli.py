@@ -518,15 +518,14 @@ def _configure_inspect(p: argparse.ArgumentParser) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Draw the routing heat map and bank-usage histogram, and print the routing summary."""
-    from .library.plots import plot_routing, routing_summary
-
-    from .library.plots import check_picture_target
+    from .library.plots import check_picture_target, plot_routing, routing_summary
 
     if args.max_rows < 1:
         raise InvalidInputError(f"--max-rows must be >= 1, got {args.max_rows}.")
-    check_picture_target(args.out)
-    _, library = _open_library(args)
     out = args.out or (None if args.json else "routing.png")  # --json alone prints, and writes no file
+    if out is not None:
+        check_picture_target(out)  # never over a picture it did not draw
+    _, library = _open_library(args)
     if out is not None:
         out = plot_routing(library, out, doc_ids=args.docs, max_rows=args.max_rows)
     summary = {**routing_summary(library, args.docs), "picture": None if out is None else str(out)}

@@ -1,6 +1,8 @@
 """The LlamaIndex face: retriever, LLM and query engine on the tiny model, with Settings untouched."""
 from __future__ import annotations
 
+import inspect
+
 import asyncio
 import socket
 import subprocess
@@ -54,12 +56,13 @@ def library() -> AdapterLibrary:
 
 @pytest.fixture(scope="module")
 def engine(library) -> PolyPRAGQueryEngine:
-    return PolyPRAGQueryEngine.from_library(library, k=2, llm=PolyPRAGLLM(llm=library.llm, max_new_tokens=N_TOKENS))
+    return PolyPRAGQueryEngine.from_library(library, mode="parametric", k=2, llm=PolyPRAGLLM(llm=library.llm, max_new_tokens=N_TOKENS))
 
 
 @pytest.fixture(scope="module")
 def core(library) -> PolyPRAG:
-    return PolyPRAG(library.llm, ParametricRetriever(BM25Retriever(DOCS, k=2), library), max_new_tokens=N_TOKENS)
+    return PolyPRAG(library.llm, ParametricRetriever(BM25Retriever(DOCS, k=2), library), max_new_tokens=N_TOKENS,
+                   mode="parametric")
 
 
 def test_classes_are_llamaindex_components():
@@ -133,7 +136,7 @@ def test_bad_inputs_are_refused_with_advice(library):
 
 def test_streaming_yields_several_tokens_that_join_to_the_answer(engine, library):
     q = QUESTIONS[2]
-    streaming = PolyPRAGQueryEngine.from_library(library, k=2, llm=engine.llm, streaming=True)
+    streaming = PolyPRAGQueryEngine.from_library(library, mode="parametric", k=2, llm=engine.llm, streaming=True)
     response = streaming.query(q)
     assert isinstance(response, StreamingResponse)
     pieces = list(response.response_gen)
@@ -144,7 +147,7 @@ def test_streaming_yields_several_tokens_that_join_to_the_answer(engine, library
 
 async def test_async_streaming_query(engine, library):
     q = QUESTIONS[3]
-    response = await PolyPRAGQueryEngine.from_library(library, k=2, llm=engine.llm, streaming=True).aquery(q)
+    response = await PolyPRAGQueryEngine.from_library(library, mode="parametric", k=2, llm=engine.llm, streaming=True).aquery(q)
     assert isinstance(response, AsyncStreamingResponse)
     pieces = [p async for p in response.async_response_gen()]
     assert len(pieces) >= 3 and "".join(pieces) == engine.query(q).response
@@ -251,7 +254,7 @@ def test_works_with_settings_untouched_and_no_network(engine, monkeypatch):
 
 def test_callbacks_see_retrieval_and_generation(library):
     debug = LlamaDebugHandler()
-    engine = PolyPRAGQueryEngine.from_library(library, k=2, callback_manager=CallbackManager([debug]),
+    engine = PolyPRAGQueryEngine.from_library(library, mode="parametric", k=2, callback_manager=CallbackManager([debug]),
                                               llm=PolyPRAGLLM(llm=library.llm, max_new_tokens=4))
     engine.query(QUESTIONS[0])
     (retrieve_start, retrieve_end), = debug.get_event_pairs(CBEventType.RETRIEVE)
@@ -333,7 +336,7 @@ def test_vector_index_retriever_drives_the_mixtures_of_the_same_documents_by_id(
 def test_nodes_without_source_ids_match_by_content(library):
     nodes = [TextNode(text=d.text, metadata={"title": d.title}) for d in DOCS]  # random ids, no ref_doc_id
     index = VectorStoreIndex(nodes, embed_model=WordEmbedding())
-    engine = PolyPRAGQueryEngine.from_index(index, library, k=1, llm=PolyPRAGLLM(llm=library.llm,
+    engine = PolyPRAGQueryEngine.from_index(index, library, mode="parametric", k=1, llm=PolyPRAGLLM(llm=library.llm,
                                                                                  max_new_tokens=N_TOKENS))
     response = engine.query(QUESTIONS[1])
     assert response.source_nodes[0].node.text == TEXTS["krell"]
@@ -346,11 +349,11 @@ def test_unknown_index_nodes_follow_on_unknown(library):
     llm = PolyPRAGLLM(llm=library.llm, max_new_tokens=N_TOKENS)
     question = "which lake is green"
     with pytest.raises(UnknownDocumentError, match=r"\(moon\).*on_unknown"):
-        PolyPRAGQueryEngine.from_index(index, library, k=2, llm=llm).query(question)
-    kept = PolyPRAGQueryEngine.from_index(index, library, k=2, llm=llm, on_unknown="in_context").query(question)
+        PolyPRAGQueryEngine.from_index(index, library, mode="parametric", k=2, llm=llm).query(question)
+    kept = PolyPRAGQueryEngine.from_index(index, library, mode="parametric", k=2, llm=llm, on_unknown="in_context").query(question)
     assert kept.source_nodes[0].node.ref_doc_id == "x" and "routing_weights" not in kept.source_nodes[0].node.metadata
     assert "moon lake is green" in kept.metadata["prompt"] and kept.metadata["mixture"] is not None
-    skipped = PolyPRAGQueryEngine.from_index(index, library, k=2, llm=llm, on_unknown="skip").query(question)
+    skipped = PolyPRAGQueryEngine.from_index(index, library, mode="parametric", k=2, llm=llm, on_unknown="skip").query(question)
     assert [n.node.ref_doc_id for n in skipped.source_nodes] == [kept.source_nodes[1].node.ref_doc_id]
 
 
@@ -419,7 +422,7 @@ def test_from_defaults_builds_the_engine_from_what_is_at_hand(library, core):
         n.node.node_id for n in plain.retrieve(QUESTIONS[1])]
     by_index = PolyPRAGQueryEngine.from_defaults(index=index, library=library, llm=llm, similarity_top_k=2)
     assert by_index.query(QUESTIONS[1]).response == ours.query(QUESTIONS[1]).response
-    bm25 = PolyPRAGQueryEngine.from_defaults(library=library, llm=llm, similarity_top_k=2)
+    bm25 = PolyPRAGQueryEngine.from_defaults(library=library, llm=llm, similarity_top_k=2, mode="parametric")
     assert bm25.query(QUESTIONS[2]).response == core.answer(QUESTIONS[2]).text
     with pytest.raises(InvalidInputError, match="library="):
         PolyPRAGQueryEngine.from_defaults(index=index)
@@ -432,7 +435,7 @@ def test_chunks_of_one_document_are_one_source_and_one_mixture_term(library):
     plain = index.as_retriever(similarity_top_k=4)
     nodes = plain.retrieve(QUESTIONS[1])
     assert len({n.node.ref_doc_id for n in nodes}) < len(nodes)  # the index returns chunks of one document twice
-    engine = PolyPRAGQueryEngine(retriever=plain, library=library, rule="sum",
+    engine = PolyPRAGQueryEngine(retriever=plain, library=library, mode="parametric", rule="sum",
                                  llm=PolyPRAGLLM(llm=library.llm, max_new_tokens=N_TOKENS))
     response = engine.query(QUESTIONS[1])
     refs = [n.node.ref_doc_id for n in response.source_nodes]
@@ -447,3 +450,14 @@ def test_from_index_without_llm_answers_as_the_core_pipeline(library):
     core = PolyPRAG(library.llm, by_id(library, lambda q: [n.node.ref_doc_id for n in plain.retrieve(q)]))
     for q in QUESTIONS[:3]:
         assert engine.query(q).response == core.answer(q).text
+
+
+def test_the_engine_answers_in_the_librarys_default_mode_by_default(library):
+    """The engine's default mode is polyprag's (combine_ensemble: each passage read with its own adapter)."""
+    from polyprag import DEFAULT_MODE, PolyPRAG
+
+    engine = PolyPRAGQueryEngine.from_library(library, k=2)
+    assert engine.mode == DEFAULT_MODE == "combine_ensemble"
+    assert inspect.signature(PolyPRAG).parameters["mode"].default == DEFAULT_MODE
+    response = engine.query(QUESTIONS[0])
+    assert response.metadata["mode"] == DEFAULT_MODE and len(response.source_nodes) == 2

@@ -158,7 +158,7 @@ def test_pipeline_modes(llm, docs):
     assert ic.mixture is None and "krell lighthouse was built" in ic.prompt
     cb = PolyPRAG(llm, ret, mode="closed_book", max_new_tokens=4).answer(q)
     assert cb.mixture is None and cb.documents == []
-    batch = PolyPRAG(llm, ret, max_new_tokens=4).answer_batch([q, "the capital of zorvania"])
+    batch = PolyPRAG(llm, ret, mode="parametric", max_new_tokens=4).answer_batch([q, "the capital of zorvania"])
     assert batch[0].text == par.text
-    streamed = "".join(PolyPRAG(llm, ret, max_new_tokens=4).stream(q))
+    streamed = "".join(PolyPRAG(llm, ret, mode="parametric", max_new_tokens=4).stream(q))
     assert streamed.strip() == par.text

@@ -81,7 +81,7 @@ def test_dense_and_hybrid_drive_parametric_answers(llm, docs):
     library = random_poly_library(llm, docs, m=3)
     for kind in ("dense", "hybrid"):
         retriever = ParametricRetriever(build_retriever(kind, docs, k=2, embed=word_embed), library)
-        answer = PolyPRAG(llm, retriever, max_new_tokens=4).answer(QUESTION)
+        answer = PolyPRAG(llm, retriever, mode="parametric", max_new_tokens=4).answer(QUESTION)
         ids = [s.document.id for s in answer.documents]
         assert ids[0] == "d1" and answer.mixture.weights.tolist() == library.mixture(ids).weights.tolist()
 
