@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import shutil
 import subprocess
 import sys
 import time
@@ -220,6 +219,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     (``encoding.distributed``); rank 0 saves, once, atomically, after every process has finished."""
     from .documents import load_corpus
     from .encoding import distributed, workers
+    from .encoding.checkpoint import remove_checkpoints
     from .library.storage import check_target
     from .methods.polyprag.encoder import PolyPRAGEncoder
     from .methods.prag.encoder import PRAGEncoder
@@ -266,7 +266,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
               f"{tokens / seconds:.0f} tokens/s.")
     distributed.barrier()
     if folder is not None and not args.checkpoint_dir and distributed.local_rank() == 0:
-        shutil.rmtree(folder, ignore_errors=True)  # the default folder: its library is saved
+        remove_checkpoints(folder)  # the default folder: its library is saved
     distributed.shutdown()
     return 0
 
@@ -392,7 +392,9 @@ def _checkpoints(args: argparse.Namespace):
     folder = Path(args.checkpoint_dir or Path(args.library).parent / f".{Path(args.library).name}.checkpoints")
     yield folder
     if not args.checkpoint_dir:
-        shutil.rmtree(folder, ignore_errors=True)
+        from .encoding.checkpoint import remove_checkpoints
+
+        remove_checkpoints(folder)  # only what the checkpoints wrote: a user's file there stays
 
 
 def _print_update(args: argparse.Namespace, library, done: dict, verb: str) -> None:

@@ -158,3 +158,21 @@ def test_sigkilled_encoding_resumes_to_the_uninterrupted_result(tmp_path):
     assert sorted(prag_groups) == ["group-0", "group-2", "group-4", "group-6"]  # no group trained twice
     poly_steps = [line.split()[2] for line in log if line.startswith("poly-fit")]
     assert len(poly_steps) == len(set(poly_steps)) == 9  # 3 epochs × 3 steps, each saved once
+
+
+def test_removing_checkpoints_keeps_files_the_checkpoints_did_not_write(tmp_path):
+    """The default checkpoint folder is cleared after a save: only what Checkpoint wrote goes."""
+    import torch
+
+    from polyprag.encoding.checkpoint import Checkpoint, remove_checkpoints
+
+    ck = Checkpoint(tmp_path / "ck", "prag-fit", {"docs": ["a"]})
+    ck.write({"x": torch.zeros(2)}, {"step": 1}, name="group-0")
+    mine = tmp_path / "ck" / "notes.txt"
+    mine.write_text("keep me")
+    remove_checkpoints(tmp_path / "ck")
+    assert not ck.folder.exists() and mine.read_text() == "keep me"
+    mine.unlink()
+    ck.write({"x": torch.zeros(2)}, {"step": 1}, name="group-0")
+    remove_checkpoints(tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()

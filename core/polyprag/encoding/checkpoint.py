@@ -8,6 +8,7 @@ the new one, never half of one.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -130,3 +131,21 @@ def python_rng_state(state: tuple) -> list:
 def python_rng_from(raw: list) -> tuple:
     """Inverse of ``python_rng_state``."""
     return (raw[0], tuple(raw[1]), raw[2])
+
+
+def remove_checkpoints(checkpoint_dir: str | os.PathLike) -> None:
+    """Remove what ``Checkpoint`` wrote under ``checkpoint_dir`` (``<phase>-<digest>/*.safetensors`` and their
+    temporary files), then the folders left empty; any other file, and the folder holding it, stays."""
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        return
+    for run in root.iterdir():
+        if not run.is_dir():
+            continue
+        for f in run.iterdir():
+            if f.is_file() and (f.suffix == ".safetensors" or ".safetensors.tmp-" in f.name):
+                f.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            run.rmdir()  # only once empty
+    with contextlib.suppress(OSError):
+        root.rmdir()
