@@ -188,11 +188,7 @@ class GeneratedQAAugmenter:
 
     def cache_path(self, doc: Document) -> Path:
         """Where this passage's augmentation is cached: model / prompt-settings hash / passage hash."""
-        model = re.sub(r"[^A-Za-z0-9_.-]", "_", self.llm.name)[-60:]
-        fp = self.llm.fingerprint()["weights_sha256"][:12]
-        settings = hashlib.sha256(self._settings().encode()).hexdigest()[:12]
-        digest = hashlib.sha256(doc.full_text.encode()).hexdigest()[:24]
-        return self.cache / f"{model}-{fp}" / f"v{AUGMENT_VERSION}-{settings}" / f"{digest}.json"
+        return cache_file(self.cache, self.llm, AUGMENT_VERSION, self._settings(), doc)
 
     def generate(self, documents: Sequence[Document]) -> list[Augmentation]:
         """Augmentations for the documents, from the cache where present, else generated in batches."""
@@ -263,6 +259,15 @@ class GeneratedQAAugmenter:
             self.stats.generated += 1
             augs.append(Augmentation(rewrite=rewrites[i], qa=qa[i], failed=failed))
         return augs
+
+
+def cache_file(root: Path, llm: "LoRAMixingLLM", version: str, settings: str, doc: Document) -> Path:
+    """A passage's cache file for generations made with ``settings``: model / settings hash / passage hash."""
+    model = re.sub(r"[^A-Za-z0-9_.-]", "_", llm.name)[-60:]
+    fp = llm.fingerprint()["weights_sha256"][:12]
+    key = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(doc.full_text.encode()).hexdigest()[:24]
+    return root / f"{model}-{fp}" / f"v{version}-{key}" / f"{digest}.json"
 
 
 def examples_from(doc: Document, aug: Augmentation, texts: Sequence[str] = PRAG_TEXTS) -> list[TrainingExample]:

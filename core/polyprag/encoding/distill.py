@@ -19,9 +19,7 @@ nothing.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -33,7 +31,8 @@ from ..generation.models import cache_dir
 from ..generation.prompts import ANSWER_PREFIX, PROMPT_VERSION, answer_target, question_message
 from ..library.storage import atomic_write_text
 from ..progress import progress_bar
-from .augment import Augmentation, AugmentStats, TrainingExample, clean_answer, examples_from, recall_question
+from .augment import (Augmentation, AugmentStats, TrainingExample, cache_file, clean_answer, examples_from,
+                      recall_question)
 from .recipes import FREE_TEXTS, check_texts
 
 if TYPE_CHECKING:
@@ -112,11 +111,7 @@ class DistillAugmenter:
 
     def cache_path(self, doc: Document) -> Path:
         """Where this passage's teacher outputs are cached: model / settings hash / passage hash."""
-        model = re.sub(r"[^A-Za-z0-9_.-]", "_", self.llm.name)[-60:]
-        fp = self.llm.fingerprint()["weights_sha256"][:12]
-        settings = hashlib.sha256(self._settings().encode()).hexdigest()[:12]
-        digest = hashlib.sha256(doc.full_text.encode()).hexdigest()[:24]
-        return self.cache / f"{model}-{fp}" / f"v{DISTILL_VERSION}-{settings}" / f"{digest}.json"
+        return cache_file(self.cache, self.llm, DISTILL_VERSION, self._settings(), doc)
 
     def teach(self, documents: Sequence[Document]) -> list[list[tuple]]:
         """Per document, its (question, answer, top ids, top probabilities) from the cache or the teacher."""
